@@ -1,0 +1,135 @@
+// max_pool2d_switches on the CPU.
+//
+// Output values equal F.max_pool2d bit for bit: the comparison is done on the
+// values themselves (widened to float for half types, which is exact), a NaN
+// always takes the slot (so the last NaN of a window wins, as in ATen), ties keep
+// the first maximum in row-major window order, and a window of -inf keeps its
+// first in-bounds element. The switch is that element's row-major offset inside
+// the (padded) kh x kw window, stored in one byte.
+//
+// Two layouts: NCHW parallelizes over planes and walks each window; channels-last
+// parallelizes over output pixels and runs the channel loop innermost, where the
+// compiler vectorizes the branch-free compare/select.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
+#include <torch/all.h>
+
+#include <limits>
+#include <vector>
+
+#include "../pool_geometry.h"
+
+namespace zfcore {
+namespace {
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+template <typename scalar_t>
+void pool_nchw(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t planes, int64_t H, int64_t W,
+               int64_t OH, int64_t OW, const PoolGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+    for (int64_t p = p0; p < p1; ++p) {
+      const scalar_t* src = in + p * H * W;
+      scalar_t* dst = out + p * OH * OW;
+      uint8_t* dsw = sw + p * OH * OW;
+      for (int64_t oh = 0; oh < OH; ++oh) {
+        const int64_t hs = oh * g.sh - g.ph;
+        const int64_t h0 = std::max<int64_t>(hs, 0), h1 = std::min<int64_t>(hs + g.kh, H);
+        for (int64_t ow = 0; ow < OW; ++ow) {
+          const int64_t ws = ow * g.sw - g.pw;
+          const int64_t w0 = std::max<int64_t>(ws, 0), w1 = std::min<int64_t>(ws + g.kw, W);
+          acc best = -std::numeric_limits<acc>::infinity();
+          int64_t arg = (h0 - hs) * g.kw + (w0 - ws);
+          for (int64_t ih = h0; ih < h1; ++ih) {
+            const scalar_t* row = src + ih * W;
+            const int64_t base = (ih - hs) * g.kw - ws;
+            for (int64_t iw = w0; iw < w1; ++iw) {
+              const acc v = static_cast<acc>(row[iw]);
+              const bool take = (v > best) || (v != v);
+              best = take ? v : best;
+              arg = take ? base + iw : arg;
+            }
+          }
+          dst[oh * OW + ow] = static_cast<scalar_t>(best);
+          dsw[oh * OW + ow] = static_cast<uint8_t>(arg);
+        }
+      }
+    }
+  });
+}
+
+template <typename scalar_t>
+void pool_nhwc(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t N, int64_t C, int64_t H,
+               int64_t W, int64_t OH, int64_t OW, const PoolGeometry& g) {
+  using acc = acc_t<scalar_t>;
+  at::parallel_for(0, N * OH * OW, 16, [&](int64_t q0, int64_t q1) {
+    std::vector<acc> best(C);
+    std::vector<int32_t> arg(C);
+    for (int64_t q = q0; q < q1; ++q) {
+      const int64_t ow = q % OW, oh = (q / OW) % OH, n = q / (OW * OH);
+      const int64_t hs = oh * g.sh - g.ph, ws = ow * g.sw - g.pw;
+      const int64_t h0 = std::max<int64_t>(hs, 0), h1 = std::min<int64_t>(hs + g.kh, H);
+      const int64_t w0 = std::max<int64_t>(ws, 0), w1 = std::min<int64_t>(ws + g.kw, W);
+      acc* b = best.data();
+      int32_t* a = arg.data();
+      const int32_t first = static_cast<int32_t>((h0 - hs) * g.kw + (w0 - ws));
+      for (int64_t c = 0; c < C; ++c) {
+        b[c] = -std::numeric_limits<acc>::infinity();
+        a[c] = first;
+      }
+      for (int64_t ih = h0; ih < h1; ++ih) {
+        for (int64_t iw = w0; iw < w1; ++iw) {
+          const scalar_t* px = in + ((n * H + ih) * W + iw) * C;
+          const int32_t off = static_cast<int32_t>((ih - hs) * g.kw + (iw - ws));
+          for (int64_t c = 0; c < C; ++c) {
+            const acc v = static_cast<acc>(px[c]);
+            const bool take = (v > b[c]) | (v != v);
+            b[c] = take ? v : b[c];
+            a[c] = take ? off : a[c];
+          }
+        }
+      }
+      scalar_t* dst = out + q * C;
+      uint8_t* dsw = sw + q * C;
+      for (int64_t c = 0; c < C; ++c) {
+        dst[c] = static_cast<scalar_t>(b[c]);
+        dsw[c] = static_cast<uint8_t>(a[c]);
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor> max_pool2d_switches_cpu(const at::Tensor& x, at::IntArrayRef kernel_size,
+                                                           at::IntArrayRef stride, at::IntArrayRef padding,
+                                                           bool ceil_mode) {
+  const PoolGeometry g = check_pool_geometry("max_pool2d_switches", kernel_size, stride, padding);
+  TORCH_CHECK(x.dim() == 4, "max_pool2d_switches: x must be 4-D [N, C, H, W] (got ", x.dim(), "-D)");
+  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
+  const int64_t OH = pool_output_size(H, g.kh, g.sh, g.ph, ceil_mode);
+  const int64_t OW = pool_output_size(W, g.kw, g.sw, g.pw, ceil_mode);
+  TORCH_CHECK(OH > 0 && OW > 0, "max_pool2d_switches: x of spatial size ", H, "x", W,
+              " is too small for kernel_size ", kernel_size, " and padding ", padding);
+  const at::MemoryFormat fmt = memory_format_of(x);
+  const at::Tensor src = x.contiguous(fmt);
+  at::Tensor out = at::empty({N, C, OH, OW}, x.options().memory_format(fmt));
+  at::Tensor sw = at::empty({N, C, OH, OW}, x.options().dtype(at::kByte).memory_format(fmt));
+  if (out.numel() == 0) return {out, sw};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_switches_cpu", [&] {
+    if (fmt == at::MemoryFormat::ChannelsLast) {
+      pool_nhwc(src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), sw.mutable_data_ptr<uint8_t>(),
+                N, C, H, W, OH, OW, g);
+    } else {
+      pool_nchw(src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), sw.mutable_data_ptr<uint8_t>(),
+                N * C, H, W, OH, OW, g);
+    }
+  });
+  return {out, sw};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(zfcore, CPU, m) { m.impl("max_pool2d_switches", &max_pool2d_switches_cpu); }
+
+}  // namespace zfcore

@@ -1,0 +1,26 @@
+// relu_conv_transpose2d on the CPU: conv_transpose2d(relu(y), weight, bias).
+//
+// On the CPU the transposed convolution is a GEMM that oneDNN runs faster than
+// anything hand-written here, and a GEMM needs its operand packed in memory
+// anyway, so the rectified input is formed by one vectorized pass (at::relu) and
+// handed to ATen's conv_transpose2d. benchmarks/bench_ops.py measures this
+// against the unfused PyTorch composition.
+#include <torch/all.h>
+
+namespace zfcore {
+namespace {
+
+at::Tensor relu_conv_transpose2d_cpu(const at::Tensor& y, const at::Tensor& weight,
+                                     const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
+                                     at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
+                                     at::IntArrayRef dilation) {
+  TORCH_CHECK(y.dim() == 4, "relu_conv_transpose2d: y must be 4-D [N, C, H, W] (got ", y.dim(), "-D)");
+  TORCH_CHECK(weight.dim() == 4, "relu_conv_transpose2d: weight must be 4-D (got ", weight.dim(), "-D)");
+  return at::conv_transpose2d(at::relu(y), weight, bias, stride, padding, output_padding, groups, dilation);
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(zfcore, CPU, m) { m.impl("relu_conv_transpose2d", &relu_conv_transpose2d_cpu); }
+
+}  // namespace zfcore

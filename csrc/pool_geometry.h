@@ -1,0 +1,65 @@
+// Pooling-window geometry shared by every native backend (CPU and CUDA).
+//
+// The Python layer (zfcore/ops/checks.py) validates arguments with messages that
+// name the argument; the checks here only keep the kernels memory-safe when an op
+// is called directly through torch.ops.zfcore.*.
+#pragma once
+
+#include <torch/all.h>
+
+namespace zfcore {
+
+// Output extent of one spatial dimension of a max pooling, with PyTorch's rules:
+// floor or ceil division, and in ceil mode the last window must start inside the
+// input or the left padding.
+inline int64_t pool_output_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
+  const int64_t num = in + 2 * p - k + (ceil_mode ? s - 1 : 0);
+  // Floor division (rounding towards -inf), as PyTorch's div_rtn.
+  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
+  if (ceil_mode && (out - 1) * s >= in + p) {
+    --out;
+  }
+  return out;
+}
+
+struct PoolGeometry {
+  int64_t kh, kw, sh, sw, ph, pw;
+};
+
+inline PoolGeometry check_pool_geometry(const char* op, at::IntArrayRef kernel_size,
+                                        at::IntArrayRef stride, at::IntArrayRef padding) {
+  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2, op,
+              ": kernel_size, stride and padding must have two elements each");
+  PoolGeometry g{kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1]};
+  TORCH_CHECK(g.kh > 0 && g.kw > 0, op, ": kernel_size must be positive (got ", kernel_size, ")");
+  TORCH_CHECK(g.kh * g.kw <= 256, op, ": kernel_size window must hold at most 256 elements (got ",
+              kernel_size, ")");
+  TORCH_CHECK(g.sh > 0 && g.sw > 0, op, ": stride must be positive (got ", stride, ")");
+  TORCH_CHECK(g.ph >= 0 && g.pw >= 0 && 2 * g.ph <= g.kh && 2 * g.pw <= g.kw, op,
+              ": padding must be non-negative and at most half of kernel_size (got padding ", padding,
+              ", kernel_size ", kernel_size, ")");
+  return g;
+}
+
+// True when a 4-D tensor should be computed (and returned) in channels-last
+// layout. The Python fake kernels use the same rule.
+inline bool use_channels_last(const at::Tensor& t) {
+  return t.dim() == 4 && !t.is_contiguous() && t.is_contiguous(at::MemoryFormat::ChannelsLast);
+}
+
+inline at::MemoryFormat memory_format_of(const at::Tensor& t) {
+  return use_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
+}
+
+// First and last (inclusive) window index along one dimension whose window covers
+// input position i; empty when first > last.
+inline void covering_windows(int64_t i, int64_t k, int64_t s, int64_t p, int64_t out_size,
+                             int64_t& first, int64_t& last) {
+  const int64_t hi = i + p;                 // window o covers i iff o*s <= i+p <= o*s+k-1
+  const int64_t lo = hi - k + 1;
+  first = lo <= 0 ? 0 : (lo + s - 1) / s;
+  last = hi / s;
+  if (last > out_size - 1) last = out_size - 1;
+}
+
+}  // namespace zfcore

@@ -1,0 +1,48 @@
+"""Build of zfcore's native library (zfcore._C).
+
+The C++ CPU kernels in csrc/cpu are always built. Set ZFCORE_NATIVE=0 to skip the
+native build (zfcore then runs on its pure-PyTorch reference backend).
+Install without build isolation so the extension compiles against the torch
+already installed:  pip install --no-build-isolation -e .
+"""
+
+import glob
+import os
+
+from setuptools import find_packages, setup
+
+ROOT = os.path.dirname(os.path.abspath(__file__))
+
+
+def native_extensions():
+    if os.environ.get("ZFCORE_NATIVE", "1") == "0":
+        print("zfcore: ZFCORE_NATIVE=0, building no native extension")
+        return [], {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    sources = ["csrc/registration.cpp"] + sorted(glob.glob("csrc/cpu/*.cpp"))
+    print(f"zfcore: building zfcore._C (CPU kernels) from {len(sources)} files")
+    ext = CppExtension(
+        "zfcore._C",
+        sources,
+        include_dirs=[os.path.join(ROOT, "csrc")],
+        extra_compile_args={"cxx": ["-O3", "-fopenmp", "-DZFCORE_PYTHON_MODULE"]},
+        extra_link_args=["-fopenmp"],
+    )
+    return [ext], {"build_ext": BuildExtension}
+
+
+ext_modules, cmdclass = native_extensions()
+
+setup(
+    name="zfcore",
+    version="0.1.0",
+    description="Fast, exact deconvnet visualization of convolutional networks (Zeiler & Fergus)",
+    packages=find_packages(include=["zfcore", "zfcore.*"]),
+    python_requires=">=3.10",
+    # torch is deliberately not listed: the install reuses the torch that is
+    # there (the Makefile installs torch==2.13.0 first when there is none).
+    install_requires=["numpy"],
+    ext_modules=ext_modules,
+    cmdclass=cmdclass,
+)

@@ -1,0 +1,188 @@
+"""Registration of the zfcore ops with PyTorch.
+
+Loads the native library (zfcore._C: schemas from csrc/registration.cpp, C++ CPU
+kernels). Without it the same schemas are defined here and the reference is
+registered as their CPU kernel, with one warning. Python owns what is not
+compute: the fake (meta) kernels that let torch.compile trace the ops, and
+autograd. Max pooling's backward is unpool2d; unpool2d is linear and its
+backward is gather_switches (the gather through the same switches), whose
+backward is unpool2d again, so every order of derivative stays on the ops.
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import torch
+import torch.nn.functional as F
+
+from . import reference
+from .schemas import SCHEMAS
+
+NATIVE_ERROR: str | None = None
+try:
+    from .. import _C  # noqa: F401  (registers the ops on import)
+except ImportError as error:  # no native build: fall back, say why once
+    NATIVE_ERROR = f"{type(error).__name__}: {error}"
+
+NATIVE = NATIVE_ERROR is None
+ops = torch.ops.zfcore
+
+_fallback_library = None
+if not NATIVE:
+    warnings.warn(
+        "zfcore: the native library is not available, ops run on the pure-PyTorch reference backend "
+        f"({NATIVE_ERROR}); build it with `pip install --no-build-isolation -e .`",
+        RuntimeWarning,
+        stacklevel=2,
+    )
+    _fallback_library = torch.library.Library("zfcore", "DEF")
+    for schema in SCHEMAS.values():
+        _fallback_library.define(schema)
+
+
+def _reference_kernel(name):
+    fn = getattr(reference, name)
+    return lambda *args: fn(*args)
+
+
+# The CUDA kernels (Triton, CUDA C++) are not built yet: CUDA tensors run the
+# reference. Without the native library, so do CPU tensors.
+for _name in SCHEMAS:
+    torch.library.register_kernel(f"zfcore::{_name}", "cuda" if NATIVE else ("cpu", "cuda"),
+                                  _reference_kernel(_name))
+
+
+def memory_format_of(t: torch.Tensor) -> torch.memory_format:
+    """The layout the kernels compute and return in (csrc/pool_geometry.h, same rule)."""
+    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+# ---------------------------------------------------------------- fake kernels
+
+
+@torch.library.register_fake("zfcore::max_pool2d_switches")
+def _(x, kernel_size, stride, padding, ceil_mode):
+    torch._check(x.dim() == 4, lambda: "max_pool2d_switches: x must be 4-D")
+    oh, ow = (reference.pool_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], ceil_mode)
+              for i in range(2))
+    fmt = memory_format_of(x)
+    out = x.new_empty((x.shape[0], x.shape[1], oh, ow), memory_format=fmt)
+    return out, torch.empty_like(out, dtype=torch.uint8, memory_format=fmt)
+
+
+@torch.library.register_fake("zfcore::unpool2d")
+def _(y, switches, kernel_size, stride, padding, output_size):
+    torch._check(switches.shape == y.shape, lambda: "unpool2d: switches must have the shape of y")
+    return y.new_empty((y.shape[0], y.shape[1], *output_size), memory_format=memory_format_of(y))
+
+
+@torch.library.register_fake("zfcore::gather_switches")
+def _(x, switches, kernel_size, stride, padding):
+    return x.new_empty(switches.shape, memory_format=memory_format_of(x))
+
+
+@torch.library.register_fake("zfcore::relu_conv_transpose2d")
+def _(y, weight, bias, stride, padding, output_padding, groups, dilation):
+    return F.conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+@torch.library.register_fake("zfcore::deconv_step")
+def _(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding, unpooled_size,
+      stride, padding, output_padding, groups, dilation):
+    unpooled = y.new_empty((y.shape[0], y.shape[1], *unpooled_size), memory_format=memory_format_of(y))
+    return F.conv_transpose2d(unpooled, weight, bias, stride, padding, output_padding, groups, dilation)
+
+
+# -------------------------------------------------------------------- autograd
+
+
+def _pool_setup(ctx, inputs, output):
+    x, ctx.kernel_size, ctx.stride, ctx.padding, _ = inputs
+    ctx.input_size = list(x.shape[-2:])
+    ctx.save_for_backward(output[1])
+
+
+def _pool_backward(ctx, grad_out, _grad_switches):
+    (switches,) = ctx.saved_tensors
+    grad_x = ops.unpool2d(grad_out, switches, ctx.kernel_size, ctx.stride, ctx.padding, ctx.input_size)
+    return grad_x, None, None, None, None
+
+
+def _unpool_setup(ctx, inputs, output):
+    _, switches, ctx.kernel_size, ctx.stride, ctx.padding, _ = inputs
+    ctx.save_for_backward(switches)
+
+
+def _unpool_backward(ctx, grad_x):
+    (switches,) = ctx.saved_tensors
+    grad_y = ops.gather_switches(grad_x, switches, ctx.kernel_size, ctx.stride, ctx.padding)
+    return grad_y, None, None, None, None, None
+
+
+def _gather_setup(ctx, inputs, output):
+    x, switches, ctx.kernel_size, ctx.stride, ctx.padding = inputs
+    ctx.input_size = list(x.shape[-2:])
+    ctx.save_for_backward(switches)
+
+
+def _gather_backward(ctx, grad_y):
+    (switches,) = ctx.saved_tensors
+    grad_x = ops.unpool2d(grad_y, switches, ctx.kernel_size, ctx.stride, ctx.padding, ctx.input_size)
+    return grad_x, None, None, None, None
+
+
+def _conv_transpose_grads(ctx, grad, pre_relu, weight, has_bias):
+    """Gradients of conv_transpose2d(relu(pre_relu), weight, bias) by ATen's
+    convolution backward, with the ReLU's mask applied to the input gradient."""
+    need_input, need_weight = ctx.needs_input_grad[0], ctx.needs_input_grad[2 if ctx.deconv else 1]
+    need_bias = has_bias and ctx.needs_input_grad[3 if ctx.deconv else 2]
+    grad_in, grad_w, grad_b = torch.ops.aten.convolution_backward(
+        grad, F.relu(pre_relu), weight, [weight.shape[1] * ctx.groups] if has_bias else None,
+        ctx.conv_stride, ctx.conv_padding, ctx.dilation, True, ctx.output_padding, ctx.groups,
+        [need_input, need_weight, need_bias])
+    if grad_in is not None:
+        grad_in = torch.ops.aten.threshold_backward(grad_in, pre_relu, 0)
+    return grad_in, grad_w, grad_b
+
+
+def _relu_conv_setup(ctx, inputs, output):
+    y, weight, bias, ctx.conv_stride, ctx.conv_padding, ctx.output_padding, ctx.groups, ctx.dilation = inputs
+    ctx.deconv, ctx.has_bias = False, bias is not None
+    ctx.save_for_backward(y, weight)
+
+
+def _relu_conv_backward(ctx, grad):
+    y, weight = ctx.saved_tensors
+    grad_y, grad_w, grad_b = _conv_transpose_grads(ctx, grad, y, weight, ctx.has_bias)
+    return grad_y, grad_w, grad_b, None, None, None, None, None
+
+
+def _deconv_setup(ctx, inputs, output):
+    (y, switches, weight, bias, ctx.kernel_size, ctx.stride, ctx.padding, ctx.unpooled_size,
+     ctx.conv_stride, ctx.conv_padding, ctx.output_padding, ctx.groups, ctx.dilation) = inputs
+    ctx.deconv, ctx.has_bias = True, bias is not None
+    ctx.save_for_backward(y, switches, weight)
+
+
+def _deconv_backward(ctx, grad):
+    y, switches, weight = ctx.saved_tensors
+    # Recomputed rather than saved: the unpooled map is the largest tensor here.
+    unpooled = ops.unpool2d(y, switches, ctx.kernel_size, ctx.stride, ctx.padding, ctx.unpooled_size)
+    grad_unpooled, grad_w, grad_b = _conv_transpose_grads(ctx, grad, unpooled, weight, ctx.has_bias)
+    grad_y = None
+    if grad_unpooled is not None:
+        grad_y = ops.gather_switches(grad_unpooled, switches, ctx.kernel_size, ctx.stride, ctx.padding)
+    return (grad_y, None, grad_w, grad_b) + (None,) * 9
+
+
+for _name, _backward, _setup in (
+    ("max_pool2d_switches", _pool_backward, _pool_setup),
+    ("unpool2d", _unpool_backward, _unpool_setup),
+    ("gather_switches", _gather_backward, _gather_setup),
+    ("relu_conv_transpose2d", _relu_conv_backward, _relu_conv_setup),
+    ("deconv_step", _deconv_backward, _deconv_setup),
+):
+    torch.library.register_autograd(f"zfcore::{_name}", _backward, setup_context=_setup)

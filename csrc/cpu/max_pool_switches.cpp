@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../pool_geometry.h"
+#include "fresh_output.h"
 
 namespace zfcore {
 namespace {
@@ -25,11 +26,20 @@ namespace {
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-template <typename scalar_t>
+// NCHW. Windows wholly inside the input are done a row of outputs at a time with
+// the output column innermost: the loop has no branches (compare + select) and
+// strided loads, which the compiler vectorizes when KH, KW and the column stride
+// SW are compile-time constants. Edge windows use the scalar scan.
+template <typename scalar_t, int KH, int KW, int SW>
 void pool_nchw(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t planes, int64_t H, int64_t W,
                int64_t OH, int64_t OW, const PoolGeometry& g) {
   using acc = acc_t<scalar_t>;
+  // Output columns whose window lies inside [0, W).
+  const int64_t ow_lo = (g.pw + g.sw - 1) / g.sw;
+  const int64_t ow_hi = std::max<int64_t>(ow_lo, std::min<int64_t>(OW, (W + g.pw - g.kw) / g.sw + 1));
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
+    std::vector<acc> best(OW);
+    std::vector<int32_t> arg(OW);
     for (int64_t p = p0; p < p1; ++p) {
       const scalar_t* src = in + p * H * W;
       scalar_t* dst = out + p * OH * OW;
@@ -37,23 +47,51 @@ void pool_nchw(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t planes, i
       for (int64_t oh = 0; oh < OH; ++oh) {
         const int64_t hs = oh * g.sh - g.ph;
         const int64_t h0 = std::max<int64_t>(hs, 0), h1 = std::min<int64_t>(hs + g.kh, H);
+        const bool rows_inside = KH > 0 && h0 == hs && h1 == hs + g.kh;
+        const int64_t lo = rows_inside ? ow_lo : OW, hi = rows_inside ? ow_hi : OW;
+        if (rows_inside) {
+          acc* b = best.data();
+          int32_t* a = arg.data();
+          for (int64_t ow = lo; ow < hi; ++ow) {
+            b[ow] = -std::numeric_limits<acc>::infinity();
+            a[ow] = 0;
+          }
+          for (int dh = 0; dh < KH; ++dh) {
+            for (int dw = 0; dw < KW; ++dw) {
+              const scalar_t* r = src + (hs + dh) * W + dw - g.pw;
+              const int32_t off = dh * KW + dw;
+              for (int64_t ow = lo; ow < hi; ++ow) {
+                const acc v = static_cast<acc>(r[ow * SW]);
+                const bool take = (v > b[ow]) | (v != v);
+                b[ow] = take ? v : b[ow];
+                a[ow] = take ? off : a[ow];
+              }
+            }
+          }
+          for (int64_t ow = lo; ow < hi; ++ow) {
+            dst[oh * OW + ow] = static_cast<scalar_t>(b[ow]);
+            dsw[oh * OW + ow] = static_cast<uint8_t>(a[ow]);
+          }
+        }
         for (int64_t ow = 0; ow < OW; ++ow) {
+          if (ow == lo) ow = hi;  // skip the columns done above
+          if (ow >= OW) break;
           const int64_t ws = ow * g.sw - g.pw;
           const int64_t w0 = std::max<int64_t>(ws, 0), w1 = std::min<int64_t>(ws + g.kw, W);
-          acc best = -std::numeric_limits<acc>::infinity();
-          int64_t arg = (h0 - hs) * g.kw + (w0 - ws);
+          acc bv = -std::numeric_limits<acc>::infinity();
+          int64_t av = (h0 - hs) * g.kw + (w0 - ws);
           for (int64_t ih = h0; ih < h1; ++ih) {
             const scalar_t* row = src + ih * W;
             const int64_t base = (ih - hs) * g.kw - ws;
             for (int64_t iw = w0; iw < w1; ++iw) {
               const acc v = static_cast<acc>(row[iw]);
-              const bool take = (v > best) || (v != v);
-              best = take ? v : best;
-              arg = take ? base + iw : arg;
+              const bool take = (v > bv) || (v != v);
+              bv = take ? v : bv;
+              av = take ? base + iw : av;
             }
           }
-          dst[oh * OW + ow] = static_cast<scalar_t>(best);
-          dsw[oh * OW + ow] = static_cast<uint8_t>(arg);
+          dst[oh * OW + ow] = static_cast<scalar_t>(bv);
+          dsw[oh * OW + ow] = static_cast<uint8_t>(av);
         }
       }
     }
@@ -113,16 +151,26 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_switches_cpu(const at::Tensor& x, 
               " is too small for kernel_size ", kernel_size, " and padding ", padding);
   const at::MemoryFormat fmt = memory_format_of(x);
   const at::Tensor src = x.contiguous(fmt);
-  at::Tensor out = at::empty({N, C, OH, OW}, x.options().memory_format(fmt));
-  at::Tensor sw = at::empty({N, C, OH, OW}, x.options().dtype(at::kByte).memory_format(fmt));
+  at::Tensor out = empty_output({N, C, OH, OW}, x.options().memory_format(fmt));
+  at::Tensor sw = empty_output({N, C, OH, OW}, x.options().dtype(at::kByte).memory_format(fmt));
   if (out.numel() == 0) return {out, sw};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_switches_cpu", [&] {
     if (fmt == at::MemoryFormat::ChannelsLast) {
       pool_nhwc(src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), sw.mutable_data_ptr<uint8_t>(),
                 N, C, H, W, OH, OW, g);
     } else {
-      pool_nchw(src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), sw.mutable_data_ptr<uint8_t>(),
-                N * C, H, W, OH, OW, g);
+      // Fixed-size fast paths for the common windows (ZFNet's 3x3, 2x2).
+      auto run = [&](auto kernel) {
+        kernel(src.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), sw.mutable_data_ptr<uint8_t>(),
+               N * C, H, W, OH, OW, g);
+      };
+      if (g.kh == 3 && g.kw == 3 && g.sw == 2) {
+        run(pool_nchw<scalar_t, 3, 3, 2>);
+      } else if (g.kh == 2 && g.kw == 2 && g.sw == 2) {
+        run(pool_nchw<scalar_t, 2, 2, 2>);
+      } else {
+        run(pool_nchw<scalar_t, 0, 0, 1>);  // scalar scan only
+      }
     }
   });
   return {out, sw};

@@ -5,7 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import checks, reference
-from .backends import resolve
+from .backend_choice import resolve
 from .library import ops
 
 

@@ -63,25 +63,29 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
 # ---------------------------------------------------------------- fake kernels
 
 
+def _empty(like: torch.Tensor, shape, memory_format, dtype=None) -> torch.Tensor:
+    return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
+
+
 @torch.library.register_fake("zfcore::max_pool2d_switches")
 def _(x, kernel_size, stride, padding, ceil_mode):
     torch._check(x.dim() == 4, lambda: "max_pool2d_switches: x must be 4-D")
     oh, ow = (reference.pool_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], ceil_mode)
               for i in range(2))
     fmt = memory_format_of(x)
-    out = x.new_empty((x.shape[0], x.shape[1], oh, ow), memory_format=fmt)
-    return out, torch.empty_like(out, dtype=torch.uint8, memory_format=fmt)
+    shape = (x.shape[0], x.shape[1], oh, ow)
+    return _empty(x, shape, fmt), _empty(x, shape, fmt, torch.uint8)
 
 
 @torch.library.register_fake("zfcore::unpool2d")
 def _(y, switches, kernel_size, stride, padding, output_size):
     torch._check(switches.shape == y.shape, lambda: "unpool2d: switches must have the shape of y")
-    return y.new_empty((y.shape[0], y.shape[1], *output_size), memory_format=memory_format_of(y))
+    return _empty(y, (y.shape[0], y.shape[1], *output_size), memory_format_of(y))
 
 
 @torch.library.register_fake("zfcore::gather_switches")
 def _(x, switches, kernel_size, stride, padding):
-    return x.new_empty(switches.shape, memory_format=memory_format_of(x))
+    return _empty(x, switches.shape, memory_format_of(x))
 
 
 @torch.library.register_fake("zfcore::relu_conv_transpose2d")
@@ -92,7 +96,7 @@ def _(y, weight, bias, stride, padding, output_padding, groups, dilation):
 @torch.library.register_fake("zfcore::deconv_step")
 def _(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding, unpooled_size,
       stride, padding, output_padding, groups, dilation):
-    unpooled = y.new_empty((y.shape[0], y.shape[1], *unpooled_size), memory_format=memory_format_of(y))
+    unpooled = _empty(y, (y.shape[0], y.shape[1], *unpooled_size), memory_format_of(y))
     return F.conv_transpose2d(unpooled, weight, bias, stride, padding, output_padding, groups, dilation)
 
 

@@ -1,0 +1,73 @@
+"""gradcheck in float64 over 10 seeds, on tie-free inputs."""
+
+import pytest
+import torch
+from torch.autograd import gradcheck, gradgradcheck
+
+from zfcore.ops import deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
+
+from .helpers import BACKENDS
+
+SEEDS = range(10)
+
+
+def _tie_free(shape, generator):
+    """Distinct values at least 0.01 apart (gradcheck perturbs by 1e-6), none near 0."""
+    n = torch.Size(shape).numel()
+    values = (torch.randperm(n, generator=generator).double() - n / 2 + 0.5) * 0.01
+    return values.view(shape)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gradcheck_pool_and_unpool(backend, seed):
+    g = torch.Generator().manual_seed(seed)
+    x = _tie_free((2, 3, 9, 8), g).requires_grad_()
+    if seed % 2:
+        x = x.detach().contiguous(memory_format=torch.channels_last).requires_grad_()
+    geometry = [(3, 2, 1, True), (2, 3, 0, False), (3, 1, 1, False)][seed % 3]
+    assert gradcheck(lambda t: max_pool2d_switches(t, *geometry, backend=backend)[0], (x,))
+    _, switches = max_pool2d_switches(x.detach(), *geometry, backend=backend)
+    y = torch.randn(switches.shape, generator=g, dtype=torch.float64, requires_grad=True)
+    unpool = lambda t: unpool2d(t, switches, *geometry[:3], output_size=x.shape, backend=backend)  # noqa: E731
+    assert gradcheck(unpool, (y,))
+    assert gradgradcheck(unpool, (y,))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gradcheck_relu_conv_transpose2d(backend, seed):
+    g = torch.Generator().manual_seed(seed)
+    y = _tie_free((2, 4, 5, 6), g).requires_grad_()
+    weight = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+    stride, padding, output_padding = [(2, 1, 1), (1, 0, 0), ((2, 1), (0, 1), (1, 0))][seed % 3]
+    fn = lambda y, w, b: relu_conv_transpose2d(y, w, b, stride, padding, output_padding, backend=backend)  # noqa: E731
+    assert gradcheck(fn, (y, weight, bias))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("seed", SEEDS)
+def test_gradcheck_deconv_step(backend, seed):
+    g = torch.Generator().manual_seed(seed)
+    a = _tie_free((2, 4, 11, 11), g)
+    _, switches = max_pool2d_switches(a, 3, 2, ceil_mode=True, backend=backend)
+    y = torch.randn(switches.shape, generator=g, dtype=torch.float64).requires_grad_()
+    weight = torch.randn(4, 3, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    bias = torch.randn(3, generator=g, dtype=torch.float64, requires_grad=True)
+
+    def fn(y, w, b):
+        return deconv_step(y, switches, w, b, pool_kernel_size=3, pool_stride=2, unpooled_size=(11, 11),
+                           stride=2, padding=1, output_padding=0, backend=backend)
+
+    assert gradcheck(fn, (y, weight, bias))
+
+
+def test_pool_gradient_equals_torch_on_ties():
+    # On ties the gradient goes to the first maximum, as in PyTorch.
+    x = torch.randint(-2, 3, (2, 3, 9, 9)).float().requires_grad_()
+    out, _ = max_pool2d_switches(x, 3, 2, ceil_mode=True)
+    grad_out = torch.randn_like(out)
+    ours = torch.autograd.grad(out, x, grad_out)[0]
+    theirs = torch.autograd.grad(torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True), x, grad_out)[0]
+    assert torch.equal(ours, theirs)

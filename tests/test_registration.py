@@ -1,0 +1,191 @@
+"""The ops as PyTorch sees them: schemas, opcheck, torch.compile, backend choice,
+the fallback without the native library, and errors for bad input."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zfcore
+from zfcore.ops import deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
+from zfcore.ops.library import NATIVE
+from zfcore.ops.schemas import SCHEMAS
+
+from .samples import conv_sample_inputs, deconv_sample_inputs, pool_sample_inputs, unpool_sample_inputs
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ops = torch.ops.zfcore
+
+
+def test_python_schemas_equal_native_ones():
+    for name, schema in SCHEMAS.items():
+        assert str(getattr(ops, name).default._schema) == str(torch._C.parse_schema(f"zfcore::{schema}")), name
+
+
+def _grad(t):
+    return t.detach().requires_grad_() if t.is_floating_point() else t
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last", "noncontiguous"])
+def test_opcheck_every_op(layout):
+    for i, sample in enumerate(pool_sample_inputs(torch.float64, layouts=(layout,), contents=("random",))):
+        if i % 3 == 0:  # a third of the geometries keeps the test quick
+            torch.library.opcheck(ops.max_pool2d_switches.default,
+                                  (_grad(sample.x), *_normalized(sample), sample.ceil_mode))
+    for i, sample in enumerate(unpool_sample_inputs(torch.float64, layouts=(layout,))):
+        if i % 3 == 0:
+            e = sample.extra
+            k, s, p = _normalized(sample)
+            torch.library.opcheck(ops.unpool2d.default, (_grad(e["y"]), e["switches"], k, s, p, list(e["output_size"])))
+            torch.library.opcheck(ops.gather_switches.default,
+                                  (_grad(torch.randn(sample.x.shape, dtype=torch.float64)), e["switches"], k, s, p))
+    for sample in list(conv_sample_inputs(torch.float64, layouts=(layout,)))[::3]:
+        s, p, op, groups, d = (zfcore.ops.checks.pair("t", "a", v, minimum=0) if not isinstance(v, int) or j != 3
+                               else v for j, v in enumerate(sample.conv))
+        bias = _grad(sample.bias) if sample.bias is not None else None
+        torch.library.opcheck(ops.relu_conv_transpose2d.default,
+                              (_grad(sample.y), _grad(sample.weight), bias, s, p, op, groups, d))
+    for sample in deconv_sample_inputs(torch.float64, layouts=(layout,)):
+        kw = sample.kwargs
+        pair = lambda v: list(F._pair(v))  # noqa: E731
+        torch.library.opcheck(ops.deconv_step.default, (
+            _grad(sample.y), sample.switches, _grad(sample.weight), None, pair(kw["pool_kernel_size"]),
+            pair(kw["pool_stride"]), pair(kw["pool_padding"]), list(kw["unpooled_size"]), pair(kw["stride"]),
+            pair(kw["padding"]), pair(kw["output_padding"]), kw["groups"], [1, 1]))
+
+
+def _normalized(sample):
+    return zfcore.ops.checks.pool_geometry("test", sample.kernel_size, sample.stride, sample.padding)
+
+
+class TinyDeconvNet(torch.nn.Module):
+    """conv -> relu -> pool, then the deconvnet's way down, all on zfcore ops."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 8, 5, stride=2, padding=1)
+
+    def forward(self, x):
+        a = F.relu(self.conv(x))
+        pooled, switches = max_pool2d_switches(a, 3, 2, ceil_mode=True)
+        down = unpool2d(pooled, switches, 3, 2, output_size=a.shape)
+        rec = relu_conv_transpose2d(down, self.conv.weight, stride=2, padding=1, output_padding=1)
+        fused = deconv_step(pooled, switches, self.conv.weight, pool_kernel_size=3, pool_stride=2,
+                            unpooled_size=a.shape[-2:], stride=2, padding=1, output_padding=1)
+        return rec, fused
+
+
+def test_torch_compile_fullgraph_no_graph_break():
+    torch._dynamo.reset()
+    model = TinyDeconvNet()
+    x = torch.randn(2, 3, 32, 32, requires_grad=True)
+    eager = model(x)
+    compiled = torch.compile(model, fullgraph=True)(x)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e)
+    (compiled[0].sum() + compiled[1].sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    explanation = torch._dynamo.explain(model)(x)
+    assert explanation.graph_break_count == 0
+
+
+def test_backends_report():
+    info = zfcore.backends()
+    assert set(info) == {"reference", "cpu", "triton", "cuda"}
+    assert info["reference"].available
+    assert info["cpu"].available == NATIVE
+    for name, item in info.items():
+        assert item.reason, name
+
+
+def test_backend_argument_and_errors():
+    x = torch.randn(1, 2, 6, 6)
+    torch.testing.assert_close(max_pool2d_switches(x, 2, backend="reference")[0], F.max_pool2d(x, 2))
+    with pytest.raises(ValueError, match="backend must be one of"):
+        max_pool2d_switches(x, 2, backend="fastest")
+    with pytest.raises(RuntimeError, match="backend='cuda' is not available"):
+        max_pool2d_switches(x, 2, backend="cuda")
+
+
+def _run(code: str, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO,
+                          env={**os.environ, **env}, timeout=300)
+
+
+def test_zfcore_backend_environment_variable():
+    code = ("import torch, zfcore.ops.backend_choice as b; x = torch.zeros(1); "
+            "print(b.resolve('op', x, None)); print(b.resolve('op', x, 'reference'))")
+    result = _run(code, ZFCORE_BACKEND="reference")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["reference", "reference"]
+    bad = _run("import torch, zfcore; zfcore.ops.max_pool2d_switches(torch.zeros(1, 1, 2, 2), 2)",
+               ZFCORE_BACKEND="gpu9")
+    assert bad.returncode != 0 and "ZFCORE_BACKEND must be one of" in bad.stderr
+
+
+def test_fallback_without_native_library_warns_once_and_works():
+    code = (
+        "import sys, warnings, torch\n"
+        "sys.modules['zfcore._C'] = None  # as if the build were missing\n"
+        "warnings.simplefilter('always')\n"
+        "with warnings.catch_warnings(record=True) as caught:\n"
+        "    import zfcore\n"
+        "    x = torch.randn(2, 3, 9, 9)\n"
+        "    out, sw = zfcore.ops.max_pool2d_switches(x, 3, 2, ceil_mode=True)\n"
+        "    out2, sw2 = torch.ops.zfcore.max_pool2d_switches(x, [3, 3], [2, 2], [0, 0], True)\n"
+        "    zfcore.ops.unpool2d(out, sw, 3, 2, output_size=x.shape)\n"
+        "assert torch.equal(out, torch.nn.functional.max_pool2d(x, 3, 2, ceil_mode=True)) and torch.equal(sw, sw2)\n"
+        "print(sum('native library is not available' in str(w.message) for w in caught))\n"
+        "print(zfcore.backends()['cpu'].available)\n"
+    )
+    result = _run(code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "False"]
+
+
+BAD_INPUTS = [
+    (lambda: max_pool2d_switches(torch.randn(2, 9, 9), 3), ValueError, "x must be 4-D"),
+    (lambda: max_pool2d_switches(torch.randn(1, 1, 20, 20), 17), ValueError, "at most 256"),
+    (lambda: max_pool2d_switches(torch.randn(1, 1, 9, 9), 3, padding=2), ValueError, "padding .* at most half"),
+    (lambda: max_pool2d_switches(torch.randn(1, 1, 9, 9), 0), ValueError, "kernel_size must be >= 1"),
+    (lambda: max_pool2d_switches(torch.randn(1, 1, 9, 9), 3, stride=0), ValueError, "stride must be >= 1"),
+    (lambda: max_pool2d_switches(torch.randn(1, 1, 1, 1), 5, padding=1), ValueError, "too small"),
+    (lambda: max_pool2d_switches(torch.ones(1, 1, 4, 4, dtype=torch.int32), 2), TypeError, "x must be float32"),
+    (lambda: max_pool2d_switches(torch.randn(1, 1, 4, 4), (2, 2, 2)), TypeError, "kernel_size must be an int"),
+    (lambda: unpool2d(torch.randn(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.int64), 2), ValueError,
+     r"switches must be uint8 with the shape of y \[1, 2, 3, 3\] \(got int64"),
+    (lambda: unpool2d(torch.randn(1, 2, 3, 3), torch.zeros(1, 2, 3, 4, dtype=torch.uint8), 2), ValueError,
+     "switches must be uint8 with the shape of y"),
+    (lambda: unpool2d(torch.randn(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.uint8), 2, output_size=(9, 9)),
+     ValueError, r"output_size \(9, 9\) cannot be pooled"),
+    (lambda: unpool2d(torch.randn(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.uint8, device="meta"), 2),
+     ValueError, "all tensors must be on one device"),
+    (lambda: relu_conv_transpose2d(torch.randn(1, 4, 5, 5), torch.randn(3, 2, 3, 3)), ValueError,
+     "y has 4 channels but weight"),
+    (lambda: relu_conv_transpose2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3).double()), TypeError,
+     "weight must have y's dtype"),
+    (lambda: relu_conv_transpose2d(torch.randn(1, 4, 5, 5), torch.randn(4, 2, 3, 3), output_padding=1), ValueError,
+     "output_padding"),
+    (lambda: deconv_step(torch.randn(1, 2, 3, 3), torch.zeros(1, 2, 3, 3, dtype=torch.uint8), torch.randn(2, 1, 3, 3),
+                         pool_kernel_size=2, unpooled_size=(9, 9)), ValueError, r"unpooled_size \(9, 9\) cannot"),
+]
+
+
+@pytest.mark.parametrize("call, error, message", BAD_INPUTS)
+def test_bad_input_gets_a_clear_error(call, error, message):
+    with pytest.raises(error, match=message):
+        call()
+
+
+@pytest.mark.skipif(not NATIVE, reason="native library not built")
+def test_native_kernels_reject_switches_that_point_outside():
+    y = torch.randn(1, 1, 3, 3)
+    with pytest.raises(RuntimeError, match="outside a 2x2 window"):
+        ops.unpool2d(y, torch.full((1, 1, 3, 3), 9, dtype=torch.uint8), [2, 2], [2, 2], [0, 0], [6, 6])
+    with pytest.raises(RuntimeError, match="into the padding"):  # offset 0 of a padded corner window
+        ops.unpool2d(y, torch.zeros(1, 1, 3, 3, dtype=torch.uint8), [2, 2], [2, 2], [1, 1], [5, 5])
+    with pytest.raises(RuntimeError, match="point outside x"):
+        ops.gather_switches(torch.randn(1, 1, 5, 5), torch.zeros(1, 1, 3, 3, dtype=torch.uint8), [2, 2], [2, 2], [1, 1])

@@ -183,7 +183,7 @@ def test_bad_input_gets_a_clear_error(call, error, message):
 @pytest.mark.skipif(not NATIVE, reason="native library not built")
 def test_native_kernels_reject_switches_that_point_outside():
     y = torch.randn(1, 1, 3, 3)
-    with pytest.raises(RuntimeError, match="outside a 2x2 window"):
+    with pytest.raises(RuntimeError, match="outside their 2x2 window"):
         ops.unpool2d(y, torch.full((1, 1, 3, 3), 9, dtype=torch.uint8), [2, 2], [2, 2], [0, 0], [6, 6])
     with pytest.raises(RuntimeError, match="into the padding"):  # offset 0 of a padded corner window
         ops.unpool2d(y, torch.zeros(1, 1, 3, 3, dtype=torch.uint8), [2, 2], [2, 2], [1, 1], [5, 5])

@@ -8,9 +8,9 @@
 // between threads, so there are no atomics and runs are bit-identical. (An
 // element-wise gather over covering windows, what a GPU needs, measured 3x
 // slower here: it tests every covering window of every position.) Half types
-// accumulate in float and round once. Switches are validated (< kh*kw) before
-// the kernels run and every write is bounds-checked: a switch into the padding
-// (which max pooling never records) is an error, not a stray write.
+// accumulate in float and round once. Every write is bounds-checked: a switch
+// outside its window or into the padding (which max pooling never records) is
+// an error, not a stray write.
 //
 // gather_switches is unpool2d's adjoint: y[n, c, oh, ow] = x at the switch.
 #include "unpool.h"
@@ -19,6 +19,7 @@
 #include <ATen/Parallel.h>
 
 #include <atomic>
+#include <limits>
 #include <vector>
 
 #include "../pool_geometry.h"
@@ -31,12 +32,15 @@ template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
 // Row and column of each window offset, so the kernels divide by kw only here.
+// Offsets outside the kh x kw window map far outside the input, so the bounds
+// check that catches switches into the padding catches them too.
 struct OffsetTable {
   int64_t dh[256], dw[256];
   explicit OffsetTable(const PoolGeometry& g) {
     for (int64_t o = 0; o < 256; ++o) {
-      dh[o] = o / g.kw;
-      dw[o] = o % g.kw;
+      const bool inside = o < g.kh * g.kw;
+      dh[o] = inside ? o / g.kw : std::numeric_limits<int32_t>::min();
+      dw[o] = inside ? o % g.kw : 0;
     }
   }
 };
@@ -48,6 +52,8 @@ void unpool_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t plan
                  int64_t OH, int64_t OW, const PoolGeometry& g, std::atomic<bool>& outside) {
   using acc = acc_t<scalar_t>;
   const OffsetTable table(g);
+  const int64_t *dh = table.dh, *dw = table.dw;
+  const int64_t sh = g.sh, sw_ = g.sw, ph = g.ph, pw = g.pw;
   const bool exact = std::is_same_v<acc, scalar_t>;
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     std::vector<acc> wide(exact ? 0 : H * W);
@@ -56,18 +62,21 @@ void unpool_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t plan
       const uint8_t* sp = sw + p * OH * OW;
       acc* xp = exact ? reinterpret_cast<acc*>(x + p * H * W) : wide.data();
       std::fill(xp, xp + H * W, acc(0));
+      bool bad = false;
       for (int64_t oh = 0; oh < OH; ++oh) {
-        const int64_t hs = oh * g.sh - g.ph;
+        const int64_t hs = oh * sh - ph;
+        const scalar_t* yrow = yp + oh * OW;
+        const uint8_t* srow = sp + oh * OW;
         for (int64_t ow = 0; ow < OW; ++ow) {
-          const int64_t o = oh * OW + ow, off = sp[o];
-          const int64_t ih = hs + table.dh[off], iw = ow * g.sw - g.pw + table.dw[off];
-          if (ih < 0 || ih >= H || iw < 0 || iw >= W) {  // a switch into the padding
-            outside.store(true, std::memory_order_relaxed);
-            continue;
-          }
-          xp[ih * W + iw] += static_cast<acc>(yp[o]);
+          const int64_t off = srow[ow];
+          const int64_t ih = hs + dh[off], iw = ow * sw_ - pw + dw[off];
+          const bool inside = static_cast<uint64_t>(ih) < static_cast<uint64_t>(H) &&
+                              static_cast<uint64_t>(iw) < static_cast<uint64_t>(W);
+          bad |= !inside;  // a switch outside its window or into the padding
+          if (inside) xp[ih * W + iw] += static_cast<acc>(yrow[ow]);
         }
       }
+      if (bad) outside.store(true, std::memory_order_relaxed);
       if (RELU || !exact) {
         scalar_t* dst = x + p * H * W;
         for (int64_t i = 0; i < H * W; ++i) {
@@ -123,16 +132,12 @@ void unpool_nhwc(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t N, i
   });
 }
 
-void check_switches(const char* op, const at::Tensor& switches, const at::Tensor& like, const PoolGeometry& g) {
+void check_switches(const char* op, const at::Tensor& switches, const at::Tensor& like) {
   TORCH_CHECK(switches.scalar_type() == at::kByte, op, ": switches must be uint8 (got ", switches.scalar_type(), ")");
   TORCH_CHECK(switches.sizes() == like.sizes(), op, ": switches must have the shape of the pooled tensor ",
               like.sizes(), " (got ", switches.sizes(), ")");
   TORCH_CHECK(switches.device() == like.device(), op, ": switches must be on ", like.device(), " (got ",
               switches.device(), ")");
-  if (switches.numel() > 0) {
-    const int64_t top = switches.max().item<int64_t>();
-    TORCH_CHECK(top < g.kh * g.kw, op, ": switches hold offset ", top, ", outside a ", g.kh, "x", g.kw, " window");
-  }
 }
 
 }  // namespace
@@ -143,7 +148,7 @@ at::Tensor unpool2d_cpu_impl(const at::Tensor& y, const at::Tensor& switches, at
   const char* op = relu ? "deconv_step" : "unpool2d";
   const PoolGeometry g = check_pool_geometry(op, kernel_size, stride, padding);
   TORCH_CHECK(y.dim() == 4, op, ": y must be 4-D [N, C, H, W] (got ", y.dim(), "-D)");
-  check_switches(op, switches, y, g);
+  check_switches(op, switches, y);
   TORCH_CHECK(output_size.size() == 2, op, ": output_size must have two elements");
   const int64_t N = y.size(0), C = y.size(1), OH = y.size(2), OW = y.size(3);
   const int64_t H = output_size[0], W = output_size[1];
@@ -169,7 +174,8 @@ at::Tensor unpool2d_cpu_impl(const at::Tensor& y, const at::Tensor& switches, at
            : unpool_nchw<scalar_t, false>(yp, sp, xp, N * C, H, W, OH, OW, g, outside);
     }
   });
-  TORCH_CHECK(!outside.load(), op, ": switches point into the padding, outside the ", H, "x", W,
+  TORCH_CHECK(!outside.load(), op, ": switches point outside their ", g.kh, "x", g.kw,
+              " window or into the padding of the ", H, "x", W,
               " output; they must come from max_pool2d_switches with the same parameters");
   return x;
 }

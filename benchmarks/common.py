@@ -1,0 +1,112 @@
+"""Timing and result files shared by the benchmark scripts.
+
+Every row carries the command that reproduces it, the device, the library
+versions and the commit. CPU timing: torch.utils.benchmark at a fixed thread
+count, median with 20th/80th percentiles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import torch
+from torch.utils import benchmark
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+RESULTS = os.path.join(ROOT, "benchmarks", "results")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or "unknown CPU"
+
+
+def commit() -> str:
+    try:
+        head = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, text=True).strip()
+        dirty = subprocess.run(["git", "diff", "--quiet", "HEAD", "--", "csrc", "zfcore"], cwd=ROOT).returncode
+        return head + ("-dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def environment(threads: int) -> dict:
+    try:
+        import triton
+
+        triton_version = triton.__version__
+    except ImportError:
+        triton_version = None
+    return {
+        "command": " ".join([os.path.relpath(sys.argv[0], ROOT)] + sys.argv[1:]),
+        "device": f"{cpu_name()} ({os.cpu_count()} cores visible, {threads} threads)",
+        "torch": torch.__version__,
+        "triton": triton_version,
+        "python": platform.python_version(),
+        "commit": commit(),
+    }
+
+
+@dataclass
+class Timing:
+    median_ms: float
+    p20_ms: float
+    p80_ms: float
+
+
+def time_cpu(fn, threads: int, min_run_time: float) -> Timing:
+    fn()  # warm-up (and first-touch of anything cached)
+    m = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
+    times = np.array(m.times) * 1e3
+    return Timing(float(np.median(times)), float(np.percentile(times, 20)), float(np.percentile(times, 80)))
+
+
+@dataclass
+class Row:
+    op: str
+    case: str
+    shape: str
+    dtype: str
+    layout: str
+    baseline: str
+    zfcore: Timing
+    pytorch: Timing
+
+    @property
+    def ratio(self) -> float:
+        return self.pytorch.median_ms / self.zfcore.median_ms
+
+    def as_dict(self) -> dict:
+        return {**asdict(self), "ratio": round(self.ratio, 3)}
+
+
+def write(name: str, rows: list[Row], env: dict, notes: list[str]) -> None:
+    os.makedirs(RESULTS, exist_ok=True)
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        json.dump({"environment": env, "notes": notes, "rows": [r.as_dict() for r in rows]}, f, indent=1)
+    lines = [f"# zfcore vs pure PyTorch: {name}", "",
+             f"Command: `{env['command']}`  ", f"Device: {env['device']}  ",
+             f"torch {env['torch']}, triton {env['triton']}, Python {env['python']}, commit {env['commit']}", "",
+             "Ratio = PyTorch median / zfcore median (higher is better for zfcore); times in ms, "
+             "median [p20, p80].", "",
+             "| op | case | shape | dtype | layout | PyTorch baseline | PyTorch ms | zfcore ms | ratio |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        fmt = lambda t: f"{t.median_ms:.2f} [{t.p20_ms:.2f}, {t.p80_ms:.2f}]"  # noqa: E731
+        lines.append(f"| {r.op} | {r.case} | {r.shape} | {r.dtype} | {r.layout} | {r.baseline} | "
+                     f"{fmt(r.pytorch)} | {fmt(r.zfcore)} | **{r.ratio:.2f}x** |")
+    lines += [""] + [f"- {n}" for n in notes]
+    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+        f.write("\n".join(lines) + "\n")

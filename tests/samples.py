@@ -152,6 +152,10 @@ DECONV_GEOMETRIES = [
     ((2, 4, 17, 15), (8, 4, 5, 5), dict(stride=2, padding=0), dict(kernel=3, stride=2, padding=1, ceil=False)),
     ((1, 4, 12, 12), (6, 2, 3, 3), dict(stride=1, padding=1, groups=2), dict(kernel=2, stride=3, padding=0, ceil=True)),
     ((0, 3, 12, 12), (4, 3, 3, 3), dict(stride=1, padding=0), dict(kernel=2, stride=2, padding=0, ceil=False)),
+    # stride-1 pooling: a dense unpooled map (the CPU backend composes with oneDNN)
+    ((2, 3, 10, 10), (5, 3, 3, 3), dict(stride=1, padding=1), dict(kernel=2, stride=1, padding=0, ceil=False)),
+    # dilation, and channel blocks beyond 64 output channels
+    ((1, 70, 9, 9), (6, 70, 3, 3), dict(stride=1, padding=2, dilation=2), dict(kernel=2, stride=2, padding=0, ceil=True)),
 ]
 
 
@@ -165,16 +169,19 @@ def deconv_sample_inputs(dtype=torch.float32, layouts=LAYOUTS):
             seed, g = next(seeds)
             weight = torch.randn(w_shape, generator=g, dtype=torch.float64) * 0.2
             x = torch.randn(x_shape, generator=g, dtype=torch.float64)
-            a = F.relu(F.conv2d(x, weight, None, conv["stride"], conv["padding"], 1, conv.get("groups", 1)))
+            a = F.relu(F.conv2d(x, weight, None, conv["stride"], conv["padding"], conv.get("dilation", 1),
+                                conv.get("groups", 1)))
             _, switches = max_pool2d_switches(a, pool["kernel"], pool["stride"], pool["padding"], pool["ceil"],
                                               backend="reference")
             y = _layout(torch.randn(switches.shape, generator=g, dtype=torch.float64).to(dtype), layout, g)
             # The output_padding that recovers the conv input's exact size.
+            d = conv.get("dilation", 1)
             out_pad = tuple(
-                (x_shape[2 + i] + 2 * conv["padding"] - w_shape[2 + i]) % conv["stride"] for i in range(2))
+                (x_shape[2 + i] + 2 * conv["padding"] - d * (w_shape[2 + i] - 1) - 1) % conv["stride"]
+                for i in range(2))
             kwargs = dict(pool_kernel_size=pool["kernel"], pool_stride=pool["stride"], pool_padding=pool["padding"],
                           unpooled_size=tuple(a.shape[-2:]), stride=conv["stride"], padding=conv["padding"],
-                          output_padding=out_pad, groups=conv.get("groups", 1))
+                          output_padding=out_pad, groups=conv.get("groups", 1), dilation=d)
             sample = ConvSample(y, weight.to(dtype), None, (), seed, notes=layout)
             sample.switches, sample.kwargs, sample.input_shape = switches, kwargs, x_shape
             yield sample

@@ -54,7 +54,7 @@ def test_opcheck_every_op(layout):
         torch.library.opcheck(ops.deconv_step.default, (
             _grad(sample.y), sample.switches, _grad(sample.weight), None, pair(kw["pool_kernel_size"]),
             pair(kw["pool_stride"]), pair(kw["pool_padding"]), list(kw["unpooled_size"]), pair(kw["stride"]),
-            pair(kw["padding"]), pair(kw["output_padding"]), kw["groups"], [1, 1]))
+            pair(kw["padding"]), pair(kw["output_padding"]), kw["groups"], pair(kw["dilation"])))
 
 
 def _normalized(sample):

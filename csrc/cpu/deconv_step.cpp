@@ -1,26 +1,179 @@
 // deconv_step on the CPU: conv_transpose2d(relu(unpool2d(y, switches)), weight, bias).
 //
-// The measured fastest correct composition on the CPU: one gather pass writes the
-// rectified unpooled map (the unpool and the ReLU fused, see unpool.cpp), and
-// oneDNN runs the transposed convolution on it. A transposed convolution that
-// reads through the switches would skip writing that map, but would give up the
-// oneDNN GEMM, which dominates the time at every ZFNet layer (see
-// benchmarks/results/cpu.md).
+// The unpooled map is sparse by construction: max pooling with stride s keeps
+// one position per window, so at most 1/(sh*sw) of it is nonzero (ZFNet's 3x3/s2
+// pools: under 25%, about half of that after the ReLU). This kernel never writes
+// that map. For each (image, input channel) it unpools the plane into a small
+// buffer that stays in cache (adding overlapping windows in row-major order, as
+// unpool2d, so the rectified values are the same bits), then visits the windows
+// again and scatters every positive value times its filter into the output:
+//   out[n, co, ih*s - p + kh*d, iw*s - p + kw*d] += relu(u[n, ci, ih, iw]) * W[ci, co, kh, kw].
+// The output is accumulated per (image, block of output channels) with the
+// channels innermost, so the inner loop is a vectorized axpy over channels.
+// The work is proportional to the nonzeros, not to the map: measured against
+// unpool + relu + oneDNN's transposed convolution in benchmarks/results/cpu.md.
+// Dense unpooled maps (pooling stride 1) take that composition instead.
+#include <ATen/Dispatch.h>
+#include <ATen/Parallel.h>
 #include <torch/all.h>
 
+#include <atomic>
+#include <vector>
+
+#include "../pool_geometry.h"
+#include "fresh_output.h"
 #include "unpool.h"
 
 namespace zfcore {
 namespace {
+
+template <typename T>
+using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
+
+struct ConvGeometry {
+  int64_t sh, sw, ph, pw, dh, dw, groups;
+};
+
+// CB > 0: the block of output channels has exactly CB channels (small Cout, such
+// as a first layer's 3), so the channel loop unrolls instead of falling into a
+// vector loop's scalar remainder.
+template <typename scalar_t, int CB>
+void sparse_deconv(const scalar_t* y, const uint8_t* switches, const acc_t<scalar_t>* wt, const scalar_t* bias,
+                   scalar_t* out, bool out_channels_last, int64_t N, int64_t C, int64_t OH, int64_t OW, int64_t H,
+                   int64_t W, int64_t Cout, int64_t KH, int64_t KW, int64_t HO, int64_t WO, const PoolGeometry& pg,
+                   const ConvGeometry& cg, std::atomic<bool>& outside) {
+  using acc = acc_t<scalar_t>;
+  const int64_t cin_g = C / cg.groups, cout_g = Cout / cg.groups;
+  const int64_t block = CB > 0 ? CB : std::min<int64_t>(cout_g, 64);
+  const int64_t blocks = (cout_g + block - 1) / block;
+  int64_t dh_of[256], dw_of[256];
+  for (int64_t o = 0; o < 256; ++o) {
+    const bool inside = o < pg.kh * pg.kw;
+    dh_of[o] = inside ? o / pg.kw : std::numeric_limits<int32_t>::min();
+    dw_of[o] = inside ? o % pg.kw : 0;
+  }
+  at::parallel_for(0, N * cg.groups * blocks, 1, [&](int64_t t0, int64_t t1) {
+    std::vector<acc> plane(H * W, acc(0));  // always returned to zero after use
+    std::vector<int32_t> where(OH * OW);
+    std::vector<acc> sum(HO * WO * block);
+    for (int64_t t = t0; t < t1; ++t) {
+      const int64_t n = t / (cg.groups * blocks), grp = (t / blocks) % cg.groups, b = t % blocks;
+      const int64_t co0 = b * block, cb = std::min(block, cout_g - co0);
+      std::fill(sum.begin(), sum.end(), acc(0));
+      bool bad = false;
+      for (int64_t ci = grp * cin_g; ci < (grp + 1) * cin_g; ++ci) {
+        const scalar_t* yp = y + (n * C + ci) * OH * OW;
+        const uint8_t* sp = switches + (n * C + ci) * OH * OW;
+        for (int64_t oh = 0; oh < OH; ++oh) {  // unpool the plane, windows in row-major order
+          for (int64_t ow = 0; ow < OW; ++ow) {
+            const int64_t o = oh * OW + ow, off = sp[o];
+            const int64_t ih = oh * pg.sh - pg.ph + dh_of[off], iw = ow * pg.sw - pg.pw + dw_of[off];
+            const bool inside = static_cast<uint64_t>(ih) < static_cast<uint64_t>(H) &&
+                                static_cast<uint64_t>(iw) < static_cast<uint64_t>(W);
+            bad |= !inside;
+            where[o] = inside ? static_cast<int32_t>(ih * W + iw) : -1;
+            if (inside) plane[ih * W + iw] += static_cast<acc>(yp[o]);
+          }
+        }
+        const acc* wc = wt + (ci * KH * KW) * cout_g + co0;  // wt is [C, KH, KW, Cout/groups]
+        for (int64_t o = 0; o < OH * OW; ++o) {  // each nonzero position once: zeroed when visited
+          const int32_t pos = where[o];
+          if (pos < 0) continue;
+          const acc v = plane[pos];
+          plane[pos] = acc(0);
+          if (!(v > acc(0)) && v == v) continue;  // rectified away (NaN goes on, as F.relu keeps it)
+          const int64_t ih = pos / W, iw = pos % W;
+          const int64_t oy0 = ih * cg.sh - cg.ph, ox0 = iw * cg.sw - cg.pw;
+          for (int64_t kh = 0; kh < KH; ++kh) {
+            const int64_t oy = oy0 + kh * cg.dh;
+            if (static_cast<uint64_t>(oy) >= static_cast<uint64_t>(HO)) continue;
+            for (int64_t kw = 0; kw < KW; ++kw) {
+              const int64_t ox = ox0 + kw * cg.dw;
+              if (static_cast<uint64_t>(ox) >= static_cast<uint64_t>(WO)) continue;
+              acc* s = sum.data() + (oy * WO + ox) * block;
+              const acc* wk = wc + (kh * KW + kw) * cout_g;
+              if constexpr (CB > 0) {
+                for (int c = 0; c < CB; ++c) s[c] += v * wk[c];
+              } else {
+                for (int64_t c = 0; c < cb; ++c) s[c] += v * wk[c];
+              }
+            }
+          }
+        }
+      }
+      if (bad) outside.store(true, std::memory_order_relaxed);
+      const int64_t cog = grp * cout_g + co0;  // first output channel of this block
+      for (int64_t q = 0; q < HO * WO; ++q) {
+        const acc* s = sum.data() + q * block;
+        for (int64_t c = 0; c < cb; ++c) {
+          const acc v = s[c] + (bias ? static_cast<acc>(bias[cog + c]) : acc(0));
+          const int64_t index = out_channels_last ? (n * HO * WO + q) * Cout + cog + c
+                                                  : ((n * Cout + cog + c) * HO * WO) + q;
+          out[index] = static_cast<scalar_t>(v);
+        }
+      }
+    }
+  });
+}
 
 at::Tensor deconv_step_cpu(const at::Tensor& y, const at::Tensor& switches, const at::Tensor& weight,
                            const std::optional<at::Tensor>& bias, at::IntArrayRef pool_kernel_size,
                            at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef unpooled_size,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                            int64_t groups, at::IntArrayRef dilation) {
-  const at::Tensor rectified =
-      unpool2d_cpu_impl(y, switches, pool_kernel_size, pool_stride, pool_padding, unpooled_size, true);
-  return at::conv_transpose2d(rectified, weight, bias, stride, padding, output_padding, groups, dilation);
+  const PoolGeometry pg = check_pool_geometry("deconv_step", pool_kernel_size, pool_stride, pool_padding);
+  TORCH_CHECK(y.dim() == 4 && weight.dim() == 4, "deconv_step: y and weight must be 4-D");
+  TORCH_CHECK(unpooled_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && output_padding.size() == 2 &&
+                  dilation.size() == 2,
+              "deconv_step: unpooled_size, stride, padding, output_padding and dilation must have two elements");
+  const int64_t OH = y.size(2), OW = y.size(3), H = unpooled_size[0], W = unpooled_size[1];
+  const at::MemoryFormat fmt = memory_format_of(y);
+  // Dense unpooled maps: the GEMM of oneDNN wins.
+  if (2 * OH * OW > H * W) {
+    const at::Tensor rectified =
+        unpool2d_cpu_impl(y, switches, pool_kernel_size, pool_stride, pool_padding, unpooled_size, true);
+    return at::conv_transpose2d(rectified, weight, bias, stride, padding, output_padding, groups, dilation)
+        .contiguous(fmt);
+  }
+  TORCH_CHECK(switches.scalar_type() == at::kByte && switches.sizes() == y.sizes(),
+              "deconv_step: switches must be uint8 with the shape of y ", y.sizes());
+  TORCH_CHECK(groups > 0 && y.size(1) == weight.size(0) && weight.size(0) % groups == 0,
+              "deconv_step: weight ", weight.sizes(), " does not fit y ", y.sizes(), " with groups ", groups);
+  TORCH_CHECK(weight.scalar_type() == y.scalar_type(), "deconv_step: weight must have y's dtype");
+  const int64_t N = y.size(0), C = y.size(1), KH = weight.size(2), KW = weight.size(3);
+  const int64_t Cout = weight.size(1) * groups;
+  const int64_t HO = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (KH - 1) + output_padding[0] + 1;
+  const int64_t WO = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (KW - 1) + output_padding[1] + 1;
+  TORCH_CHECK(HO > 0 && WO > 0, "deconv_step: the transposed convolution's output would be empty");
+  at::Tensor bias_c;
+  if (bias.has_value() && bias->defined()) {
+    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == Cout, "deconv_step: bias must have ", Cout, " elements");
+    bias_c = bias->contiguous();
+  }
+  at::Tensor out = empty_output({N, Cout, HO, WO}, y.options().memory_format(fmt));
+  if (out.numel() == 0) return out;
+  const at::Tensor ys = y.contiguous(), ss = switches.contiguous();
+  const ConvGeometry cg{stride[0], stride[1], padding[0], padding[1], dilation[0], dilation[1], groups};
+  std::atomic<bool> outside{false};
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "deconv_step_cpu", [&] {
+    using acc = acc_t<scalar_t>;
+    const at::Tensor wt = weight.permute({0, 2, 3, 1}).to(c10::CppTypeToScalarType<acc>::value).contiguous();
+    auto run = [&](auto kernel) {
+      kernel(ys.const_data_ptr<scalar_t>(), ss.const_data_ptr<uint8_t>(), wt.const_data_ptr<acc>(),
+             bias_c.defined() ? bias_c.const_data_ptr<scalar_t>() : nullptr, out.mutable_data_ptr<scalar_t>(),
+             fmt == at::MemoryFormat::ChannelsLast, N, C, OH, OW, H, W, Cout, KH, KW, HO, WO, pg, cg, outside);
+    };
+    switch (Cout / groups) {
+      case 1: run(sparse_deconv<scalar_t, 1>); break;
+      case 2: run(sparse_deconv<scalar_t, 2>); break;
+      case 3: run(sparse_deconv<scalar_t, 3>); break;
+      case 4: run(sparse_deconv<scalar_t, 4>); break;
+      default: run(sparse_deconv<scalar_t, 0>);
+    }
+  });
+  TORCH_CHECK(!outside.load(), "deconv_step: switches point outside their ", pg.kh, "x", pg.kw,
+              " window or into the padding of the ", H, "x", W, " unpooled map");
+  return out;
 }
 
 }  // namespace

@@ -96,8 +96,9 @@ def _(y, weight, bias, stride, padding, output_padding, groups, dilation):
 @torch.library.register_fake("zfcore::deconv_step")
 def _(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding, unpooled_size,
       stride, padding, output_padding, groups, dilation):
-    unpooled = _empty(y, (y.shape[0], y.shape[1], *unpooled_size), memory_format_of(y))
-    return F.conv_transpose2d(unpooled, weight, bias, stride, padding, output_padding, groups, dilation)
+    size = [(unpooled_size[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1)
+            + output_padding[i] + 1 for i in range(2)]
+    return _empty(y, (y.shape[0], weight.shape[1] * groups, *size), memory_format_of(y))
 
 
 # -------------------------------------------------------------------- autograd

@@ -51,7 +51,8 @@ def main() -> int:
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--quick", action="store_true", help="batch 2, fp32, NCHW only, short timings")
-    parser.add_argument("--output", default="cpu", help="results name: benchmarks/results/<output>.json/.md")
+    parser.add_argument("--output", default="cpu", help="results name: <results-dir>/<output>.json and .md")
+    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results")
     args = parser.parse_args()
     if args.quick:
         args.batch, args.dtypes, args.min_run_time = 2, "float32", 0.05
@@ -121,7 +122,7 @@ def main() -> int:
         windows = n * c * ((h - 2) // 2 + 1 + (1 if (h - 3) % 2 else 0)) ** 2
         notes.append(f"{pool} at batch {n}: switches take {windows / 2**20:.2f} MiB (uint8), "
                      f"PyTorch's int64 indices {8 * windows / 2**20:.2f} MiB (8x)")
-    write(args.output, rows, environment(args.threads), notes)
+    write(args.output, rows, environment(args.threads), notes, args.results_dir)
     for r in rows:
         print(f"{r.op:22s} {r.case:13s} {r.dtype:8s} {r.layout:13s} {r.ratio:6.2f}x  vs {r.baseline}")
     return 0

@@ -92,9 +92,10 @@ class Row:
         return {**asdict(self), "ratio": round(self.ratio, 3)}
 
 
-def write(name: str, rows: list[Row], env: dict, notes: list[str]) -> None:
-    os.makedirs(RESULTS, exist_ok=True)
-    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+def write(name: str, rows: list[Row], env: dict, notes: list[str], directory: str | None = None) -> None:
+    directory = directory or RESULTS
+    os.makedirs(directory, exist_ok=True)
+    with open(os.path.join(directory, f"{name}.json"), "w") as f:
         json.dump({"environment": env, "notes": notes, "rows": [r.as_dict() for r in rows]}, f, indent=1)
     lines = [f"# zfcore vs pure PyTorch: {name}", "",
              f"Command: `{env['command']}`  ", f"Device: {env['device']}  ",
@@ -108,5 +109,5 @@ def write(name: str, rows: list[Row], env: dict, notes: list[str]) -> None:
         lines.append(f"| {r.op} | {r.case} | {r.shape} | {r.dtype} | {r.layout} | {r.baseline} | "
                      f"{fmt(r.pytorch)} | {fmt(r.zfcore)} | **{r.ratio:.2f}x** |")
     lines += [""] + [f"- {n}" for n in notes]
-    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+    with open(os.path.join(directory, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

@@ -1,0 +1,33 @@
+# zfcore: set-up, tests and benchmarks. `make bench` and `make test` each do all
+# set-up on a fresh machine (torch==2.13.0 is installed only when no torch is
+# there; an existing torch is reused, offline).
+PYTHON ?= python3
+PIP := $(PYTHON) -m pip
+NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp) setup.py
+STAMP := build/.zfcore-installed
+
+.PHONY: setup test bench native-check clean
+
+setup: $(STAMP)
+
+$(STAMP): $(NATIVE_SOURCES)
+	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
+	@$(PYTHON) -c "import numpy, pytest, tqdm, setuptools" 2>/dev/null || \
+		$(PIP) install numpy pytest pytest-benchmark tqdm setuptools
+	$(PIP) install --no-build-isolation --no-deps -e .
+	@mkdir -p build && touch $@
+
+# The standalone CMake build of csrc and its C++ unit test (ctest).
+native-check: setup
+	cmake -S . -B build-cmake -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
+	cmake --build build-cmake -j2
+	ctest --test-dir build-cmake -V
+
+test: setup native-check
+	$(PYTHON) -m pytest tests -q
+
+bench: setup
+	$(PYTHON) benchmarks/bench_ops.py
+
+clean:
+	rm -rf build build-cmake zfcore/_C*.so *.egg-info

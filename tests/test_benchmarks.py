@@ -1,0 +1,27 @@
+"""The op benchmark runs end to end (a smoke run: batch 2, short timings) and
+writes its JSON and markdown table. Speed itself is shown by the benchmark's
+committed results, never by a timed test."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+import zfcore
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+@pytest.mark.skipif(not zfcore.backends()["cpu"].available, reason="native CPU backend not built")
+def test_bench_ops_quick_run_writes_results(tmp_path):
+    result = subprocess.run([sys.executable, "benchmarks/bench_ops.py", "--quick", "--output", "smoke",
+                             "--results-dir", str(tmp_path)], cwd=REPO, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    data = json.loads((tmp_path / "smoke.json").read_text())
+    ops = {row["op"] for row in data["rows"]}
+    assert ops == {"max_pool2d_switches", "unpool2d", "relu_conv_transpose2d", "deconv_step"}
+    assert all(row["ratio"] > 0 and row["zfcore"]["median_ms"] > 0 for row in data["rows"])
+    assert data["environment"]["command"].startswith("benchmarks/bench_ops.py")
+    assert "| ratio |" in (tmp_path / "smoke.md").read_text()

@@ -1,6 +1,7 @@
 // Allocation of large CPU outputs.
 //
-// A fresh multi-megabyte tensor comes straight from mmap, and its first touch
+// A tensor of 32 MiB or more (glibc's largest mmap threshold) always comes
+// straight from mmap, and its first touch
 // costs one page fault per 4 KiB page: for ZFNet's pool1 unpooled map (74 MB)
 // the faults alone take longer than the kernel (measured: zero-filling a fresh
 // [16, 96, 110, 110] float tensor takes 31 ms with 4 KiB pages, 5 ms with 2 MiB
@@ -19,7 +20,8 @@ inline at::Tensor empty_output(at::IntArrayRef sizes, const at::TensorOptions& o
   at::Tensor t = at::empty(sizes, options);
   constexpr uintptr_t kHuge = uintptr_t(2) << 20;
   const size_t bytes = t.nbytes();
-  if (bytes >= 2 * kHuge) {
+  // Smaller buffers are mostly recycled from the heap, where the advice only costs.
+  if (bytes >= (size_t(32) << 20)) {
     const auto begin = reinterpret_cast<uintptr_t>(t.data_ptr());
     const uintptr_t first = (begin + kHuge - 1) & ~(kHuge - 1);
     const uintptr_t last = (begin + bytes) & ~(kHuge - 1);

@@ -48,8 +48,9 @@ void pool_nchw(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t planes, i
         const int64_t hs = oh * g.sh - g.ph;
         const int64_t h0 = std::max<int64_t>(hs, 0), h1 = std::min<int64_t>(hs + g.kh, H);
         const bool rows_inside = KH > 0 && h0 == hs && h1 == hs + g.kh;
-        const int64_t lo = rows_inside ? ow_lo : OW, hi = rows_inside ? ow_hi : OW;
-        if (rows_inside) {
+        const bool wide = rows_inside && ow_hi - ow_lo >= 8;  // short rows do not pay for a vector loop
+        const int64_t lo = wide ? ow_lo : OW, hi = wide ? ow_hi : OW;
+        if (wide) {
           acc* b = best.data();
           int32_t* a = arg.data();
           for (int64_t ow = lo; ow < hi; ++ow) {
@@ -79,13 +80,28 @@ void pool_nchw(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t planes, i
           const int64_t ws = ow * g.sw - g.pw;
           const int64_t w0 = std::max<int64_t>(ws, 0), w1 = std::min<int64_t>(ws + g.kw, W);
           acc bv = -std::numeric_limits<acc>::infinity();
+          if (KH > 0 && rows_inside && w0 == ws && w1 == ws + g.kw) {  // fixed-size window, unrolled
+            const scalar_t* base = src + hs * W + ws;
+            int32_t av = 0;
+            for (int dh = 0; dh < KH; ++dh) {
+              for (int dw = 0; dw < KW; ++dw) {
+                const acc v = static_cast<acc>(base[dh * W + dw]);
+                const bool take = (v > bv) | (v != v);
+                bv = take ? v : bv;
+                av = take ? dh * KW + dw : av;
+              }
+            }
+            dst[oh * OW + ow] = static_cast<scalar_t>(bv);
+            dsw[oh * OW + ow] = static_cast<uint8_t>(av);
+            continue;
+          }
           int64_t av = (h0 - hs) * g.kw + (w0 - ws);
           for (int64_t ih = h0; ih < h1; ++ih) {
             const scalar_t* row = src + ih * W;
             const int64_t base = (ih - hs) * g.kw - ws;
             for (int64_t iw = w0; iw < w1; ++iw) {
               const acc v = static_cast<acc>(row[iw]);
-              const bool take = (v > bv) || (v != v);
+              const bool take = (v > bv) | (v != v);
               bv = take ? v : bv;
               av = take ? base + iw : av;
             }

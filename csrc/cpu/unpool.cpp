@@ -91,19 +91,24 @@ void unpool_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t plan
 
 // Channels-last: one thread owns one image's block of channels that fills a
 // 64-byte cache line, zeroes it at every position and adds the windows in
-// row-major order.
+// row-major order: straight into the output for float and double, through a
+// float buffer for half types and when the ReLU follows.
 template <typename scalar_t, bool RELU>
 void unpool_nhwc(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t N, int64_t C, int64_t H, int64_t W,
                  int64_t OH, int64_t OW, const PoolGeometry& g, std::atomic<bool>& outside) {
   using acc = acc_t<scalar_t>;
+  constexpr bool direct = std::is_same_v<acc, scalar_t> && !RELU;
   const OffsetTable table(g);
   const int64_t block = std::max<int64_t>(1, 64 / static_cast<int64_t>(sizeof(scalar_t)));
   const int64_t blocks = (C + block - 1) / block;
   at::parallel_for(0, N * blocks, 1, [&](int64_t t0, int64_t t1) {
-    std::vector<acc> sum(H * W * block);
+    std::vector<acc> buffer(direct ? 0 : H * W * block);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / blocks, c0 = (t % blocks) * block, cn = std::min(block, C - c0);
-      std::fill(sum.begin(), sum.end(), acc(0));
+      acc* sum = direct ? reinterpret_cast<acc*>(x + n * H * W * C + c0) : buffer.data();
+      const int64_t step = direct ? C : block;  // elements between two positions
+      for (int64_t i = 0; i < H * W; ++i) std::fill(sum + i * step, sum + i * step + cn, acc(0));
+      bool bad = false;
       for (int64_t oh = 0; oh < OH; ++oh) {
         const int64_t hs = oh * g.sh - g.ph;
         for (int64_t ow = 0; ow < OW; ++ow) {
@@ -111,21 +116,23 @@ void unpool_nhwc(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t N, i
           for (int64_t c = 0; c < cn; ++c) {
             const int64_t off = sw[o + c];
             const int64_t ih = hs + table.dh[off], iw = ws + table.dw[off];
-            if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
-              outside.store(true, std::memory_order_relaxed);
-              continue;
-            }
-            sum[(ih * W + iw) * block + c] += static_cast<acc>(y[o + c]);
+            const bool inside = static_cast<uint64_t>(ih) < static_cast<uint64_t>(H) &&
+                                static_cast<uint64_t>(iw) < static_cast<uint64_t>(W);
+            bad |= !inside;
+            if (inside) sum[(ih * W + iw) * step + c] += static_cast<acc>(y[o + c]);
           }
         }
       }
-      for (int64_t i = 0; i < H * W; ++i) {
-        scalar_t* dst = x + (n * H * W + i) * C + c0;
-        const acc* src = sum.data() + i * block;
-        for (int64_t c = 0; c < cn; ++c) {
-          acc v = src[c];
-          if constexpr (RELU) v = v < acc(0) ? acc(0) : v;
-          dst[c] = static_cast<scalar_t>(v);
+      if (bad) outside.store(true, std::memory_order_relaxed);
+      if constexpr (!direct) {
+        for (int64_t i = 0; i < H * W; ++i) {
+          scalar_t* dst = x + (n * H * W + i) * C + c0;
+          const acc* src = sum + i * block;
+          for (int64_t c = 0; c < cn; ++c) {
+            acc v = src[c];
+            if constexpr (RELU) v = v < acc(0) ? acc(0) : v;
+            dst[c] = static_cast<scalar_t>(v);
+          }
         }
       }
     }

@@ -117,9 +117,18 @@ def main() -> int:
             lambda: reference.deconv_step(y, switches, weight, None, K, S, (0, 0), (h, w), (cs, cs), (cp, cp),
                                           (cop, cop), 1, (1, 1)))
 
-    notes = []
+    notes = [
+        "relu_conv_transpose2d on the CPU is at::relu + ATen's conv_transpose2d (oneDNN): a GEMM needs its operand "
+        "packed anyway, so the ratio is ~1.0 by design; the fusion that pays is deconv_step.",
+        "deconv_step on the CPU never writes the unpooled map: it unpools each plane into a cache-resident buffer and "
+        "scatters only the rectified nonzeros (<= 1/(stride_h*stride_w) of the map) through the transposed filters.",
+        "Every zfcore call pays a fixed ~20-50 us (argument checks in Python, the Python autograd kernel of "
+        "torch.library); it dominates the sub-millisecond cases (pool2/pool5 unpooling), not the ZFNet pool1 ones.",
+        "Outputs of 32 MiB or more are advised to use transparent huge pages before the kernel writes them; the "
+        "first few calls of a process can be slower while the kernel assembles huge pages (medians are steady state).",
+    ]
     for pool, (c, h, w) in POOLS.items():
-        windows = n * c * ((h - 2) // 2 + 1 + (1 if (h - 3) % 2 else 0)) ** 2
+        windows = n * c * reference.pool_output_size(h, 3, 2, 0, True) * reference.pool_output_size(w, 3, 2, 0, True)
         notes.append(f"{pool} at batch {n}: switches take {windows / 2**20:.2f} MiB (uint8), "
                      f"PyTorch's int64 indices {8 * windows / 2**20:.2f} MiB (8x)")
     write(args.output, rows, environment(args.threads), notes, args.results_dir)

@@ -17,6 +17,8 @@ _BASE_SEED = int(os.environ.get("ZFCORE_TEST_SEED", int.from_bytes(os.urandom(4)
 # ceil rounding, stride > kernel, padding, 1x1 inputs, odd and non-square sizes.
 POOL_GEOMETRIES = [
     ((2, 3, 13, 13), 3, 2, 0, True),      # ZFNet pool: overlapping windows, ceil mode
+    ((2, 3, 37, 41), 3, 2, 1, True),      # rows wide enough for the vectorized row kernels
+    ((1, 2, 34, 36), 2, 2, 0, False),
     ((2, 4, 14, 11), 3, 2, 1, False),     # padding
     ((1, 3, 9, 12), (3, 2), (2, 1), (1, 0), True),
     ((2, 2, 10, 10), 2, 3, 0, False),     # stride > kernel: some inputs in no window

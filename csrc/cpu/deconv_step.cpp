@@ -12,7 +12,8 @@
 // channels innermost, so the inner loop is a vectorized axpy over channels.
 // The work is proportional to the nonzeros, not to the map: measured against
 // unpool + relu + oneDNN's transposed convolution in benchmarks/results/cpu.md.
-// Dense unpooled maps (pooling stride 1) take that composition instead.
+// Dense unpooled maps (pooling stride 1), and bfloat16/float16 layers with more
+// than 4 output channels per group, take that composition instead.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/all.h>
@@ -128,8 +129,12 @@ at::Tensor deconv_step_cpu(const at::Tensor& y, const at::Tensor& switches, cons
               "deconv_step: unpooled_size, stride, padding, output_padding and dilation must have two elements");
   const int64_t OH = y.size(2), OW = y.size(3), H = unpooled_size[0], W = unpooled_size[1];
   const at::MemoryFormat fmt = memory_format_of(y);
-  // Dense unpooled maps: the GEMM of oneDNN wins.
-  if (2 * OH * OW > H * W) {
+  // Dense unpooled maps, and half types with many output channels, where
+  // oneDNN's reduced-precision GEMM runs at twice its float32 speed: the
+  // composition wins (measured in benchmarks/results/cpu.md).
+  const bool reduced = y.scalar_type() == at::kHalf || y.scalar_type() == at::kBFloat16;
+  const bool few_outputs = weight.dim() == 4 && groups > 0 && weight.size(1) <= 4;
+  if (2 * OH * OW > H * W || (reduced && !few_outputs)) {
     const at::Tensor rectified =
         unpool2d_cpu_impl(y, switches, pool_kernel_size, pool_stride, pool_padding, unpooled_size, true);
     return at::conv_transpose2d(rectified, weight, bias, stride, padding, output_padding, groups, dilation)

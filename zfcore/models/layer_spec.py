@@ -1,0 +1,115 @@
+"""Names, output shapes and receptive fields of a plain CNN's layers, computed
+from the layers themselves (kernel, stride, padding, dilation, ceil mode)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from torch import nn
+
+from ..nn import MaxPool2dSwitches
+
+_POINTWISE = (nn.ReLU, nn.LocalResponseNorm, nn.Dropout, nn.Identity)
+
+
+def _pair(v) -> tuple[int, int]:
+    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
+
+
+@dataclass(frozen=True)
+class LayerInfo:
+    """One layer's output: ``shape`` is ``(C, H, W)`` for maps, ``(features,)``
+    after flattening. A unit ``(h, w)`` sees the input rows
+    ``offset[0] + h * jump[0] +- (size[0] - 1) / 2`` (likewise columns)."""
+
+    name: str
+    kind: str
+    shape: tuple[int, ...]
+    size: tuple[int, int]
+    jump: tuple[int, int]
+    offset: tuple[float, float]
+
+
+class LayerSpec:
+    """The layers of a model in forward order, by ``named_children`` name.
+
+    Example:
+        >>> spec = LayerSpec.of(zfnet(), (3, 224, 224))
+        >>> spec["pool1"].shape, spec["conv2"].size
+        ((96, 55, 55), (23, 23))
+    """
+
+    def __init__(self, input_shape: tuple[int, int, int], layers: list[LayerInfo]):
+        self.input_shape = tuple(input_shape)
+        self.layers = layers
+        self._by_name = {layer.name: layer for layer in layers}
+
+    @property
+    def names(self) -> list[str]:
+        return [layer.name for layer in self.layers]
+
+    def __getitem__(self, name: str) -> LayerInfo:
+        try:
+            return self._by_name[name]
+        except KeyError:
+            raise KeyError(f"LayerSpec: no layer named {name!r}; layers are {', '.join(self.names)}") from None
+
+    def box(self, name: str, h: int, w: int) -> tuple[int, int, int, int]:
+        """Input-space box ``(top, left, bottom, right)`` (end-exclusive, clipped to
+        the input) seen by unit ``(h, w)`` of layer ``name``."""
+        layer = self[name]
+        _, height, width = self.input_shape
+        if len(layer.shape) != 3:
+            return 0, 0, height, width
+        top = layer.offset[0] + h * layer.jump[0] - (layer.size[0] - 1) / 2
+        left = layer.offset[1] + w * layer.jump[1] - (layer.size[1] - 1) / 2
+        return (max(0, int(top)), max(0, int(left)),
+                min(height, int(top) + layer.size[0]), min(width, int(left) + layer.size[1]))
+
+    @classmethod
+    def of(cls, model: nn.Module, input_shape: tuple[int, int, int]) -> "LayerSpec":
+        """Walk ``model.named_children()`` (a flat sequential model) from an input of
+        ``input_shape = (C, H, W)``."""
+        c, h, w = input_shape
+        size, jump, offset = (1, 1), (1, 1), (0.0, 0.0)
+        flat: int | None = None
+        layers = []
+        for name, module in model.named_children():
+            if isinstance(module, nn.Conv2d | nn.MaxPool2d | MaxPool2dSwitches):
+                if flat is not None:
+                    raise ValueError(f"LayerSpec: {name} ({type(module).__name__}) follows a flattening layer")
+                k, s, p = _pair(module.kernel_size), _pair(module.stride), _pair(module.padding)
+                d = _pair(getattr(module, "dilation", 1))
+                ceil = bool(getattr(module, "ceil_mode", False))
+                k_eff = tuple(d[i] * (k[i] - 1) + 1 for i in range(2))
+                out = []
+                for i, n in enumerate((h, w)):
+                    o = (n + 2 * p[i] - k_eff[i] + (s[i] - 1 if ceil else 0)) // s[i] + 1
+                    if ceil and (o - 1) * s[i] >= n + p[i]:
+                        o -= 1
+                    out.append(o)
+                if min(out) <= 0:
+                    raise ValueError(f"LayerSpec: {name} gets a {h}x{w} input, too small for kernel {k}")
+                h, w = out
+                if isinstance(module, nn.Conv2d):
+                    c = module.out_channels
+                offset = tuple(offset[i] + ((k_eff[i] - 1) / 2 - p[i]) * jump[i] for i in range(2))
+                size = tuple(size[i] + (k_eff[i] - 1) * jump[i] for i in range(2))
+                jump = tuple(jump[i] * s[i] for i in range(2))
+                kind = "conv" if isinstance(module, nn.Conv2d) else "pool"
+            elif isinstance(module, nn.Flatten):
+                flat, kind = c * h * w, "flatten"
+            elif isinstance(module, nn.Linear):
+                if flat is None or module.in_features != flat:
+                    raise ValueError(f"LayerSpec: {name} expects {module.in_features} inputs, gets {flat}")
+                flat, kind = module.out_features, "linear"
+            elif isinstance(module, _POINTWISE):
+                kind = type(module).__name__.lower()
+            else:
+                raise ValueError(f"LayerSpec: cannot walk {name} ({type(module).__name__})")
+            if flat is not None:
+                _, height, width = input_shape
+                layers.append(LayerInfo(name, kind, (flat,), (height, width), (1, 1), ((height - 1) / 2, (width - 1) / 2)))
+            else:
+                layers.append(LayerInfo(name, kind, (c, h, w), size, jump, offset))
+        return cls(tuple(input_shape), layers)

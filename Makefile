@@ -12,8 +12,8 @@ setup: $(STAMP)
 
 $(STAMP): $(NATIVE_SOURCES)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
-	@$(PYTHON) -c "import numpy, pytest, tqdm, setuptools" 2>/dev/null || \
-		$(PIP) install numpy pytest pytest-benchmark tqdm setuptools
+	@$(PYTHON) -c "import numpy, pytest, tqdm, PIL, setuptools" 2>/dev/null || \
+		$(PIP) install numpy pytest pytest-benchmark tqdm pillow setuptools
 	$(PIP) install --no-build-isolation --no-deps -e .
 	@mkdir -p build && touch $@
 

@@ -45,7 +45,8 @@ setup(
     python_requires=">=3.10",
     # torch is deliberately not listed: the install reuses the torch that is
     # there (the Makefile installs torch==2.13.0 first when there is none).
-    install_requires=["numpy"],
+    install_requires=["numpy", "tqdm", "pillow"],
+    entry_points={"console_scripts": ["zfcore = zfcore.cli:main"]},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
 )

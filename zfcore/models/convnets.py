@@ -61,11 +61,12 @@ def _scaled(channels: int, width: float) -> int:
 
 
 def zfnet(num_classes: int = 1000, *, width: float = 1.0, fc_width: int = 4096, input_size: int = 224,
-          dropout: float = 0.5, init_std: float | None = 1e-2) -> nn.Sequential:
+          dropout: float = 0.5, init_std: float | None = 1e-2, conv2_stride: int = 2) -> nn.Sequential:
     """ZFNet as in Fig. 3 of the paper: conv1 96@7x7/2, pool 3x3/2, norm; conv2
     256@5x5/2, pool, norm; conv3 384, conv4 384, conv5 256 @3x3/1; pool5; fc6,
     fc7 4096 with dropout; fc8. ``width`` scales the conv channels,
-    ``init_std=None`` keeps PyTorch's default initialization.
+    ``init_std=None`` keeps PyTorch's default initialization, ``conv2_stride=1``
+    (with padding 2) keeps small inputs from collapsing before pool5.
 
     Example:
         >>> model = zfnet(num_classes=10)
@@ -73,8 +74,9 @@ def zfnet(num_classes: int = 1000, *, width: float = 1.0, fc_width: int = 4096, 
         torch.Size([1, 10])
     """
     c = [_scaled(n, width) for n in (96, 256, 384, 384, 256)]
-    convs = [(c[0], 7, 2, 1, True, True), (c[1], 5, 2, 0, True, True), (c[2], 3, 1, 1, False, False),
-             (c[3], 3, 1, 1, False, False), (c[4], 3, 1, 1, True, False)]
+    conv2_padding = 0 if conv2_stride == 2 else 2
+    convs = [(c[0], 7, 2, 1, True, True), (c[1], 5, conv2_stride, conv2_padding, True, True),
+             (c[2], 3, 1, 1, False, False), (c[3], 3, 1, 1, False, False), (c[4], 3, 1, 1, True, False)]
     return _build(convs, "pool norm".split(), fc_width, num_classes, input_size, dropout, init_std)
 
 
@@ -89,11 +91,13 @@ def alexnet(num_classes: int = 1000, *, width: float = 1.0, fc_width: int = 4096
     return _build(convs, "norm pool".split(), fc_width, num_classes, input_size, dropout, init_std)
 
 
-def zfnet_small(num_classes: int = 10, *, input_size: int = 96, **kwargs) -> nn.Sequential:
-    """A narrower ZFNet (1/4 of the channels, fc 256) with the same structure,
-    for the CPU on 64-112 px inputs."""
+def zfnet_small(num_classes: int = 10, *, input_size: int = 64, **kwargs) -> nn.Sequential:
+    """A narrower ZFNet (1/4 of the channels, fc 256) with the same layers, for
+    the CPU on 64-112 px inputs: conv2 has stride 1 (padding 2), so a 64 px input
+    still reaches pool5 as a 3x3 map (64 -> 30 -> 15 -> 15 -> 7 -> 7 -> 3)."""
     kwargs.setdefault("width", 0.25)
     kwargs.setdefault("fc_width", 256)
+    kwargs.setdefault("conv2_stride", 1)
     return zfnet(num_classes, input_size=input_size, **kwargs)
 
 

@@ -1,0 +1,166 @@
+"""The trainer: paper recipe pieces, atomic checkpoints, exact resume after
+SIGKILL, torchrun/DDP equivalence, and clear errors for bad input."""
+
+import json
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from torch import nn
+
+from zfcore.train import TrainConfig, latest_checkpoint, load_checkpoint, renormalize_filters, save_checkpoint
+from zfcore.train import checkpoint as checkpoint_module
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TINY = ["--image-size", "48", "--per-class", "4", "--width", "0.125", "--fc-width", "32", "--batch-size", "8",
+        "--threads", "1", "--no-progress", "--init-std", "0"]
+
+
+def _cli(out, *extra, runner=(sys.executable, "-m", "zfcore"), env=None):
+    return [*runner, "train", "--out", str(out), *TINY, *extra]
+
+
+def _env(tmp_path):
+    return {**os.environ, "ZFCORE_CACHE": str(tmp_path / "cache"), "OMP_NUM_THREADS": "1"}
+
+
+def _weights(out):
+    return torch.load(out / "model.pt", weights_only=False)["model"]
+
+
+def test_filter_renormalization_caps_the_rms_of_each_filter():
+    conv = nn.Conv2d(3, 4, 3)
+    with torch.no_grad():
+        w = torch.randn(4, 3, 3, 3)
+        w /= w.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()  # RMS 1, then the target RMS per filter
+        conv.weight.copy_(w * torch.tensor([0.01, 0.5, 2.0, 0.09]).view(4, 1, 1, 1))
+    before = conv.weight.detach().clone()
+    renormalize_filters(nn.Sequential(conv), 0.1)
+    rms = conv.weight.pow(2).mean(dim=(1, 2, 3)).sqrt()
+    assert torch.allclose(rms[1:3], torch.full((2,), 0.1))
+    assert torch.equal(conv.weight[0], before[0]) and torch.equal(conv.weight[3], before[3])
+
+
+def test_snapshots_scale_the_paper_epochs():
+    assert TrainConfig(epochs=64).snapshots() == [1, 2, 5, 10, 20, 30, 40, 64]
+    assert TrainConfig(epochs=8).snapshots() == [1, 2, 4, 5, 8]  # 20/8 -> 2.5 -> 2, 30/8 -> 3.75 -> 4
+    assert TrainConfig(epochs=8, snapshot_epochs="2,7").snapshots() == [2, 7]
+
+
+def test_a_save_killed_midway_leaves_the_last_checkpoint_in_force(tmp_path, monkeypatch):
+    save_checkpoint(tmp_path, {"model": {"w": torch.ones(3)}, "config": {}}, step=1)
+
+    def crash(obj, path):
+        path.write_bytes(b"half a checkpoint")  # as if killed after the first bytes
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(checkpoint_module, "atomic_torch_save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        save_checkpoint(tmp_path, {"model": {"w": torch.zeros(3)}, "config": {}}, step=2)
+    path, state = latest_checkpoint(tmp_path)
+    assert path.name == "checkpoint-000000001.pt" and torch.equal(state["model"]["w"], torch.ones(3))
+    with pytest.raises(ValueError, match="checkpoint-000000002.pt is truncated"):
+        load_checkpoint(tmp_path / "checkpoint-000000002.pt")
+
+
+def test_training_writes_metrics_snapshots_and_model(tmp_path):
+    out = tmp_path / "run"
+    result = subprocess.run(_cli(out, "--epochs", "2"), env=_env(tmp_path), capture_output=True, text=True,
+                            cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert {"train_loss", "val_top1_error", "val_top5_error", "lr"} <= set(rows[0])
+    assert (out / "metrics.csv").read_text().splitlines()[0].startswith("epoch,")
+    assert sorted(p.name for p in (out / "snapshots").iterdir()) == ["epoch-001.pt", "epoch-002.pt"]
+    assert (out / "model.pt").exists()
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_weights(tmp_path):
+    args = ("--epochs", "8", "--checkpoint-every", "1")
+    env = _env(tmp_path)
+    reference = tmp_path / "uninterrupted"
+    started = time.time()
+    done = subprocess.run(_cli(reference, *args), env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert done.returncode == 0, done.stderr
+    whole_run = time.time() - started  # start-up (~2 s of imports) and training
+
+    out, rng, kills, resumed_from_checkpoint = tmp_path / "killed", random.Random(), 0, 0
+    for attempt in range(40):
+        had_checkpoint = (out / "LATEST").exists()
+        process = subprocess.Popen(_cli(out, *args, "--resume"), env=env, cwd=REPO,
+                                   stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        if attempt < 8:
+            time.sleep(rng.uniform(0.5, 0.9 * whole_run))  # in start-up, in training steps and in saves
+            if process.poll() is None:
+                process.send_signal(signal.SIGKILL)
+                kills += 1
+                resumed_from_checkpoint += had_checkpoint
+        _, stderr = process.communicate(timeout=300)
+        if process.returncode == 0:
+            break
+        assert process.returncode == -signal.SIGKILL, stderr.decode()
+    # A late attempt may finish before its kill; what matters is that runs were
+    # killed after checkpoints existed and still ended on the same weights.
+    assert kills >= 2 and resumed_from_checkpoint >= 1, (kills, resumed_from_checkpoint)
+    expected, got = _weights(reference), _weights(out)
+    assert expected.keys() == got.keys()
+    for name in expected:
+        assert torch.equal(expected[name], got[name]), name
+
+
+def test_two_processes_with_gloo_equal_one_process(tmp_path):
+    args = ("--epochs", "2", "--dropout", "0")
+    env = _env(tmp_path)
+    single = subprocess.run(_cli(tmp_path / "one", *args), env=env, capture_output=True, text=True, cwd=REPO,
+                            timeout=300)
+    assert single.returncode == 0, single.stderr
+    torchrun = (sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                "-m", "zfcore")
+    double = subprocess.run(_cli(tmp_path / "two", *args, runner=torchrun), env=env, capture_output=True,
+                            text=True, cwd=REPO, timeout=300)
+    assert double.returncode == 0, double.stderr[-3000:]
+    one, two = _weights(tmp_path / "one"), _weights(tmp_path / "two")
+    for name in one:
+        torch.testing.assert_close(two[name], one[name], atol=1e-5, rtol=1e-4, msg=name)
+
+
+def test_bad_input_is_a_clear_error_and_overwrites_nothing(tmp_path):
+    env = _env(tmp_path)
+    run = lambda *a: subprocess.run(a, env=env, capture_output=True, text=True, cwd=REPO, timeout=300)  # noqa: E731
+    out = tmp_path / "run"
+    assert run(*_cli(out, "--epochs", "1")).returncode == 0
+    marker = (out / "LATEST").read_bytes()
+
+    again = run(*_cli(out, "--epochs", "1"))
+    assert again.returncode == 2 and "already holds a run" in again.stderr and str(out) in again.stderr
+    other = run(*_cli(out, "--epochs", "2", "--width", "0.25", "--resume"))
+    assert other.returncode == 2 and "is of another model" in other.stderr
+    assert (out / "LATEST").read_bytes() == marker
+
+    truncated = tmp_path / "broken.pt"
+    truncated.write_bytes((out / json.loads(marker)["checkpoints"][-1]).read_bytes()[:100])
+    broken = run(*_cli(tmp_path / "run2", "--resume-from", str(truncated)))
+    assert broken.returncode == 2 and f"checkpoint {truncated} is truncated" in broken.stderr
+
+    blocked = tmp_path / "file"
+    blocked.write_text("")
+    unwritable = run(*_cli(blocked / "sub"))
+    assert unwritable.returncode == 2 and "cannot write to the output folder" in unwritable.stderr
+
+    unknown = run(*_cli(tmp_path / "run3", "--model", "resnet"))
+    assert unknown.returncode == 2 and "model must be one of" in unknown.stderr
+
+
+def test_cli_help_lists_every_knob():
+    result = subprocess.run([sys.executable, "-m", "zfcore", "train", "--help"], capture_output=True, text=True,
+                            cwd=REPO, timeout=120)
+    assert result.returncode == 0
+    for flag in ("--lr", "--momentum", "--batch-size", "--dropout", "--renorm-radius", "--resume",
+                 "--snapshot-epochs", "--plateau-patience", "--checkpoint-every"):
+        assert flag in result.stdout, flag

@@ -1,0 +1,73 @@
+"""The training configuration: the paper's recipe as defaults (section 3)."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+from dataclasses import dataclass, field
+
+PAPER_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)  # epochs of Fig. 4, out of ~70
+
+
+def _help(text: str, **kwargs):
+    return field(metadata={"help": text}, **kwargs)
+
+
+@dataclass
+class TrainConfig:
+    out: str = _help("run folder: checkpoints, metrics.jsonl/.csv, snapshots/", default="runs/zfnet_small")
+    data: str = _help("'synthetic' (the embedded dataset) or an image folder with train/ and val/ subfolders",
+                      default="synthetic")
+    model: str = _help("zfnet, alexnet or zfnet_small", default="zfnet_small")
+    width: float = _help("scale of the conv channels (None: the preset's)", default=None)
+    fc_width: int = _help("fc6/fc7 width (None: the preset's)", default=None)
+    image_size: int = _help("input side in pixels (synthetic images, or crops of image folders)", default=64)
+    per_class: int = _help("synthetic training images per class (val/test: a fifth)", default=500)
+    seed: int = _help("seed of the data, the initialization, the data order and dropout", default=0)
+    epochs: int = _help("epochs to train", default=12)
+    batch_size: int = _help("global mini-batch (split across processes under torchrun)", default=128)
+    lr: float = _help("SGD learning rate", default=1e-2)
+    momentum: float = _help("SGD momentum", default=0.9)
+    weight_decay: float = _help("SGD weight decay", default=0.0)
+    dropout: float = _help("dropout in fc6 and fc7", default=0.5)
+    init_std: float = _help("std of the normal initialization of the weights, biases 0 (0: PyTorch's default)",
+                            default=1e-2)
+    renorm_radius: float = _help("filter renormalization: conv filters with RMS above this are rescaled to it "
+                                 "(0 disables)", default=0.1)
+    input_scale: float = _help("multiplier of the mean-subtracted pixels (paper: 1, inputs in [-128, 128])",
+                               default=1.0)
+    plateau_patience: int = _help("epochs without validation improvement before the lr is lowered", default=2)
+    plateau_factor: float = _help("factor the lr is lowered by on a plateau", default=0.1)
+    snapshot_epochs: str = _help("comma-separated epochs whose weights are kept in snapshots/ "
+                                 "(default: the paper's 1,2,5,...,64 scaled to --epochs)", default="")
+    checkpoint_every: int = _help("also checkpoint every N steps (0: at epoch ends only)", default=0)
+    threads: int = _help("CPU threads (0: torch's default)", default=0)
+    device: str = _help("cpu or cuda (under torchrun: cuda:<local rank>)", default="cpu")
+    resume: bool = _help("continue from the run folder's last complete checkpoint", default=False)
+    resume_from: str = _help("continue from this checkpoint file", default="")
+    progress: bool = _help("show progress bars", default=True)
+
+    def snapshots(self) -> list[int]:
+        if self.snapshot_epochs:
+            return sorted({int(e) for e in self.snapshot_epochs.split(",") if e.strip()})
+        return sorted({max(1, min(self.epochs, round(e * self.epochs / 64))) for e in PAPER_SNAPSHOTS})
+
+    def model_fingerprint(self) -> dict:
+        """What a checkpoint must share with this run to be resumed by it."""
+        return {k: getattr(self, k) for k in ("model", "width", "fc_width", "image_size", "data")}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """One ``--flag`` per TrainConfig field, with its help and default."""
+    for f in dataclasses.fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        if f.type in ("bool", bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
+                                help=f.metadata["help"])
+        else:
+            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+            parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + " (default: %(default)s)")
+
+
+def from_arguments(args: argparse.Namespace) -> TrainConfig:
+    return TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})

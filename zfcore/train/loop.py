@@ -1,0 +1,244 @@
+"""The paper's training loop (section 3), resumable after any kill.
+
+Everything random is derived from the seed: the initialization, each epoch's
+data order and flips (from the seed and the epoch/step, so nothing needs
+saving), and dropout (torch's RNG, saved in every checkpoint). A resumed run
+therefore follows the uninterrupted run's loss trajectory exactly. Under
+``torchrun`` each process takes an equal slice of every global batch and
+DistributedDataParallel averages the gradients, so the result is the one
+process's with the same global batch (up to the all-reduce's float order).
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import io
+import json
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from .. import models
+from ..data import SyntheticShapes
+from .checkpoint import atomic_torch_save, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
+from .config import TrainConfig
+
+
+def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
+    if config.model not in models.PRESETS:
+        raise ValueError(f"train: model must be one of {', '.join(models.PRESETS)} (got {config.model!r})")
+    init_std = config.init_std if config.init_std > 0 else None  # 0: PyTorch's default initialization
+    kwargs = {"input_size": config.image_size, "dropout": config.dropout, "init_std": init_std}
+    if config.width is not None:
+        kwargs["width"] = config.width
+    if config.fc_width is not None:
+        kwargs["fc_width"] = config.fc_width
+    return models.PRESETS[config.model](num_classes, **kwargs)
+
+
+@torch.no_grad()
+def renormalize_filters(model: nn.Module, radius: float) -> None:
+    """Rescale every conv filter whose RMS exceeds ``radius`` to that RMS (paper section 3)."""
+    if radius <= 0:
+        return
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d):
+            rms = module.weight.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt()
+            module.weight.mul_((radius / rms).clamp(max=1.0))
+
+
+class SyntheticData:
+    """The embedded dataset as mean-subtracted float batches."""
+
+    def __init__(self, config: TrainConfig):
+        val_per_class = max(1, config.per_class // 5)
+        self.train = SyntheticShapes("train", seed=config.seed, size=config.image_size, per_class=config.per_class)
+        self.val = SyntheticShapes("val", seed=config.seed, size=config.image_size, per_class=val_per_class)
+        self.num_classes = len(SyntheticShapes.classes)
+        self.mean = self.train.images.double().mean(0).float()
+        self.scale = config.input_scale
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def _prepare(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() - self.mean) * self.scale
+
+    def train_batch(self, indices: torch.Tensor, flips: torch.Tensor):
+        x = self._prepare(self.train.images[indices])
+        x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
+        return x, self.train.labels[indices]
+
+    def val_batches(self, batch_size: int):
+        for start in range(0, len(self.val), batch_size):
+            yield self._prepare(self.val.images[start:start + batch_size]), self.val.labels[start:start + batch_size]
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, batches, device) -> dict:
+    """Top-1/top-5 error and mean loss of ``model`` (eval mode) over ``batches``."""
+    model.eval()
+    total = top1 = top5 = 0
+    loss = 0.0
+    for x, y in batches:
+        logits = model(x.to(device))
+        y = y.to(device)
+        loss += F.cross_entropy(logits, y, reduction="sum").item()
+        ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        top1 += (ranked[:, 0] == y).sum().item()
+        top5 += (ranked == y[:, None]).any(1).sum().item()
+        total += len(y)
+    model.train()
+    return {"val_top1_error": 1 - top1 / total, "val_top5_error": 1 - top5 / total, "val_loss": loss / total}
+
+
+def _prepare_output(config: TrainConfig) -> Path:
+    out = Path(config.out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-probe"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise PermissionError(f"train: cannot write to the output folder {out} ({error.strerror})") from None
+    if not (config.resume or config.resume_from) and (out / "LATEST").exists():
+        raise FileExistsError(f"train: {out} already holds a run; pass --resume to continue it or choose "
+                              "another --out (nothing was overwritten)")
+    return out
+
+
+def _write_metrics(out: Path, history: list[dict]) -> None:
+    atomic_write_bytes(out / "metrics.jsonl", "".join(json.dumps(row) + "\n" for row in history).encode())
+    text = io.StringIO()
+    if history:
+        writer = csv.DictWriter(text, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+    atomic_write_bytes(out / "metrics.csv", text.getvalue().encode())
+
+
+def _seeded(*parts: int) -> torch.Generator:
+    seed = 0
+    for part in parts:
+        seed = (seed * 1_000_003 + part) % (2**62)
+    return torch.Generator().manual_seed(seed)
+
+
+def train(config: TrainConfig) -> dict:
+    """Train ``config.model`` with the paper's recipe; returns the last epoch's metrics.
+
+    Example:
+        >>> train(TrainConfig(out="runs/demo", epochs=2, per_class=50))
+    """
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    distributed = world > 1
+    if distributed and not dist.is_initialized():
+        dist.init_process_group("nccl" if config.device.startswith("cuda") else "gloo")
+    device = torch.device(f"cuda:{os.environ.get('LOCAL_RANK', 0)}" if distributed and config.device == "cuda"
+                          else config.device)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.batch_size % world:
+        raise ValueError(f"train: batch_size {config.batch_size} must divide among {world} processes")
+    out = _prepare_output(config) if rank == 0 else Path(config.out)
+    if distributed:
+        dist.barrier()
+
+    data = SyntheticData(config) if config.data == "synthetic" else _folder_data(config)
+    steps = len(data) // config.batch_size
+    if steps == 0:
+        raise ValueError(f"train: batch_size {config.batch_size} exceeds the {len(data)} training images")
+
+    torch.manual_seed(config.seed)
+    model = build_model(config, data.num_classes).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
+                                weight_decay=config.weight_decay)
+    scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.plateau_factor,
+                                                           patience=config.plateau_patience)
+    epoch, step, history = 0, 0, []
+    resumed = load_checkpoint(Path(config.resume_from)) if config.resume_from else None
+    source = Path(config.resume_from) if config.resume_from else None
+    if resumed is None and config.resume:
+        found = latest_checkpoint(out)
+        if found:
+            source, resumed = found
+    if resumed is not None:
+        if resumed["config"].get("fingerprint") != config.model_fingerprint():
+            raise ValueError(f"train: checkpoint {source} is of another model or data "
+                             f"({resumed['config'].get('fingerprint')}), not {config.model_fingerprint()}")
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        scheduler.load_state_dict(resumed["scheduler"])
+        torch.set_rng_state(resumed["rng"])
+        epoch, step, history = resumed["epoch"], resumed["step"], resumed["history"]
+    net = nn.parallel.DistributedDataParallel(model) if distributed else model
+    snapshots = set(config.snapshots())
+    local = config.batch_size // world
+
+    def checkpoint(epoch_: int, step_: int) -> None:
+        if rank == 0:
+            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                     "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch_,
+                     "step": step_, "history": history,
+                     "config": {**dataclasses.asdict(config), "fingerprint": config.model_fingerprint()}}
+            save_checkpoint(out, state, epoch_ * steps + step_)
+        if distributed:
+            dist.barrier()
+
+    net.train()
+    result = history[-1] if history else {}
+    while epoch < config.epochs:
+        started = time.time()
+        order = torch.randperm(len(data), generator=_seeded(config.seed, epoch))
+        bar = tqdm(range(step, steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
+                   disable=not config.progress or rank != 0, leave=False)
+        running = 0.0
+        for step in bar:
+            batch = order[step * config.batch_size:(step + 1) * config.batch_size]
+            flips = torch.rand(len(batch), generator=_seeded(config.seed, epoch, step)) < 0.5
+            mine = slice(rank * local, (rank + 1) * local)
+            x, y = data.train_batch(batch[mine], flips[mine])
+            loss = F.cross_entropy(net(x.to(device)), y.to(device))
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            renormalize_filters(model, config.renorm_radius)
+            running += loss.item()
+            bar.set_postfix(loss=f"{loss.item():.3f}")
+            done = step + 1
+            if config.checkpoint_every and (epoch * steps + done) % config.checkpoint_every == 0 and done < steps:
+                checkpoint(epoch, done)
+        metrics = evaluate(model, data.val_batches(256), device)
+        scheduler.step(metrics["val_top1_error"])
+        epoch, step = epoch + 1, 0
+        result = {"epoch": epoch, "train_loss": running / max(1, steps), **metrics,
+                  "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 2)}
+        history.append(result)
+        if rank == 0 and epoch in snapshots:
+            (out / "snapshots").mkdir(exist_ok=True)
+            atomic_torch_save({"model": model.state_dict(), "epoch": epoch,
+                               "config": {**dataclasses.asdict(config), "fingerprint": config.model_fingerprint()}},
+                              out / "snapshots" / f"epoch-{epoch:03d}.pt")
+        checkpoint(epoch, 0)
+        if rank == 0:
+            _write_metrics(out, history)
+            print(f"epoch {epoch}: train loss {result['train_loss']:.3f}, val top-1 error "
+                  f"{result['val_top1_error']:.3f}, top-5 {result['val_top5_error']:.3f}, lr {result['lr']:g}, "
+                  f"{result['seconds']:.1f} s", flush=True)
+    if rank == 0:
+        atomic_torch_save({"model": model.state_dict(),
+                           "config": {**dataclasses.asdict(config), "fingerprint": config.model_fingerprint()}},
+                          out / "model.pt")
+    return result
+
+
+def _folder_data(config: TrainConfig):
+    raise NotImplementedError("image folders arrive with zfcore.data.folders")

@@ -101,7 +101,7 @@ def test_layer_spec_errors_name_the_layer():
     with pytest.raises(ValueError, match="cannot walk gate"):
         LayerSpec.of(_with_sigmoid(), (3, 16, 16))
     with pytest.raises(KeyError, match="no layer named 'conv9'"):
-        LayerSpec.of(zfnet_small(), (3, 96, 96))["conv9"]
+        LayerSpec.of(zfnet_small(), (3, 64, 64))["conv9"]
     with pytest.raises(ValueError, match="too small"):
         LayerSpec.of(zfnet(), (3, 16, 16))
 

@@ -18,7 +18,7 @@ from zfcore.train import checkpoint as checkpoint_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TINY = ["--image-size", "48", "--per-class", "4", "--width", "0.125", "--fc-width", "32", "--batch-size", "8",
-        "--threads", "1", "--no-progress", "--init-std", "0"]
+        "--threads", "1", "--no-progress"]
 
 
 def _cli(out, *extra, runner=(sys.executable, "-m", "zfcore"), env=None):

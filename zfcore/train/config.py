@@ -30,12 +30,14 @@ class TrainConfig:
     momentum: float = _help("SGD momentum", default=0.9)
     weight_decay: float = _help("SGD weight decay", default=0.0)
     dropout: float = _help("dropout in fc6 and fc7", default=0.5)
-    init_std: float = _help("std of the normal initialization of the weights, biases 0 (0: PyTorch's default)",
-                            default=1e-2)
+    init: str = _help("initialization: paper (normal, std --init-std, biases 0), he (He normal, biases 0) or "
+                      "torch (PyTorch's default); default: paper, but he for zfnet_small, whose narrow layers "
+                      "do not start learning from std 1e-2 within a CPU budget", default=None)
+    init_std: float = _help("std of the paper's normal initialization", default=1e-2)
     renorm_radius: float = _help("filter renormalization: conv filters with RMS above this are rescaled to it "
                                  "(0 disables)", default=0.1)
-    input_scale: float = _help("multiplier of the mean-subtracted pixels (paper: 1, inputs in [-128, 128])",
-                               default=1.0)
+    input_scale: float = _help("multiplier of the mean-subtracted pixels (paper: 1, inputs in [-128, 128]); "
+                               "default: 1, but 1/64 for zfnet_small", default=None)
     plateau_patience: int = _help("epochs without validation improvement before the lr is lowered", default=2)
     plateau_factor: float = _help("factor the lr is lowered by on a plateau", default=0.1)
     snapshot_epochs: str = _help("comma-separated epochs whose weights are kept in snapshots/ "
@@ -46,6 +48,15 @@ class TrainConfig:
     resume: bool = _help("continue from the run folder's last complete checkpoint", default=False)
     resume_from: str = _help("continue from this checkpoint file", default="")
     progress: bool = _help("show progress bars", default=True)
+
+    def __post_init__(self):
+        small = self.model == "zfnet_small"
+        if self.init is None:
+            self.init = "he" if small else "paper"
+        if self.input_scale is None:
+            self.input_scale = 1 / 64 if small else 1.0
+        if self.init not in ("paper", "he", "torch"):
+            raise ValueError(f"train: init must be paper, he or torch (got {self.init!r})")
 
     def snapshots(self) -> list[int]:
         if self.snapshot_epochs:
@@ -65,7 +76,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=f.default,
                                 help=f.metadata["help"])
         else:
-            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0]]
+            kind = {"int": int, "float": float, "str": str}[str(f.type).split(" ")[0].removesuffix(",")]
             parser.add_argument(flag, type=kind, default=f.default, help=f.metadata["help"] + " (default: %(default)s)")
 
 

@@ -34,13 +34,19 @@ from .config import TrainConfig
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     if config.model not in models.PRESETS:
         raise ValueError(f"train: model must be one of {', '.join(models.PRESETS)} (got {config.model!r})")
-    init_std = config.init_std if config.init_std > 0 else None  # 0: PyTorch's default initialization
+    init_std = config.init_std if config.init == "paper" else None
     kwargs = {"input_size": config.image_size, "dropout": config.dropout, "init_std": init_std}
     if config.width is not None:
         kwargs["width"] = config.width
     if config.fc_width is not None:
         kwargs["fc_width"] = config.fc_width
-    return models.PRESETS[config.model](num_classes, **kwargs)
+    model = models.PRESETS[config.model](num_classes, **kwargs)
+    if config.init == "he":
+        for module in model.modules():
+            if isinstance(module, nn.Conv2d | nn.Linear):
+                nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+                nn.init.zeros_(module.bias)
+    return model
 
 
 @torch.no_grad()

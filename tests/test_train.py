@@ -166,3 +166,34 @@ def test_cli_help_lists_every_knob():
     for flag in ("--lr", "--momentum", "--batch-size", "--dropout", "--renorm-radius", "--resume",
                  "--snapshot-epochs", "--plateau-patience", "--checkpoint-every"):
         assert flag in result.stdout, flag
+
+
+def test_training_on_an_image_folder_with_a_corrupt_file(tmp_path):
+    from PIL import Image
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for split, count in (("train", 8), ("val", 3)):
+        for k, colour in enumerate([(255, 0, 0), (0, 0, 255), (0, 200, 0)]):
+            folder = root / split / f"class{k}"
+            folder.mkdir(parents=True)
+            for i in range(count):
+                pixels = rng.integers(0, 60, (70 + i, 90, 3)).astype(np.uint8)
+                pixels[20:50, 30:60] = colour
+                Image.fromarray(pixels).save(folder / f"{i}.png")
+    (root / "train" / "class0" / "broken.jpg").write_bytes(b"not a jpeg")
+    out = tmp_path / "run"
+    result = subprocess.run(_cli(out, "--data", str(root), "--epochs", "2", "--per-class", "1"),
+                            env=_env(tmp_path), capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "broken.jpg" in result.stderr  # skipped with a warning, training went on
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 and 0 <= rows[-1]["val_top1_error"] <= 1
+
+    empty = tmp_path / "empty"
+    (empty / "train" / "a").mkdir(parents=True)
+    (empty / "val" / "a").mkdir(parents=True)
+    missing = subprocess.run(_cli(tmp_path / "run2", "--data", str(empty)), env=_env(tmp_path),
+                             capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert missing.returncode == 2 and str(empty / "train" / "a") in missing.stderr

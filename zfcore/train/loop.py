@@ -77,7 +77,7 @@ class SyntheticData:
     def _prepare(self, images: torch.Tensor) -> torch.Tensor:
         return (images.float() - self.mean) * self.scale
 
-    def train_batch(self, indices: torch.Tensor, flips: torch.Tensor):
+    def train_batch(self, indices: torch.Tensor, flips: torch.Tensor, seeds: torch.Tensor):
         x = self._prepare(self.train.images[indices])
         x = torch.where(flips.view(-1, 1, 1, 1), x.flip(-1), x)
         return x, self.train.labels[indices]
@@ -87,14 +87,61 @@ class SyntheticData:
             yield self._prepare(self.val.images[start:start + batch_size]), self.val.labels[start:start + batch_size]
 
 
+class FolderData:
+    """An image folder with ``train/`` and ``val/`` subfolders, prepared as in the
+    paper: short side resized, centre crop, mean image subtracted, random crops
+    and flips for training, the 10 crops for validation (their softmax averaged)."""
+
+    def __init__(self, config: TrainConfig):
+        from ..data import ImageFolderDataset, PaperTransform, mean_image
+
+        root = Path(config.data)
+        if not root.is_dir():
+            raise FileNotFoundError(f"train: data folder {root} does not exist (expected {root}/train and {root}/val)")
+        resize = round(config.image_size * 256 / 224)  # the paper's 256 -> 224 ratio
+        self.train = ImageFolderDataset(root / "train", resize=resize)
+        self.val = ImageFolderDataset(root / "val", resize=resize)
+        if self.train.classes != self.val.classes:
+            raise ValueError(f"train: {root}/train and {root}/val have different class folders")
+        self.num_classes = len(self.train.classes)
+        self.mean = mean_image(self.train, max_images=2000)
+        self.crop, self.scale = config.image_size, config.input_scale
+        self._transform = PaperTransform
+
+    def __len__(self) -> int:
+        return len(self.train)
+
+    def train_batch(self, indices: torch.Tensor, flips: torch.Tensor, seeds: torch.Tensor):
+        images, labels = [], []
+        for index, seed in zip(indices.tolist(), seeds.tolist()):
+            image, label = self.train[index]
+            transform = self._transform(self.mean, self.crop, train=True,
+                                        generator=torch.Generator().manual_seed(seed))
+            images.append(transform(image) * self.scale)
+            labels.append(label)
+        return torch.stack(images), torch.tensor(labels)
+
+    def val_batches(self, batch_size: int):
+        transform = self._transform(self.mean, self.crop, train=False)
+        for start in range(0, len(self.val), max(1, batch_size // 10)):
+            items = [self.val[i] for i in range(start, min(start + max(1, batch_size // 10), len(self.val)))]
+            yield (torch.stack([transform.ten_crops(image) for image, _ in items]) * self.scale,
+                   torch.tensor([label for _, label in items]))
+
+
 @torch.no_grad()
 def evaluate(model: nn.Module, batches, device) -> dict:
-    """Top-1/top-5 error and mean loss of ``model`` (eval mode) over ``batches``."""
+    """Top-1/top-5 error and mean loss of ``model`` (eval mode) over ``batches``;
+    a batch of crops ``[B, K, C, H, W]`` is scored by its K crops' mean softmax."""
     model.eval()
     total = top1 = top5 = 0
     loss = 0.0
     for x, y in batches:
-        logits = model(x.to(device))
+        if x.dim() == 5:
+            probs = F.softmax(model(x.flatten(0, 1).to(device)), dim=1).view(*x.shape[:2], -1).mean(1)
+            logits = probs.clamp_min(1e-12).log()
+        else:
+            logits = model(x.to(device))
         y = y.to(device)
         loss += F.cross_entropy(logits, y, reduction="sum").item()
         ranked = logits.topk(min(5, logits.shape[1]), dim=1).indices
@@ -158,7 +205,7 @@ def train(config: TrainConfig) -> dict:
     if distributed:
         dist.barrier()
 
-    data = SyntheticData(config) if config.data == "synthetic" else _folder_data(config)
+    data = SyntheticData(config) if config.data == "synthetic" else FolderData(config)
     steps = len(data) // config.batch_size
     if steps == 0:
         raise ValueError(f"train: batch_size {config.batch_size} exceeds the {len(data)} training images")
@@ -210,8 +257,9 @@ def train(config: TrainConfig) -> dict:
         for step in bar:
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
             flips = torch.rand(len(batch), generator=_seeded(config.seed, epoch, step)) < 0.5
+            seeds = torch.randint(2**62, (len(batch),), generator=_seeded(config.seed, epoch, step, 1))
             mine = slice(rank * local, (rank + 1) * local)
-            x, y = data.train_batch(batch[mine], flips[mine])
+            x, y = data.train_batch(batch[mine], flips[mine], seeds[mine])
             loss = F.cross_entropy(net(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -244,7 +292,3 @@ def train(config: TrainConfig) -> dict:
                            "config": {**dataclasses.asdict(config), "fingerprint": config.model_fingerprint()}},
                           out / "model.pt")
     return result
-
-
-def _folder_data(config: TrainConfig):
-    raise NotImplementedError("image folders arrive with zfcore.data.folders")

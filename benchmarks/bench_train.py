@@ -1,0 +1,112 @@
+"""Training on the embedded data, measured: the CNN's test accuracy against a
+linear classifier on pixels, and one training step with zfcore's pooling
+against nn.MaxPool2d (same model otherwise, same process).
+
+    python -m zfcore train --out runs/measure --epochs 30 --batch-size 32   # the CNN (times itself)
+    python benchmarks/bench_train.py --run runs/measure
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from common import RESULTS, Row, environment, time_cpu, write
+
+from zfcore.data import SyntheticShapes
+from zfcore.nn import MaxPool2dSwitches
+from zfcore.train import TrainConfig, build_model, evaluate
+
+
+def linear_baseline(train: SyntheticShapes, test: SyntheticShapes, epochs: int = 100) -> tuple[float, float]:
+    """Train and test accuracy of softmax regression on standardized pixels
+    (full-batch L-BFGS, a little L2)."""
+    x = train.images.flatten(1).float()
+    mean, std = x.mean(0), x.std(0) + 1e-6
+    x = (x - mean) / std
+    xt = (test.images.flatten(1).float() - mean) / std
+    model = nn.Linear(x.shape[1], len(SyntheticShapes.classes))
+    optimizer = torch.optim.LBFGS(model.parameters(), lr=0.5, max_iter=epochs, history_size=20)
+
+    def closure():
+        optimizer.zero_grad()
+        loss = F.cross_entropy(model(x), train.labels) + 1e-3 * model.weight.pow(2).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    with torch.no_grad():
+        return ((model(x).argmax(1) == train.labels).float().mean().item(),
+                (model(xt).argmax(1) == test.labels).float().mean().item())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", default="runs/measure", help="a finished `zfcore train` run folder")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--results-dir", default=None)
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    run = Path(args.run)
+    saved = torch.load(run / "model.pt", weights_only=False)
+    config = TrainConfig(**{k: v for k, v in saved["config"].items() if k != "fingerprint"})
+    test = SyntheticShapes("test", seed=config.seed, size=config.image_size, per_class=config.per_class // 5)
+    train = SyntheticShapes("train", seed=config.seed, size=config.image_size, per_class=config.per_class)
+    model = build_model(config, len(SyntheticShapes.classes))
+    model.load_state_dict(saved["model"])
+    mean = train.images.double().mean(0).float()
+    batches = [((test.images[i:i + 256].float() - mean) * config.input_scale, test.labels[i:i + 256])
+               for i in range(0, len(test), 256)]
+    cnn = evaluate(model, batches, "cpu")
+    history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    linear_train, linear = linear_baseline(train, test)
+
+    # One training step (forward, backward, SGD update) at the run's batch size,
+    # zfcore's MaxPool2dSwitches vs nn.MaxPool2d in an otherwise identical model.
+    torch.manual_seed(0)
+    ours = build_model(config, 10)
+    theirs = copy.deepcopy(ours)
+    for name, module in list(theirs.named_children()):
+        if isinstance(module, MaxPool2dSwitches):
+            setattr(theirs, name, nn.MaxPool2d(module.kernel_size, module.stride, module.padding,
+                                               ceil_mode=module.ceil_mode))
+    x = (train.images[:128].float() - mean) * config.input_scale
+    y = train.labels[:128]
+
+    def step(net, optimizer):
+        loss = F.cross_entropy(net(x), y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+
+    opt_ours = torch.optim.SGD(ours.parameters(), lr=1e-4, momentum=0.9)
+    opt_theirs = torch.optim.SGD(theirs.parameters(), lr=1e-4, momentum=0.9)
+    row = Row("training step", f"{config.model} batch 128", f"[128,3,{config.image_size},{config.image_size}]",
+              "float32", "nchw", "nn.MaxPool2d in the same model", time_cpu(lambda: step(ours, opt_ours),
+                                                                          args.threads, 2.0),
+              time_cpu(lambda: step(theirs, opt_theirs), args.threads, 2.0))
+    notes = [
+        f"CNN ({config.model}, {len(history)} epochs, batch {config.batch_size}, {config.init} init): test top-1 "
+        f"accuracy {1 - cnn['val_top1_error']:.3f}, top-5 {1 - cnn['val_top5_error']:.3f} on {len(test)} test images",
+        f"training wall time {sum(r['seconds'] for r in history):.0f} s for {len(history)} epochs on "
+        f"{args.threads} threads (sum of the epochs' seconds in {run}/metrics.jsonl)",
+        f"linear classifier on standardized pixels (softmax regression, L-BFGS): test accuracy {linear:.3f} "
+        f"(train accuracy {linear_train:.3f}); chance is {1 / len(SyntheticShapes.classes):.3f}",
+        f"train command: python -m zfcore train --out {run} --epochs {config.epochs} --batch-size {config.batch_size}",
+    ]
+    write("train_cpu", [row], environment(args.threads), notes, args.results_dir)
+    print("\n".join(notes))
+    print(f"training step: zfcore {row.zfcore.median_ms:.1f} ms, nn.MaxPool2d {row.pytorch.median_ms:.1f} ms, "
+          f"ratio {row.ratio:.2f}x")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

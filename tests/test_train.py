@@ -197,3 +197,7 @@ def test_training_on_an_image_folder_with_a_corrupt_file(tmp_path):
     missing = subprocess.run(_cli(tmp_path / "run2", "--data", str(empty)), env=_env(tmp_path),
                              capture_output=True, text=True, cwd=REPO, timeout=300)
     assert missing.returncode == 2 and str(empty / "train" / "a") in missing.stderr
+    absent = subprocess.run(_cli(tmp_path / "run3", "--data", str(tmp_path / "nowhere")), env=_env(tmp_path),
+                            capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert absent.returncode == 2 and f"data folder {tmp_path / 'nowhere'} does not exist" in absent.stderr
+    assert not (tmp_path / "run2" / "LATEST").exists() and not (tmp_path / "run3" / "LATEST").exists()

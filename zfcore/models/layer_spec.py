@@ -70,11 +70,17 @@ class LayerSpec:
     def of(cls, model: nn.Module, input_shape: tuple[int, int, int]) -> "LayerSpec":
         """Walk ``model.named_children()`` (a flat sequential model) from an input of
         ``input_shape = (C, H, W)``."""
+        return cls.of_layers(list(model.named_children()), input_shape)
+
+    @classmethod
+    def of_layers(cls, named_layers, input_shape: tuple[int, int, int]) -> "LayerSpec":
+        """The same for ``(name, module)`` pairs in forward order; a map entering
+        a Linear layer is flattened, as ``torch.flatten(x, 1)`` would."""
         c, h, w = input_shape
         size, jump, offset = (1, 1), (1, 1), (0.0, 0.0)
         flat: int | None = None
         layers = []
-        for name, module in model.named_children():
+        for name, module in named_layers:
             if isinstance(module, nn.Conv2d | nn.MaxPool2d | MaxPool2dSwitches):
                 if flat is not None:
                     raise ValueError(f"LayerSpec: {name} ({type(module).__name__}) follows a flattening layer")
@@ -99,8 +105,18 @@ class LayerSpec:
                 kind = "conv" if isinstance(module, nn.Conv2d) else "pool"
             elif isinstance(module, nn.Flatten):
                 flat, kind = c * h * w, "flatten"
+            elif isinstance(module, nn.AdaptiveAvgPool2d) and flat is None:
+                out = _pair(module.output_size)
+                out = tuple(o if o is not None else n for o, n in zip(out, (h, w)))
+                if out != (h, w):  # windows of varying size: a unit may see the whole input
+                    _, height, width = input_shape
+                    size, jump, offset = (height, width), (1, 1), ((height - 1) / 2, (width - 1) / 2)
+                h, w = out
+                kind = "adaptiveavgpool2d"
             elif isinstance(module, nn.Linear):
-                if flat is None or module.in_features != flat:
+                if flat is None:
+                    flat = c * h * w
+                if module.in_features != flat:
                     raise ValueError(f"LayerSpec: {name} expects {module.in_features} inputs, gets {flat}")
                 flat, kind = module.out_features, "linear"
             elif isinstance(module, _POINTWISE):

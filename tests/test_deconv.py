@@ -1,0 +1,216 @@
+"""The deconvnet engine against independent autograd implementations."""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from zfcore.deconv import Deconvnet, Request, WalkError
+from zfcore.models import zfnet_small
+from zfcore.nn import MaxPool2dSwitches
+
+
+def plain_cnn():
+    """Padding, ceil mode, stride > kernel pools, adaptive pooling, non-square input."""
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 6, 3, padding=1)), ("relu1", nn.ReLU()),
+        ("pool1", nn.MaxPool2d(3, 2, padding=1, ceil_mode=True)),
+        ("conv2", nn.Conv2d(6, 8, 3, stride=1)), ("relu2", nn.ReLU()),
+        ("pool2", nn.MaxPool2d(2, 3)),
+        ("conv3", nn.Conv2d(8, 8, 3, padding=1)), ("relu3", nn.ReLU(inplace=True)),
+        ("avgpool", nn.AdaptiveAvgPool2d((2, 2))), ("flatten", nn.Flatten()),
+        ("fc1", nn.Linear(32, 12)), ("relu4", nn.ReLU()), ("drop", nn.Dropout()), ("fc2", nn.Linear(12, 5)),
+    ]))
+
+
+class VGGStyle(nn.Module):
+    """torchvision's layout: features, avgpool, a functional flatten, classifier."""
+
+    def __init__(self):
+        super().__init__()
+        self.features = nn.Sequential(
+            nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(inplace=True),
+            nn.MaxPool2d(2, 2),
+            nn.Conv2d(8, 12, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool2d(2, 2))
+        self.avgpool = nn.AdaptiveAvgPool2d((3, 3))
+        self.classifier = nn.Sequential(nn.Linear(108, 16), nn.ReLU(inplace=True), nn.Dropout(), nn.Linear(16, 4))
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(self.avgpool(self.features(x)), 1))
+
+
+MODELS = {
+    "zfnet_small": (lambda: zfnet_small(init_std=None), (3, 64, 64)),
+    "plain": (plain_cnn, (3, 37, 45)),
+    "vgg": (VGGStyle, (3, 24, 28)),
+}
+
+
+def autograd_projection(model, images, layer, channel, position, mode):
+    """The reference: autograd through the real model, with the ReLU backward
+    replaced (deconvnet: ReLU of the gradient; guided: also the forward mask)
+    and, in deconvnet mode, LRN passed through."""
+    modules = dict(model.named_modules())
+    hooks, captured = [], {}
+    for module in model.modules():
+        if isinstance(module, nn.ReLU) and mode != "gradient":
+            hooks.append(module.register_full_backward_hook(
+                (lambda m, gi, go: (F.relu(go[0]),)) if mode == "deconvnet"
+                else (lambda m, gi, go: (gi[0].clamp(min=0),))))
+        if isinstance(module, nn.LocalResponseNorm) and mode == "deconvnet":
+            hooks.append(module.register_full_backward_hook(lambda m, gi, go: (go[0],)))
+    hooks.append(modules[layer].register_forward_hook(lambda m, i, o: captured.__setitem__("a", o)))
+    inplace = [m for m in model.modules() if getattr(m, "inplace", False)]
+    for m in inplace:  # full backward hooks do not allow in-place outputs
+        m.inplace = False
+    try:
+        x = images.clone().requires_grad_()
+        model.eval()
+        model(x)
+        a = captured["a"]
+        seed = torch.zeros_like(a)
+        for n in range(a.shape[0]):
+            if a.dim() == 2:
+                seed[n, channel] = a[n, channel]
+            elif position == "map":
+                seed[n, channel] = a[n, channel]
+            else:
+                h, w = position if position is not None else divmod(int(a[n, channel].argmax()), a.shape[-1])
+                seed[n, channel, h, w] = a[n, channel, h, w]
+        return torch.autograd.grad(a, x, seed.detach())[0]
+    finally:
+        for h in hooks:
+            h.remove()
+        for m in inplace:
+            m.inplace = True
+
+
+def _setup(name):
+    factory, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = factory().double().eval()
+    images = torch.randn(3, *shape, dtype=torch.float64)
+    return model, images, Deconvnet(model, shape)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+@pytest.mark.parametrize("mode", ["deconvnet", "guided", "gradient"])
+def test_projections_equal_the_autograd_reference(name, mode):
+    model, images, net = _setup(name)
+    spec = net.layer_spec()
+    conv_like = [n for n in net.layers if len(spec[n].shape) == 3 and isinstance(
+        dict(model.named_modules())[n], nn.Conv2d | nn.ReLU | nn.MaxPool2d | MaxPool2dSwitches)]
+    linear = [n for n in net.layers if isinstance(dict(model.named_modules())[n], nn.Linear)]
+    cases = [(conv_like[1], 0, None), (conv_like[-1], 1, "map"), (linear[-1], 2, None)]
+    mid = conv_like[len(conv_like) // 2]
+    _, h, w = spec[mid].shape
+    cases += [(mid, 1, (0, 0)), (mid, 0, (h - 1, w - 1)), (mid, 2, (h // 2, w // 2))]
+    nonzero = 0
+    for layer, channel, position in cases:
+        got = net.project(images, layer, channel, position, mode=mode)
+        expected = autograd_projection(model, images, layer, channel, position, mode)
+        torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12, msg=f"{name} {mode} {layer} {position}")
+        nonzero += bool(got.abs().sum() > 0)
+    assert nonzero >= len(cases) - 2  # a unit of a random net may be dead; most are not
+
+
+def test_gradient_mode_is_the_gradient_of_the_unit_times_its_value():
+    model, images, net = _setup("zfnet_small")
+    x = images[:1].clone().requires_grad_()
+    feats = model[: list(dict(model.named_children())).index("conv3") + 1](x)
+    value = feats[0, 4, 2, 3]
+    grad = torch.autograd.grad(value, x)[0]
+    torch.testing.assert_close(net.project(images[:1], "conv3", 4, (2, 3), mode="gradient"), grad * value.detach())
+
+
+def test_overlapping_pools_max_unpool2d_gives_another_projection():
+    # A deconvnet built on F.max_unpool2d (overwriting) against the exact one.
+    model, images, net = _setup("zfnet_small")
+    exact = autograd_projection(model, images, "conv2", 3, None, "deconvnet")
+    assert torch.allclose(net.project(images, "conv2", 3), exact, rtol=1e-9, atol=1e-12)
+    layers = dict(model.named_children())
+    with torch.no_grad():
+        a1 = layers["relu1"](layers["conv1"](images))
+        p1, idx1 = F.max_pool2d(a1, 3, 2, ceil_mode=True, return_indices=True)
+        a2 = layers["conv2"](layers["norm1"](p1))
+        seed = torch.zeros_like(a2)
+        for n in range(a2.shape[0]):
+            h, w = divmod(int(a2[n, 3].argmax()), a2.shape[-1])
+            seed[n, 3, h, w] = a2[n, 3, h, w]
+        s = F.conv_transpose2d(seed, layers["conv2"].weight, None, 1, 2)
+        s = F.max_unpool2d(s, idx1, 3, 2, output_size=a1.shape[-2:])
+        s = F.conv_transpose2d(F.relu(s), layers["conv1"].weight, None, 2, 1, output_padding=1)
+    assert not torch.allclose(s, exact, rtol=1e-6, atol=1e-9)
+
+
+def test_project_many_equals_one_at_a_time():
+    model, images, net = _setup("plain")
+    requests = [Request(2, "conv2", 1, None), Request(0, "pool2", 3, (1, 2)), Request(2, "fc1", 5),
+                Request(1, "conv2", 0, "map"), (0, "conv1", 2, (5, 7))]
+    many = net.project_many(images, requests)
+    for row, r in enumerate(requests):
+        r = r if isinstance(r, Request) else Request(*r)
+        one = net.project(images[r.image:r.image + 1], r.layer, r.channel, r.position)
+        torch.testing.assert_close(many[row:row + 1], one, rtol=1e-12, atol=1e-14)
+
+
+def test_receptive_field_of_zfnet_small():
+    _, _, net = _setup("zfnet_small")
+    field = net.receptive_field("conv2")
+    assert field.size == (27, 27) and field.jump == (4, 4) and field.shape == (64, 15, 15)
+
+
+class FunctionalReLU(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 3)
+
+    def forward(self, x):
+        return F.relu(self.conv(x))
+
+
+class Residual(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+        self.relu = nn.ReLU()
+
+    def forward(self, x):
+        return self.relu(self.conv(x) + x)
+
+
+class Twice(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 3, 3, padding=1)
+
+    def forward(self, x):
+        return self.conv(self.conv(x))
+
+
+@pytest.mark.parametrize("model, message", [
+    (FunctionalReLU(), "not the plain chain"),
+    (Residual(), "not the plain chain"),
+    (Twice(), "'conv' is called twice"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)), r"cannot walk '1' \(BatchNorm2d\)"),
+    (nn.Sequential(nn.Conv2d(3, 4, 3), nn.MaxPool2d(2, dilation=2)), "dilation"),
+])
+def test_unwalkable_models_are_clear_errors(model, message):
+    with pytest.raises(WalkError, match=message):
+        Deconvnet(model, (3, 12, 12))
+
+
+def test_bad_requests_are_clear_errors():
+    _, images, net = _setup("plain")
+    with pytest.raises(ValueError, match="no layer named 'conv9'"):
+        net.project(images, "conv9", 0)
+    with pytest.raises(ValueError, match="channel 99 is outside"):
+        net.project(images, "conv1", 99)
+    with pytest.raises(ValueError, match="position \\(50, 0\\) is outside"):
+        net.project(images, "conv1", 0, (50, 0))
+    with pytest.raises(ValueError, match="mode must be one of"):
+        net.project(images, "conv1", 0, mode="saliency")
+    with pytest.raises(ValueError, match="images must be a Tensor"):
+        net.project(images[:, :2], "conv1", 0)

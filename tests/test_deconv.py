@@ -214,3 +214,26 @@ def test_bad_requests_are_clear_errors():
         net.project(images, "conv1", 0, mode="saliency")
     with pytest.raises(ValueError, match="images must be a Tensor"):
         net.project(images[:, :2], "conv1", 0)
+
+
+@pytest.mark.parametrize("name", ["zfnet_small", "plain", "vgg"])
+@pytest.mark.parametrize("mode", ["deconvnet", "guided", "gradient"])
+def test_cropped_projections_equal_uncropped_at_corners_edges_and_centre(name, mode):
+    model, images, net = _setup(name)
+    spec = net.layer_spec()
+    for layer in [n for n in net.layers if len(spec[n].shape) == 3 and net._croppable(net.layers.index(n))]:
+        _, h, w = spec[layer].shape
+        positions = {(0, 0), (h - 1, w - 1), (0, w - 1), (h // 2, w // 2), (h - 1, w // 2)}
+        requests = [Request(i % len(images), layer, i % spec[layer].shape[0], p) for i, p in enumerate(positions)]
+        requests.append(Request(1, layer, 0, None))
+        cropped = net.project_many(images, requests, mode)
+        whole = net.project_many(images, requests, mode, crop=False)
+        torch.testing.assert_close(cropped, whole, rtol=1e-9, atol=1e-12, msg=f"{name} {mode} {layer}")
+    assert net.crop_work_ratio(net.layers[0]) >= 1.0
+
+
+def test_crop_work_ratio():
+    _, _, net = _setup("zfnet_small")
+    assert net.crop_work_ratio("conv1") == 30 * 30  # one unit of a 30x30 map
+    assert net.crop_work_ratio("conv2") > 5
+    assert net.crop_work_ratio("conv5") < 1  # at 64 px a conv5 window is wider than the maps: no crop

@@ -37,7 +37,7 @@ from ..ops import checks, deconv_step, max_pool2d_switches, relu_conv_transpose2
 from .walk import Step, walk
 
 MODES = ("deconvnet", "guided", "gradient")
-_POOLS = (nn.MaxPool2d, MaxPool2dSwitches)
+_POOLS = nn.MaxPool2d | MaxPool2dSwitches
 
 
 @dataclass
@@ -220,14 +220,21 @@ class Deconvnet:
         n = images.shape[0] if isinstance(images, Tensor) else 0
         return self.project_many(images, [Request(i, layer, channel, position) for i in range(n)], mode)
 
-    def project_many(self, images: Tensor, requests: Sequence[Request], mode: str = "deconvnet") -> Tensor:
+    def project_many(self, images: Tensor, requests: Sequence[Request], mode: str = "deconvnet",
+                     crop: bool = True) -> Tensor:
         """Many projections in one batch: one forward over ``images``, then every
         request goes down together with its own image's switches and masks.
+
+        A single unit's projection is nonzero only inside its receptive field, so
+        with ``crop`` (the default) units of the conv stack go down on their
+        receptive-field window at every layer: the same values, far less work
+        (``crop_work_ratio``). Maps and units above the conv stack go down whole.
 
         Args:
             images: ``Tensor[N, C, H, W]``.
             requests: ``Request(image, layer, channel, position)`` items.
             mode: as ``project``.
+            crop: go down on receptive-field windows where that is exact.
 
         Returns:
             ``Tensor[len(requests), C, H, W]``, in request order.
@@ -254,8 +261,130 @@ class Deconvnet:
                 rec.input = rec.input[inverse] if rec.input is not None else None
                 rec.input_shape = (len(chosen), *rec.input_shape[1:])
                 rec.flat_from = (len(chosen), *rec.flat_from[1:]) if rec.flat_from is not None else None
-            result[chosen] = self._down(signal, records, top, mode)
+            units = [requests[i].position != "map" for i in chosen]
+            if crop and all(units) and signal.dim() == 4 and self.crop_work_ratio(layer) > 1:
+                result[chosen] = self._down_cropped(signal, records, top, mode)
+            else:
+                result[chosen] = self._down(signal, records, top, mode)
         return result
+
+    # ------------------------------------------------------- receptive-field crops
+
+    def _croppable(self, top: int) -> bool:
+        return all(isinstance(s.module, nn.Conv2d | nn.ReLU | nn.LocalResponseNorm | nn.Dropout | nn.Identity
+                              | _POOLS) and not s.flatten_before for s in self.steps[: top + 1])
+
+    def _windows(self, top: int, corners: Tensor) -> dict[int, tuple[Tensor, tuple[int, int]]]:
+        """Per step, the window of its output that can be nonzero on the way
+        down from one unit per row of ``corners`` ([R, 2], the unit's (h, w)):
+        ``{i: (top-left corners [R, 2], (height, width))}``; key -1 is the input."""
+        windows, size = {}, (1, 1)
+        for i in range(top, -1, -1):
+            windows[i] = (corners, size)
+            module = self.steps[i].module
+            if isinstance(module, nn.Conv2d | _POOLS):
+                if isinstance(module, nn.Conv2d):
+                    k, s, p, d = module.kernel_size, module.stride, module.padding, module.dilation
+                else:
+                    (k, s, p), d = _pool_geometry(module), (1, 1)
+                k_eff = torch.tensor([d[j] * (k[j] - 1) + 1 for j in range(2)])
+                corners = corners * torch.tensor(s) - torch.tensor(p)
+                size = tuple(int((size[j] - 1) * s[j] + k_eff[j]) for j in range(2))
+        windows[-1] = (corners, size)
+        return windows
+
+    def crop_work_ratio(self, layer: str) -> float:
+        """Elements the uncropped way down from one unit of ``layer`` touches,
+        over those its receptive-field windows touch (summed over the layers).
+        Below 1 (windows wider than the maps, deep units of small inputs) the
+        engine goes down uncropped."""
+        top = self._layer_index(layer)
+        if not self._croppable(top):
+            return 1.0
+        spec = self.layer_spec()
+        windows = self._windows(top, torch.zeros(1, 2, dtype=torch.long))
+        full = cropped = 0
+        for i in range(top + 1):
+            c, h, w = spec[self.steps[i].name].shape
+            full += c * h * w
+            cropped += c * windows[i][1][0] * windows[i][1][1]
+        return full / cropped
+
+    @staticmethod
+    def _inside(x: Tensor, corners: Tensor, size: tuple[int, int], extent) -> Tensor:
+        """``x`` (windows at ``corners``) with the rows and columns outside ``extent`` zeroed."""
+        rows = corners[:, 0, None] + torch.arange(size[0])
+        cols = corners[:, 1, None] + torch.arange(size[1])
+        keep_r = ((rows >= 0) & (rows < extent[0])).to(x.device)
+        keep_c = ((cols >= 0) & (cols < extent[1])).to(x.device)
+        return x.masked_fill(~(keep_r[:, None, :, None] & keep_c[:, None, None, :]), 0)
+
+    @staticmethod
+    def _crop(t: Tensor, corners: Tensor, size: tuple[int, int]) -> Tensor:
+        """Windows ``[R, C, *size]`` of ``t`` ([R, C, H, W]) at ``corners``, zero outside."""
+        r, c, h, w = t.shape
+        pads = [max(0, int(-corners[:, j].min())) for j in range(2)]
+        ends = [max(0, int(corners[:, j].max()) + size[j] - (h, w)[j]) for j in range(2)]
+        padded = F.pad(t, (pads[1], ends[1], pads[0], ends[0]))
+        rows = (corners[:, 0, None] + pads[0] + torch.arange(size[0])).to(t.device)
+        cols = (corners[:, 1, None] + pads[1] + torch.arange(size[1])).to(t.device)
+        ri = torch.arange(r, device=t.device)[:, None, None, None]
+        ci = torch.arange(c, device=t.device)[None, :, None, None]
+        return padded[ri, ci, rows[:, None, :, None], cols[:, None, None, :]]
+
+    def _down_cropped(self, signal: Tensor, records: list[_Record], top: int, mode: str) -> Tensor:
+        r, _, oh, ow = signal.shape
+        flat = signal.flatten(2).abs().argmax(2).amax(1)  # each row's seeded unit
+        corners = torch.stack([flat // ow, flat % ow], 1).cpu()
+        windows = self._windows(top, corners)
+        x = self._crop(signal, *windows[top])
+        i = top
+        while i >= 0:
+            if i < top:  # a transposed conv's window reaches past the map: that part is padding, drop it
+                x = self._inside(x, *windows[i], records[i + 1].input_shape[-2:])
+            module = self.steps[i].module
+            below = [self.steps[j].module if j >= 0 else None for j in (i - 1, i - 2)]
+            if isinstance(module, _POOLS):
+                k, s, _ = _pool_geometry(module)
+                switches = self._crop(records[i].switches, *windows[i])
+                in_size = windows[i - 1][1]
+                if mode == "deconvnet" and isinstance(below[0], nn.ReLU) and isinstance(below[1], nn.Conv2d):
+                    conv = below[1]
+                    x = deconv_step(x, switches, conv.weight, None, pool_kernel_size=k, pool_stride=s,
+                                    pool_padding=0, unpooled_size=in_size, stride=conv.stride, padding=0,
+                                    groups=conv.groups, dilation=conv.dilation)
+                    i -= 3
+                    continue
+                x = unpool2d(x, switches, k, s, 0, in_size)
+            elif isinstance(module, nn.ReLU):
+                if mode == "deconvnet":
+                    if isinstance(below[0], nn.Conv2d):
+                        conv = below[0]
+                        x = relu_conv_transpose2d(x, conv.weight, None, conv.stride, 0, 0, conv.groups,
+                                                  conv.dilation)
+                        i -= 2
+                        continue
+                    x = F.relu(x)
+                else:
+                    mask = self._crop(records[i].input, *windows[i]) > 0
+                    x = F.relu(x) * mask if mode == "guided" else x * mask
+            elif isinstance(module, nn.Conv2d):
+                x = F.conv_transpose2d(x, module.weight, None, module.stride, 0, 0, module.groups, module.dilation)
+            elif isinstance(module, nn.LocalResponseNorm) and mode != "deconvnet":
+                x = _vjp(module, self._crop(records[i].input, *windows[i]), x)
+            i -= 1
+        # Paste each window into its image, dropping what falls outside.
+        x = self._inside(x, *windows[-1], records[0].input_shape[-2:])
+        corners, size = windows[-1]
+        n, c, h, w = records[0].input_shape
+        pads = [max(0, int(-corners[:, j].min())) for j in range(2)]
+        ends = [max(0, int(corners[:, j].max()) + size[j] - (h, w)[j]) for j in range(2)]
+        canvas = x.new_zeros(n, c, h + pads[0] + ends[0], w + pads[1] + ends[1])
+        rows = corners[:, 0, None] + pads[0] + torch.arange(size[0])
+        cols = corners[:, 1, None] + pads[1] + torch.arange(size[1])
+        canvas[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
+               rows[:, None, :, None].to(x.device), cols[:, None, None, :].to(x.device)] = x
+        return canvas[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w]
 
     @staticmethod
     def _seed(activations: Tensor, requests: list[Request]) -> Tensor:

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from zfcore.deconv import Deconvnet, Request, WalkError
+from zfcore.deconv.reference import autograd_projection
 from zfcore.models import zfnet_small
 from zfcore.nn import MaxPool2dSwitches
 
@@ -46,45 +47,6 @@ MODELS = {
     "plain": (plain_cnn, (3, 37, 45)),
     "vgg": (VGGStyle, (3, 24, 28)),
 }
-
-
-def autograd_projection(model, images, layer, channel, position, mode):
-    """The reference: autograd through the real model, with the ReLU backward
-    replaced (deconvnet: ReLU of the gradient; guided: also the forward mask)
-    and, in deconvnet mode, LRN passed through."""
-    modules = dict(model.named_modules())
-    hooks, captured = [], {}
-    for module in model.modules():
-        if isinstance(module, nn.ReLU) and mode != "gradient":
-            hooks.append(module.register_full_backward_hook(
-                (lambda m, gi, go: (F.relu(go[0]),)) if mode == "deconvnet"
-                else (lambda m, gi, go: (gi[0].clamp(min=0),))))
-        if isinstance(module, nn.LocalResponseNorm) and mode == "deconvnet":
-            hooks.append(module.register_full_backward_hook(lambda m, gi, go: (go[0],)))
-    hooks.append(modules[layer].register_forward_hook(lambda m, i, o: captured.__setitem__("a", o)))
-    inplace = [m for m in model.modules() if getattr(m, "inplace", False)]
-    for m in inplace:  # full backward hooks do not allow in-place outputs
-        m.inplace = False
-    try:
-        x = images.clone().requires_grad_()
-        model.eval()
-        model(x)
-        a = captured["a"]
-        seed = torch.zeros_like(a)
-        for n in range(a.shape[0]):
-            if a.dim() == 2:
-                seed[n, channel] = a[n, channel]
-            elif position == "map":
-                seed[n, channel] = a[n, channel]
-            else:
-                h, w = position if position is not None else divmod(int(a[n, channel].argmax()), a.shape[-1])
-                seed[n, channel, h, w] = a[n, channel, h, w]
-        return torch.autograd.grad(a, x, seed.detach())[0]
-    finally:
-        for h in hooks:
-            h.remove()
-        for m in inplace:
-            m.inplace = True
 
 
 def _setup(name):

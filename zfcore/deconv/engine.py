@@ -220,6 +220,7 @@ class Deconvnet:
         n = images.shape[0] if isinstance(images, Tensor) else 0
         return self.project_many(images, [Request(i, layer, channel, position) for i in range(n)], mode)
 
+    @torch.no_grad()
     def project_many(self, images: Tensor, requests: Sequence[Request], mode: str = "deconvnet",
                      crop: bool = True) -> Tensor:
         """Many projections in one batch: one forward over ``images``, then every
@@ -255,17 +256,25 @@ class Deconvnet:
                 raise ValueError(f"Deconvnet: a request's image index is outside the {images.shape[0]} images")
             distinct, inverse = torch.unique(wanted, return_inverse=True)
             records, activations = self._forward(images[distinct], top, mode)
-            signal = self._seed(activations[inverse], [requests[i] for i in chosen])
+            group = [requests[i] for i in chosen]
+            units = all(r.position != "map" for r in group)
+            if crop and units and activations.dim() == 4 and self.crop_work_ratio(layer) > 1:
+                values, corners = self._units(activations, inverse, group)
+                windows, tops = self._down_cropped(values, group, corners, records, inverse, top, mode)
+                height, width = images.shape[-2:]
+                for row, window, (r, c) in zip(chosen, windows, tops.tolist()):  # paste, clipped to the image
+                    r0, c0 = max(r, 0), max(c, 0)
+                    r1, c1 = min(r + window.shape[-2], height), min(c + window.shape[-1], width)
+                    if r1 > r0 and c1 > c0:
+                        result[row, :, r0:r1, c0:c1] = window[:, r0 - r:r1 - r, c0 - c:c1 - c]
+                continue
+            signal = self._seed(activations[inverse], group)
             for rec in records:  # each request with its own image's switches and masks
                 rec.switches = rec.switches[inverse] if rec.switches is not None else None
                 rec.input = rec.input[inverse] if rec.input is not None else None
                 rec.input_shape = (len(chosen), *rec.input_shape[1:])
                 rec.flat_from = (len(chosen), *rec.flat_from[1:]) if rec.flat_from is not None else None
-            units = [requests[i].position != "map" for i in chosen]
-            if crop and all(units) and signal.dim() == 4 and self.crop_work_ratio(layer) > 1:
-                result[chosen] = self._down_cropped(signal, records, top, mode)
-            else:
-                result[chosen] = self._down(signal, records, top, mode)
+            result[chosen] = self._down(signal, records, top, mode)
         return result
 
     # ------------------------------------------------------- receptive-field crops
@@ -320,24 +329,26 @@ class Deconvnet:
         return x.masked_fill(~(keep_r[:, None, :, None] & keep_c[:, None, None, :]), 0)
 
     @staticmethod
-    def _crop(t: Tensor, corners: Tensor, size: tuple[int, int]) -> Tensor:
-        """Windows ``[R, C, *size]`` of ``t`` ([R, C, H, W]) at ``corners``, zero outside."""
-        r, c, h, w = t.shape
-        pads = [max(0, int(-corners[:, j].min())) for j in range(2)]
+    def _crop(t: Tensor, corners: Tensor, size: tuple[int, int], image: Tensor) -> Tensor:
+        """Windows ``[R, C, *size]`` of ``t[image[r]]`` ([N, C, H, W]) at ``corners``, zero outside."""
+        _, _, h, w = t.shape
+        pads = [max(0, -int(corners[:, j].min())) for j in range(2)]
         ends = [max(0, int(corners[:, j].max()) + size[j] - (h, w)[j]) for j in range(2)]
         padded = F.pad(t, (pads[1], ends[1], pads[0], ends[0]))
-        rows = (corners[:, 0, None] + pads[0] + torch.arange(size[0])).to(t.device)
-        cols = (corners[:, 1, None] + pads[1] + torch.arange(size[1])).to(t.device)
-        ri = torch.arange(r, device=t.device)[:, None, None, None]
-        ci = torch.arange(c, device=t.device)[None, :, None, None]
-        return padded[ri, ci, rows[:, None, :, None], cols[:, None, None, :]]
+        top, left = (corners[:, 0] + pads[0]).tolist(), (corners[:, 1] + pads[1]).tolist()
+        return torch.stack([padded[n, :, r:r + size[0], c:c + size[1]]
+                            for n, r, c in zip(image.tolist(), top, left)])
 
-    def _down_cropped(self, signal: Tensor, records: list[_Record], top: int, mode: str) -> Tensor:
-        r, _, oh, ow = signal.shape
-        flat = signal.flatten(2).abs().argmax(2).amax(1)  # each row's seeded unit
-        corners = torch.stack([flat // ow, flat % ow], 1).cpu()
+    def _down_cropped(self, values: Tensor, requests: list[Request], corners: Tensor, records: list[_Record],
+                      inverse: Tensor, top: int, mode: str) -> tuple[Tensor, Tensor]:
+        """The way down on receptive-field windows; records hold the distinct
+        images, ``inverse`` maps each request to its image. Returns the input-space
+        windows and their top-left corners."""
         windows = self._windows(top, corners)
-        x = self._crop(signal, *windows[top])
+        channels = self.layer_spec()[self.steps[top].name].shape[0]
+        x = values.new_zeros(len(requests), channels, 1, 1)
+        x[torch.arange(len(requests)), torch.tensor([r.channel for r in requests]), 0, 0] = values
+        crop = lambda t, window: self._crop(t, *window, image=inverse)  # noqa: E731
         i = top
         while i >= 0:
             if i < top:  # a transposed conv's window reaches past the map: that part is padding, drop it
@@ -346,7 +357,7 @@ class Deconvnet:
             below = [self.steps[j].module if j >= 0 else None for j in (i - 1, i - 2)]
             if isinstance(module, _POOLS):
                 k, s, _ = _pool_geometry(module)
-                switches = self._crop(records[i].switches, *windows[i])
+                switches = crop(records[i].switches, windows[i])
                 in_size = windows[i - 1][1]
                 if mode == "deconvnet" and isinstance(below[0], nn.ReLU) and isinstance(below[1], nn.Conv2d):
                     conv = below[1]
@@ -366,25 +377,36 @@ class Deconvnet:
                         continue
                     x = F.relu(x)
                 else:
-                    mask = self._crop(records[i].input, *windows[i]) > 0
+                    mask = crop(records[i].input, windows[i]) > 0
                     x = F.relu(x) * mask if mode == "guided" else x * mask
             elif isinstance(module, nn.Conv2d):
                 x = F.conv_transpose2d(x, module.weight, None, module.stride, 0, 0, module.groups, module.dilation)
             elif isinstance(module, nn.LocalResponseNorm) and mode != "deconvnet":
-                x = _vjp(module, self._crop(records[i].input, *windows[i]), x)
+                x = _vjp(module, crop(records[i].input, windows[i]), x)
             i -= 1
-        # Paste each window into its image, dropping what falls outside.
-        x = self._inside(x, *windows[-1], records[0].input_shape[-2:])
-        corners, size = windows[-1]
-        n, c, h, w = records[0].input_shape
-        pads = [max(0, int(-corners[:, j].min())) for j in range(2)]
-        ends = [max(0, int(corners[:, j].max()) + size[j] - (h, w)[j]) for j in range(2)]
-        canvas = x.new_zeros(n, c, h + pads[0] + ends[0], w + pads[1] + ends[1])
-        rows = corners[:, 0, None] + pads[0] + torch.arange(size[0])
-        cols = corners[:, 1, None] + pads[1] + torch.arange(size[1])
-        canvas[torch.arange(n)[:, None, None, None], torch.arange(c)[None, :, None, None],
-               rows[:, None, :, None].to(x.device), cols[:, None, None, :].to(x.device)] = x
-        return canvas[:, :, pads[0]:pads[0] + h, pads[1]:pads[1] + w]
+        return self._inside(x, *windows[-1], records[0].input_shape[-2:]), windows[-1][0]
+
+    @staticmethod
+    def _units(activations: Tensor, inverse: Tensor, requests: list[Request]) -> tuple[Tensor, Tensor]:
+        """Each request's unit: its activation value [R] and its (h, w) [R, 2]."""
+        channels = torch.tensor([r.channel for r in requests], device=activations.device)
+        if len(channels) and (channels.min() < 0 or channels.max() >= activations.shape[1]):
+            bad = next(r for r in requests if not 0 <= r.channel < activations.shape[1])
+            raise ValueError(f"Deconvnet: channel {bad.channel} is outside {bad.layer!r}'s "
+                             f"{activations.shape[1]} channels")
+        planes = activations[inverse, channels]  # [R, H, W]
+        h, w = planes.shape[-2:]
+        corners = torch.empty(len(requests), 2, dtype=torch.long)
+        strongest = planes.flatten(1).argmax(1).cpu()
+        for row, r in enumerate(requests):
+            if r.position is None:
+                corners[row] = torch.stack([strongest[row] // w, strongest[row] % w])
+            else:
+                if not (0 <= r.position[0] < h and 0 <= r.position[1] < w):
+                    raise ValueError(f"Deconvnet: position {r.position} is outside {r.layer!r}'s {h}x{w} map")
+                corners[row] = torch.tensor(r.position)
+        rows = torch.arange(len(requests), device=planes.device)
+        return planes[rows, corners[:, 0].to(planes.device), corners[:, 1].to(planes.device)], corners
 
     @staticmethod
     def _seed(activations: Tensor, requests: list[Request]) -> Tensor:

@@ -22,18 +22,22 @@ MAX_WINDOW = 256  # a switch is one byte
 
 def pair(op: str, name: str, value, *, minimum: int) -> Pair:
     """An int or a sequence of two ints, each at least ``minimum``."""
-    if isinstance(value, bool):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints (got {value!r})")
-    if isinstance(value, int):
-        value = (value, value)
-    elif isinstance(value, torch.Size | Sequence) and len(value) == 1:
-        value = (value[0], value[0])
-    if not (isinstance(value, torch.Size | Sequence) and len(value) == 2
-            and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
-        raise TypeError(f"{op}: {name} must be an int or a pair of ints (got {value!r})")
-    if min(value) < minimum:
-        raise ValueError(f"{op}: {name} must be >= {minimum} (got {tuple(value)})")
-    return int(value[0]), int(value[1])
+    kind = type(value)
+    if kind is int:  # the common cases first: this runs on every op call
+        result = (value, value)
+    elif kind in (tuple, list, torch.Size) and len(value) == 2 and type(value[0]) is int and type(value[1]) is int:
+        result = (value[0], value[1])
+    else:
+        if isinstance(value, torch.Size | Sequence) and not isinstance(value, str) and len(value) == 1:
+            value = (value[0], value[0])
+        if isinstance(value, bool) or not (
+                isinstance(value, int) or isinstance(value, torch.Size | Sequence) and len(value) == 2
+                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+            raise TypeError(f"{op}: {name} must be an int or a pair of ints (got {value!r})")
+        result = (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+    if result[0] < minimum or result[1] < minimum:
+        raise ValueError(f"{op}: {name} must be >= {minimum} (got {result})")
+    return result
 
 
 def _describe(t: Tensor) -> str:

@@ -7,6 +7,8 @@
 
 #include <torch/all.h>
 
+#include <limits>
+
 namespace zfcore {
 
 // Output extent of one spatial dimension of a max pooling, with PyTorch's rules:
@@ -51,15 +53,19 @@ inline at::MemoryFormat memory_format_of(const at::Tensor& t) {
   return use_channels_last(t) ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::Contiguous;
 }
 
-// First and last (inclusive) window index along one dimension whose window covers
-// input position i; empty when first > last.
-inline void covering_windows(int64_t i, int64_t k, int64_t s, int64_t p, int64_t out_size,
-                             int64_t& first, int64_t& last) {
-  const int64_t hi = i + p;                 // window o covers i iff o*s <= i+p <= o*s+k-1
-  const int64_t lo = hi - k + 1;
-  first = lo <= 0 ? 0 : (lo + s - 1) / s;
-  last = hi / s;
-  if (last > out_size - 1) last = out_size - 1;
-}
+// Row and column of each one-byte switch offset inside its window, so kernels
+// divide by kw only here. Offsets outside the kh x kw window map far outside
+// the input, so the bounds check that catches switches into the padding
+// catches them too.
+struct OffsetTable {
+  int64_t dh[256], dw[256];
+  explicit OffsetTable(const PoolGeometry& g) {
+    for (int64_t o = 0; o < 256; ++o) {
+      const bool inside = o < g.kh * g.kw;
+      dh[o] = inside ? o / g.kw : std::numeric_limits<int32_t>::min();
+      dw[o] = inside ? o % g.kw : 0;
+    }
+  }
+};
 
 }  // namespace zfcore

@@ -47,12 +47,8 @@ void sparse_deconv(const scalar_t* y, const uint8_t* switches, const acc_t<scala
   const int64_t cin_g = C / cg.groups, cout_g = Cout / cg.groups;
   const int64_t block = CB > 0 ? CB : std::min<int64_t>(cout_g, 64);
   const int64_t blocks = (cout_g + block - 1) / block;
-  int64_t dh_of[256], dw_of[256];
-  for (int64_t o = 0; o < 256; ++o) {
-    const bool inside = o < pg.kh * pg.kw;
-    dh_of[o] = inside ? o / pg.kw : std::numeric_limits<int32_t>::min();
-    dw_of[o] = inside ? o % pg.kw : 0;
-  }
+  const OffsetTable table(pg);
+  const int64_t *dh_of = table.dh, *dw_of = table.dw;
   at::parallel_for(0, N * cg.groups * blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc> plane(H * W, acc(0));  // always returned to zero after use
     std::vector<int32_t> where(OH * OW);

@@ -31,20 +31,6 @@ namespace {
 template <typename T>
 using acc_t = std::conditional_t<std::is_same_v<T, double>, double, float>;
 
-// Row and column of each window offset, so the kernels divide by kw only here.
-// Offsets outside the kh x kw window map far outside the input, so the bounds
-// check that catches switches into the padding catches them too.
-struct OffsetTable {
-  int64_t dh[256], dw[256];
-  explicit OffsetTable(const PoolGeometry& g) {
-    for (int64_t o = 0; o < 256; ++o) {
-      const bool inside = o < g.kh * g.kw;
-      dh[o] = inside ? o / g.kw : std::numeric_limits<int32_t>::min();
-      dw[o] = inside ? o % g.kw : 0;
-    }
-  }
-};
-
 // NCHW: one thread owns a whole plane, so the sums need no atomics; it zeroes the
 // plane (which stays in cache) and adds the windows in row-major order.
 template <typename scalar_t, bool RELU>

@@ -41,16 +41,11 @@ if not NATIVE:
         _fallback_library.define(schema)
 
 
-def _reference_kernel(name):
-    fn = getattr(reference, name)
-    return lambda *args: fn(*args)
-
-
 # The CUDA kernels (Triton, CUDA C++) are not built yet: CUDA tensors run the
 # reference. Without the native library, so do CPU tensors.
 for _name in SCHEMAS:
     torch.library.register_kernel(f"zfcore::{_name}", "cuda" if NATIVE else ("cpu", "cuda"),
-                                  _reference_kernel(_name))
+                                  getattr(reference, _name))
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:

@@ -7,18 +7,44 @@ import torch
 
 import zfcore
 
+# Every backend, skipped where it is not available; GPU backends run on CUDA
+# tensors (the triton backend on CPU tensors under TRITON_INTERPRET=1).
 BACKENDS = [
     pytest.param(name, marks=pytest.mark.skipif(not info.available, reason=info.reason))
     for name, info in zfcore.backends().items()
-    if info.device in ("any", "cpu")
 ]
+AVAILABLE = [name for name, info in zfcore.backends().items() if info.available]
 DTYPES = [torch.float32, torch.float64, torch.float16, torch.bfloat16]
+
+
+def device_of(backend: str) -> str:
+    """The device whose tensors ``backend`` runs on here."""
+    info = zfcore.backends()[backend]
+    return "cpu" if info.device == "any" else info.device
+
+
+def on(backend: str, t):
+    """``t`` on ``backend``'s device with the same sizes and strides (channels-last
+    and non-contiguous inputs stay so); ``None`` passes through."""
+    if t is None:
+        return None
+    device = device_of(backend)
+    if t.device.type == device:
+        return t
+    moved = torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device=device)
+    return moved.copy_(t).requires_grad_(t.requires_grad)
+
+
+def interpreted(backend: str) -> bool:
+    """Whether ``backend`` runs in Triton's (slow) CPU interpreter."""
+    return backend == "triton" and device_of(backend) == "cpu"
 
 
 def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, *, atol: float = 0.0, rtol: float = 0.0,
                          what: str = "") -> None:
     """assert_close that treats NaN == NaN and, on failure, prints the first
     mismatching indices with both values."""
+    actual, expected = actual.cpu(), expected.cpu()
     assert actual.shape == expected.shape, f"{what}: shape {tuple(actual.shape)} != {tuple(expected.shape)}"
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     a, e = actual.double(), expected.double()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from zfcore.ops import deconv_step, relu_conv_transpose2d, unpool2d
 
-from .helpers import BACKENDS, DTYPES, assert_close_verbose
+from .helpers import BACKENDS, DTYPES, assert_close_verbose, on
 from .samples import conv_sample_inputs, deconv_sample_inputs
 
 
@@ -23,7 +23,8 @@ def _rms_error(a, b):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_conv_transpose2d_error_at_most_twice_torch(backend, dtype):
     for sample in conv_sample_inputs(dtype):
-        got = relu_conv_transpose2d(sample.y, sample.weight, sample.bias, *sample.conv, backend=backend)
+        got = relu_conv_transpose2d(on(backend, sample.y), on(backend, sample.weight), on(backend, sample.bias),
+                                    *sample.conv, backend=backend).cpu()
         bias64 = sample.bias.double() if sample.bias is not None else None
         exact = F.conv_transpose2d(F.relu(sample.y.double()), sample.weight.double(), bias64, *sample.conv)
         torch_own = F.conv_transpose2d(F.relu(sample.y), sample.weight, sample.bias, *sample.conv)
@@ -36,7 +37,8 @@ def test_relu_conv_transpose2d_error_at_most_twice_torch(backend, dtype):
 def test_deconv_step_equals_unpool_then_relu_conv_transpose(backend, dtype):
     for sample in deconv_sample_inputs(dtype):
         kw = sample.kwargs
-        got = deconv_step(sample.y, sample.switches, sample.weight, **kw, backend=backend)
+        got = deconv_step(on(backend, sample.y), on(backend, sample.switches), on(backend, sample.weight), **kw,
+                          backend=backend).cpu()
         assert got.shape[-2:] == sample.input_shape[-2:], sample.describe()
         conv = (kw["stride"], kw["padding"], kw["output_padding"], kw["groups"], kw["dilation"])
         unpooled64 = unpool2d(sample.y.double(), sample.switches, kw["pool_kernel_size"], kw["pool_stride"],

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from zfcore import nn as zfnn
 from zfcore.ops import max_pool2d_switches, switches_to_indices, unpool2d
 
-from .helpers import BACKENDS, DTYPES, assert_close_verbose
+from .helpers import AVAILABLE, BACKENDS, DTYPES, assert_close_verbose, interpreted, on
 from .samples import pool_sample_inputs, unpool_sample_inputs
 
 
@@ -20,21 +20,22 @@ def _torch_pool(sample):
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pool_is_bit_identical_to_torch(backend, dtype):
     for sample in pool_sample_inputs(dtype):
-        out, switches = max_pool2d_switches(sample.x, *sample.args, backend=backend)
+        out, switches = max_pool2d_switches(on(backend, sample.x), *sample.args, backend=backend)
         expected, indices = _torch_pool(sample)
         what = sample.describe()
         assert switches.dtype == torch.uint8 and switches.shape == out.shape, what
         assert_close_verbose(out, expected, what=f"out of {what}")
-        got = switches_to_indices(switches, sample.x.shape, sample.kernel_size, sample.stride, sample.padding)
+        got = switches_to_indices(switches.cpu(), sample.x.shape, sample.kernel_size, sample.stride, sample.padding)
         assert torch.equal(got, indices), f"switches of {what}"
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_pool_keeps_channels_last(backend):
     x = torch.randn(2, 8, 9, 9).contiguous(memory_format=torch.channels_last)
-    out, switches = max_pool2d_switches(x, 3, 2, ceil_mode=True, backend=backend)
+    out, switches = max_pool2d_switches(on(backend, x), 3, 2, ceil_mode=True, backend=backend)
     assert out.is_contiguous(memory_format=torch.channels_last)
-    assert torch.equal(out, F.max_pool2d(x, 3, 2, ceil_mode=True))
+    assert switches.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(out.cpu(), F.max_pool2d(x, 3, 2, ceil_mode=True))
 
 
 def test_pool_semantics_on_handmade_windows():
@@ -45,8 +46,9 @@ def test_pool_semantics_on_handmade_windows():
                       [5.0, nan, 3.0, nan],
                       [-inf, -inf, 7.0, 7.0],
                       [-inf, -inf, 7.0, 0.0]]).view(1, 1, 4, 4)
-    for backend in [p.values[0] for p in BACKENDS if not p.marks]:
-        out, switches = max_pool2d_switches(x, 2, 2, backend=backend)
+    for backend in AVAILABLE:
+        out, switches = max_pool2d_switches(on(backend, x), 2, 2, backend=backend)
+        out, switches = out.cpu(), switches.cpu()
         assert switches.view(-1).tolist() == [3, 3, 0, 0], backend
         assert out.view(-1)[2:].tolist() == [-inf, 7.0] and out.view(-1)[:2].isnan().all(), backend
 
@@ -55,8 +57,8 @@ def test_pool_semantics_on_handmade_windows():
 def test_unpool_is_bit_identical_to_aten_backward_float32(backend):
     for sample in unpool_sample_inputs(torch.float32):
         e = sample.extra
-        got = unpool2d(e["y"], e["switches"], sample.kernel_size, sample.stride, sample.padding,
-                       e["output_size"], backend=backend)
+        got = unpool2d(on(backend, e["y"]), on(backend, e["switches"]), sample.kernel_size, sample.stride,
+                       sample.padding, e["output_size"], backend=backend)
         _, indices = _torch_pool(sample)
         k, s, p = (F._pair(v) if v is not None else None for v in (sample.kernel_size, sample.stride, sample.padding))
         expected = torch.ops.aten.max_pool2d_with_indices_backward(
@@ -71,8 +73,8 @@ def test_unpool_matches_float64_reference(backend, dtype):
     tol = {torch.float64: 0.0, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
     for sample in unpool_sample_inputs(dtype):
         e = sample.extra
-        got = unpool2d(e["y"], e["switches"], sample.kernel_size, sample.stride, sample.padding,
-                       e["output_size"], backend=backend)
+        got = unpool2d(on(backend, e["y"]), on(backend, e["switches"]), sample.kernel_size, sample.stride,
+                       sample.padding, e["output_size"], backend=backend).cpu()
         exact = unpool2d(e["y"].double(), e["switches"], sample.kernel_size, sample.stride, sample.padding,
                          e["output_size"], backend="reference")
         # One rounding of the exact sum (accumulating in float, rounding once).
@@ -88,8 +90,8 @@ def test_unpool_is_the_adjoint_of_pooling(backend):
         gathered = torch.gather(x.flatten(2), 2, switches_to_indices(
             e["switches"], sample.x.shape, sample.kernel_size, sample.stride, sample.padding).flatten(2))
         lhs = (gathered * e["y"].reshape(gathered.shape)).sum()
-        rhs = (x * unpool2d(e["y"], e["switches"], sample.kernel_size, sample.stride, sample.padding,
-                            e["output_size"], backend=backend)).sum()
+        rhs = (x * unpool2d(on(backend, e["y"]), on(backend, e["switches"]), sample.kernel_size, sample.stride,
+                            sample.padding, e["output_size"], backend=backend).cpu()).sum()
         torch.testing.assert_close(lhs, rhs, msg=sample.describe)
 
 
@@ -99,10 +101,11 @@ def test_unpool_is_bit_identical_over_100_runs(backend, channels_last):
     x = torch.randn(4, 32, 27, 27)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
+    x = on(backend, x)
     _, switches = max_pool2d_switches(x, 3, 2, ceil_mode=True, backend=backend)
-    y = torch.randn(switches.shape) * torch.logspace(-6, 6, switches.shape[-1])  # sums that round
+    y = on(backend, torch.randn(switches.shape) * torch.logspace(-6, 6, switches.shape[-1]))  # sums that round
     first = unpool2d(y, switches, 3, 2, output_size=x.shape, backend=backend)
-    for _ in range(99):
+    for _ in range(4 if interpreted(backend) else 99):  # the CPU interpreter is slow and serial anyway
         assert torch.equal(unpool2d(y, switches, 3, 2, output_size=x.shape, backend=backend), first)
 
 

@@ -2,20 +2,52 @@
 
 Order of precedence: the ``backend=`` argument of a call, then the
 ``ZFCORE_BACKEND`` environment variable (read once, at import), then the fastest
-available backend for the tensor's device.
+available backend for the tensor's device. On CUDA tensors "fastest" is the
+measured table ``GPU_PREFERENCE`` (from benchmarks/bench_gpu.py on an H100),
+falling back to the other GPU backend, then the reference.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
-from . import library
+from ..kernels import interpreted
+from . import library, reference, triton_ops
 
 NAMES = ("reference", "cpu", "triton", "cuda")
+OPS = ("max_pool2d_switches", "unpool2d", "gather_switches", "relu_conv_transpose2d", "deconv_step")
 _ENV_BACKEND = os.environ.get("ZFCORE_BACKEND", "").strip().lower() or None
+
+# The GPU backend that measured fastest per op (benchmarks/bench_gpu.py writes
+# gpu_preference.json beside this file from its run; it is committed with the
+# results). Until a GPU measurement exists: Triton for the two GEMM ops (tensor
+# cores), the CUDA C++ kernels for the memory-bound pooling ops.
+_DEFAULT_PREFERENCE = {
+    "max_pool2d_switches": "cuda",
+    "unpool2d": "cuda",
+    "gather_switches": "cuda",
+    "relu_conv_transpose2d": "triton",
+    "deconv_step": "triton",
+}
+
+
+def _load_preference() -> dict[str, str]:
+    path = Path(__file__).with_name("gpu_preference.json")
+    table = dict(_DEFAULT_PREFERENCE)
+    try:
+        measured = json.loads(path.read_text())["fastest"]
+        table.update({op: name for op, name in measured.items() if op in OPS and name in ("triton", "cuda")})
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return table
+
+
+GPU_PREFERENCE = _load_preference()
 
 
 @dataclass(frozen=True)
@@ -36,12 +68,28 @@ def backends() -> dict[str, BackendInfo]:
         {'reference': True, 'cpu': True, 'triton': False, 'cuda': False}
     """
     cpu_reason = "C++ kernels in zfcore._C" if library.NATIVE else f"native library not loaded: {library.NATIVE_ERROR}"
-    gpu_missing = "not in this release: CUDA tensors run the reference backend"
+    has_gpu = torch.cuda.is_available()
+    if not triton_ops.AVAILABLE:
+        triton = BackendInfo("triton", "cuda", False, f"Triton not importable ({triton_ops.ERROR})")
+    elif interpreted():
+        triton = BackendInfo("triton", "cpu", True, "Triton kernels in Triton's CPU interpreter (TRITON_INTERPRET=1)")
+    elif has_gpu:
+        triton = BackendInfo("triton", "cuda", True, "Triton kernels in zfcore/kernels")
+    else:
+        triton = BackendInfo("triton", "cuda", False,
+                             "no CUDA device (TRITON_INTERPRET=1 runs the Triton kernels on CPU tensors, slowly)")
+    if not library.CUDA_NATIVE:
+        why = library.NATIVE_ERROR or "zfcore._C was built without CUDA kernels (needs a CUDA torch and nvcc at build)"
+        cuda = BackendInfo("cuda", "cuda", False, why)
+    elif not has_gpu:
+        cuda = BackendInfo("cuda", "cuda", False, "built, but no CUDA device is visible")
+    else:
+        cuda = BackendInfo("cuda", "cuda", True, "CUDA C++ kernels in zfcore._C (csrc/cuda)")
     return {
         "reference": BackendInfo("reference", "any", True, "pure PyTorch (zfcore/ops/reference.py)"),
         "cpu": BackendInfo("cpu", "cpu", library.NATIVE, cpu_reason),
-        "triton": BackendInfo("triton", "cuda", False, gpu_missing),
-        "cuda": BackendInfo("cuda", "cuda", False, gpu_missing),
+        "triton": triton,
+        "cuda": cuda,
     }
 
 
@@ -51,9 +99,7 @@ def resolve(op: str, tensor: torch.Tensor, backend: str | None) -> str:
     source = "backend" if backend is not None else "ZFCORE_BACKEND"
     name = backend if backend is not None else _ENV_BACKEND
     if name is None or name == "auto":
-        if tensor.device.type == "cpu" and library.NATIVE:
-            return "cpu"
-        return "reference"
+        return _automatic(op, tensor)
     if name not in NAMES:
         raise ValueError(f"{op}: {source} must be one of {', '.join(NAMES)} or auto (got {name!r})")
     info = backends()[name]
@@ -62,3 +108,26 @@ def resolve(op: str, tensor: torch.Tensor, backend: str | None) -> str:
     if info.device != "any" and info.device != tensor.device.type:
         raise ValueError(f"{op}: {source}={name!r} runs on {info.device} tensors (got a {tensor.device.type} tensor)")
     return name
+
+
+def _automatic(op: str, tensor: torch.Tensor) -> str:
+    device = tensor.device.type
+    if device == "cpu":
+        return "cpu" if library.NATIVE else "reference"
+    if device == "cuda":
+        infos = backends()
+        first = GPU_PREFERENCE.get(op, "cuda")
+        for name in (first, "triton" if first == "cuda" else "cuda"):
+            if infos[name].available and infos[name].device == "cuda":
+                return name
+    return "reference"
+
+
+def run(op: str, tensor: torch.Tensor, backend: str | None, *args):
+    """Run ``op`` (normalized arguments ``args``) on the chosen backend."""
+    name = resolve(op, tensor, backend)
+    if name == "reference":
+        return getattr(reference, op)(*args)
+    if name == "triton":
+        return getattr(triton_ops.ops, op)(*args)
+    return getattr(library.ops, op)(*args)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor
 
-from . import checks, reference
-from .backend_choice import resolve
-from .library import ops
+from . import checks
+from .backend_choice import run
 
 
 def relu_conv_transpose2d(y: Tensor, weight: Tensor, bias: Tensor | None = None, stride=1, padding=0,
@@ -28,9 +27,7 @@ def relu_conv_transpose2d(y: Tensor, weight: Tensor, bias: Tensor | None = None,
     """
     op = "relu_conv_transpose2d"
     args = checks.relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation)
-    if resolve(op, y, backend) == "reference":
-        return reference.relu_conv_transpose2d(y, weight, bias, *args)
-    return ops.relu_conv_transpose2d(y, weight, bias, *args)
+    return run(op, y, backend, y, weight, bias, *args)
 
 
 def deconv_step(y: Tensor, switches: Tensor, weight: Tensor, bias: Tensor | None = None, *,
@@ -60,6 +57,4 @@ def deconv_step(y: Tensor, switches: Tensor, weight: Tensor, bias: Tensor | None
     k, s, p, size, *conv = checks.deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride,
                                               pool_padding, unpooled_size, stride, padding, output_padding,
                                               groups, dilation)
-    if resolve("deconv_step", y, backend) == "reference":
-        return reference.deconv_step(y, switches, weight, bias, k, s, p, size, *conv)
-    return ops.deconv_step(y, switches, weight, bias, k, s, p, list(size), *conv)
+    return run("deconv_step", y, backend, y, switches, weight, bias, list(k), list(s), list(p), list(size), *conv)

@@ -11,12 +11,14 @@ backward is unpool2d again, so every order of derivative stays on the ops.
 
 from __future__ import annotations
 
+import functools
 import warnings
 
 import torch
 import torch.nn.functional as F
 
-from . import reference
+from ..kernels.common import memory_format_of
+from . import reference, triton_ops
 from .schemas import SCHEMAS
 
 NATIVE_ERROR: str | None = None
@@ -41,18 +43,20 @@ if not NATIVE:
         _fallback_library.define(schema)
 
 
-# The CUDA kernels (Triton, CUDA C++) are not built yet: CUDA tensors run the
-# reference. Without the native library, so do CPU tensors.
+def _has_native_cuda_kernel(name: str) -> bool:
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"zfcore::{name}", "CUDA")
+
+
+# CUDA kernels of the zfcore:: ops: the native library's (csrc/cuda) when it was
+# built with them; otherwise the Triton launchers when Triton is installed, else
+# the reference. Without the native library, CPU tensors run the reference too.
+CUDA_NATIVE = NATIVE and all(_has_native_cuda_kernel(name) for name in SCHEMAS)
 for _name in SCHEMAS:
-    torch.library.register_kernel(f"zfcore::{_name}", "cuda" if NATIVE else ("cpu", "cuda"),
-                                  getattr(reference, _name))
-
-
-def memory_format_of(t: torch.Tensor) -> torch.memory_format:
-    """The layout the kernels compute and return in (csrc/pool_geometry.h, same rule)."""
-    if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
-        return torch.channels_last
-    return torch.contiguous_format
+    if not NATIVE:
+        torch.library.register_kernel(f"zfcore::{_name}", "cpu", getattr(reference, _name))
+    if not (NATIVE and _has_native_cuda_kernel(_name)):
+        _kernel = triton_ops.EAGER[_name] if triton_ops.AVAILABLE else getattr(reference, _name)
+        torch.library.register_kernel(f"zfcore::{_name}", "cuda", _kernel)
 
 
 # ---------------------------------------------------------------- fake kernels
@@ -105,7 +109,7 @@ def _pool_setup(ctx, inputs, output):
     ctx.save_for_backward(output[1])
 
 
-def _pool_backward(ctx, grad_out, _grad_switches):
+def _pool_backward(ops, ctx, grad_out, _grad_switches):
     (switches,) = ctx.saved_tensors
     grad_x = ops.unpool2d(grad_out, switches, ctx.kernel_size, ctx.stride, ctx.padding, ctx.input_size)
     return grad_x, None, None, None, None
@@ -116,7 +120,7 @@ def _unpool_setup(ctx, inputs, output):
     ctx.save_for_backward(switches)
 
 
-def _unpool_backward(ctx, grad_x):
+def _unpool_backward(ops, ctx, grad_x):
     (switches,) = ctx.saved_tensors
     grad_y = ops.gather_switches(grad_x, switches, ctx.kernel_size, ctx.stride, ctx.padding)
     return grad_y, None, None, None, None, None
@@ -128,7 +132,7 @@ def _gather_setup(ctx, inputs, output):
     ctx.save_for_backward(switches)
 
 
-def _gather_backward(ctx, grad_y):
+def _gather_backward(ops, ctx, grad_y):
     (switches,) = ctx.saved_tensors
     grad_x = ops.unpool2d(grad_y, switches, ctx.kernel_size, ctx.stride, ctx.padding, ctx.input_size)
     return grad_x, None, None, None, None
@@ -154,7 +158,7 @@ def _relu_conv_setup(ctx, inputs, output):
     ctx.save_for_backward(y, weight)
 
 
-def _relu_conv_backward(ctx, grad):
+def _relu_conv_backward(ops, ctx, grad):
     y, weight = ctx.saved_tensors
     grad_y, grad_w, grad_b = _conv_transpose_grads(ctx, grad, y, weight, ctx.has_bias)
     return grad_y, grad_w, grad_b, None, None, None, None, None
@@ -167,7 +171,7 @@ def _deconv_setup(ctx, inputs, output):
     ctx.save_for_backward(y, switches, weight)
 
 
-def _deconv_backward(ctx, grad):
+def _deconv_backward(ops, ctx, grad):
     y, switches, weight = ctx.saved_tensors
     # Recomputed rather than saved: the unpooled map is the largest tensor here.
     unpooled = ops.unpool2d(y, switches, ctx.kernel_size, ctx.stride, ctx.padding, ctx.unpooled_size)
@@ -178,11 +182,21 @@ def _deconv_backward(ctx, grad):
     return (grad_y, None, grad_w, grad_b) + (None,) * 9
 
 
-for _name, _backward, _setup in (
-    ("max_pool2d_switches", _pool_backward, _pool_setup),
-    ("unpool2d", _unpool_backward, _unpool_setup),
-    ("gather_switches", _gather_backward, _gather_setup),
-    ("relu_conv_transpose2d", _relu_conv_backward, _relu_conv_setup),
-    ("deconv_step", _deconv_backward, _deconv_setup),
-):
-    torch.library.register_autograd(f"zfcore::{_name}", _backward, setup_context=_setup)
+def register_autograd(namespace: str) -> None:
+    """Autograd of the ops of ``namespace`` (zfcore, zfcore_triton), each backward
+    made of the same namespace's ops."""
+    ns_ops = getattr(torch.ops, namespace)
+    for name, backward, setup in (
+        ("max_pool2d_switches", _pool_backward, _pool_setup),
+        ("unpool2d", _unpool_backward, _unpool_setup),
+        ("gather_switches", _gather_backward, _gather_setup),
+        ("relu_conv_transpose2d", _relu_conv_backward, _relu_conv_setup),
+        ("deconv_step", _deconv_backward, _deconv_setup),
+    ):
+        torch.library.register_autograd(f"{namespace}::{name}", functools.partial(backward, ns_ops),
+                                        setup_context=setup)
+
+
+register_autograd("zfcore")
+if triton_ops.AVAILABLE:
+    register_autograd(triton_ops.NAMESPACE)

@@ -5,8 +5,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from . import checks, reference
-from .backend_choice import resolve
-from .library import ops
+from .backend_choice import run
 
 
 def max_pool2d_switches(x: Tensor, kernel_size, stride=None, padding=0, ceil_mode: bool = False, *,
@@ -29,9 +28,7 @@ def max_pool2d_switches(x: Tensor, kernel_size, stride=None, padding=0, ceil_mod
         >>> x_back = zfcore.ops.unpool2d(out, switches, 3, 2, output_size=x.shape)
     """
     k, s, p = checks.max_pool2d_switches(x, kernel_size, stride, padding, ceil_mode)
-    if resolve("max_pool2d_switches", x, backend) == "reference":
-        return reference.max_pool2d_switches(x, k, s, p, ceil_mode)
-    return ops.max_pool2d_switches(x, k, s, p, ceil_mode)
+    return run("max_pool2d_switches", x, backend, x, list(k), list(s), list(p), ceil_mode)
 
 
 def unpool2d(y: Tensor, switches: Tensor, kernel_size, stride=None, padding=0, output_size=None, *,
@@ -55,9 +52,7 @@ def unpool2d(y: Tensor, switches: Tensor, kernel_size, stride=None, padding=0, o
         >>> x_back = zfcore.ops.unpool2d(out, switches, 3, 2, output_size=(110, 110))
     """
     k, s, p, size = checks.unpool2d(y, switches, kernel_size, stride, padding, output_size)
-    if resolve("unpool2d", y, backend) == "reference":
-        return reference.unpool2d(y, switches, k, s, p, size)
-    return ops.unpool2d(y, switches, k, s, p, list(size))
+    return run("unpool2d", y, backend, y, switches, list(k), list(s), list(p), list(size))
 
 
 def switches_to_indices(switches: Tensor, input_size, kernel_size, stride=None, padding=0) -> Tensor:

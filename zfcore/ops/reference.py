@@ -12,15 +12,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from ..kernels.common import pool_output_size  # noqa: F401  (re-exported: part of the reference's vocabulary)
+
 Pair = tuple[int, int]
-
-
-def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
-    """Output extent of one pooled dimension, with PyTorch's floor/ceil rules."""
-    out = (size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
 
 
 def _window_origins(out_h: int, out_w: int, stride: Pair, padding: Pair, device) -> tuple[Tensor, Tensor]:

@@ -14,6 +14,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreted
 from .common import acc_dtype, grid_1d, memory_format_of, pool_output_size
 
 
@@ -71,7 +72,7 @@ def max_pool2d_switches(x: torch.Tensor, kernel_size, stride, padding, ceil_mode
     total = out.numel()
     if total == 0:
         return out, switches
-    block = 256
+    block = 256 if not interpreted() else 4096
     kernel = launch(max_pool_switches_kernel) if launch else max_pool_switches_kernel
     kernel[grid_1d(total, block)](
         x, out, switches, total, c, h, w, oh, ow, *x.stride(),

@@ -137,7 +137,9 @@ def launch_conv_transpose(y, switches, weight, bias, in_size, stride, padding, o
         precision = "tf32" if torch.backends.cuda.matmul.allow_tf32 else "ieee"
     else:
         precision = "ieee"
-    if use_dot:
+    if interpreted():  # the interpreter's cost is per program: few, large tiles
+        block_m, block_n, block_k = 256, _pow2_clamp(cout_g, 16, 64), _pow2_clamp(cin_g, 16, 64)
+    elif use_dot:
         block_m, block_n, block_k = 64, _pow2_clamp(cout_g, 16, 64), _pow2_clamp(cin_g, 16, 32)
     else:
         block_m, block_n, block_k = 32, _pow2_clamp(cout_g, 1, 16), _pow2_clamp(cin_g, 1, 8)

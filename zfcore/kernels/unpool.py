@@ -16,6 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
+from . import interpreted
 from .common import acc_dtype, grid_1d, memory_format_of
 from .rounding import downcast, emulate_rtne
 
@@ -117,7 +118,7 @@ def unpool2d(y: torch.Tensor, switches: torch.Tensor, kernel_size, stride, paddi
         return out
     if oh * ow == 0:
         return out.zero_()
-    block = 512
+    block = 512 if not interpreted() else 4096
     kernel = launch(unpool_kernel) if launch else unpool_kernel
     kernel[grid_1d(total, block)](
         y, switches, out, total, c, h, w, oh, ow, *y.stride(), *switches.stride(),
@@ -137,7 +138,7 @@ def gather_switches(x: torch.Tensor, switches: torch.Tensor, kernel_size, stride
     total = out.numel()
     if total == 0:
         return out
-    block = 512
+    block = 512 if not interpreted() else 4096
     kernel = launch(gather_switches_kernel) if launch else gather_switches_kernel
     kernel[grid_1d(total, block)](
         x, switches, out, total, c, h, w, oh, ow, *x.stride(), *switches.stride(),

@@ -3,7 +3,7 @@
 # there; an existing torch is reused, offline).
 PYTHON ?= python3
 PIP := $(PYTHON) -m pip
-NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp) setup.py
+NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cuh csrc/cuda/*.h csrc/cuda/*.cu) setup.py
 STAMP := build/.zfcore-installed
 
 .PHONY: setup test bench native-check clean
@@ -14,6 +14,7 @@ $(STAMP): $(NATIVE_SOURCES)
 	@$(PYTHON) -c "import torch" 2>/dev/null || $(PIP) install torch==2.13.0
 	@$(PYTHON) -c "import numpy, pytest, tqdm, PIL, setuptools" 2>/dev/null || \
 		$(PIP) install numpy pytest pytest-benchmark tqdm pillow setuptools
+	@$(PYTHON) -c "import triton" 2>/dev/null || $(PIP) install triton==3.6.0
 	$(PIP) install --no-build-isolation --no-deps -e .
 	@mkdir -p build && touch $@
 

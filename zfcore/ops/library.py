@@ -17,6 +17,7 @@ import warnings
 import torch
 import torch.nn.functional as F
 
+from ..kernels import interpreted
 from ..kernels.common import memory_format_of
 from . import reference, triton_ops
 from .schemas import SCHEMAS
@@ -66,8 +67,7 @@ def _empty(like: torch.Tensor, shape, memory_format, dtype=None) -> torch.Tensor
     return torch.empty(shape, dtype=dtype or like.dtype, device=like.device, memory_format=memory_format)
 
 
-@torch.library.register_fake("zfcore::max_pool2d_switches")
-def _(x, kernel_size, stride, padding, ceil_mode):
+def _fake_max_pool2d_switches(x, kernel_size, stride, padding, ceil_mode):
     torch._check(x.dim() == 4, lambda: "max_pool2d_switches: x must be 4-D")
     oh, ow = (reference.pool_output_size(x.shape[2 + i], kernel_size[i], stride[i], padding[i], ceil_mode)
               for i in range(2))
@@ -76,28 +76,39 @@ def _(x, kernel_size, stride, padding, ceil_mode):
     return _empty(x, shape, fmt), _empty(x, shape, fmt, torch.uint8)
 
 
-@torch.library.register_fake("zfcore::unpool2d")
-def _(y, switches, kernel_size, stride, padding, output_size):
+def _fake_unpool2d(y, switches, kernel_size, stride, padding, output_size):
     torch._check(switches.shape == y.shape, lambda: "unpool2d: switches must have the shape of y")
     return _empty(y, (y.shape[0], y.shape[1], *output_size), memory_format_of(y))
 
 
-@torch.library.register_fake("zfcore::gather_switches")
-def _(x, switches, kernel_size, stride, padding):
+def _fake_gather_switches(x, switches, kernel_size, stride, padding):
     return _empty(x, switches.shape, memory_format_of(x))
 
 
-@torch.library.register_fake("zfcore::relu_conv_transpose2d")
-def _(y, weight, bias, stride, padding, output_padding, groups, dilation):
+def _fake_relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation):
     return F.conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation)
 
 
-@torch.library.register_fake("zfcore::deconv_step")
-def _(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding, unpooled_size,
+def _fake_deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding, unpooled_size,
       stride, padding, output_padding, groups, dilation):
     size = [(unpooled_size[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1)
             + output_padding[i] + 1 for i in range(2)]
     return _empty(y, (y.shape[0], weight.shape[1] * groups, *size), memory_format_of(y))
+
+
+def register_fakes(namespace: str) -> None:
+    """Fake (meta) kernels of the ops of ``namespace``: output shapes, dtypes and
+    layouts without computing, so torch.compile can trace the ops."""
+    for name in SCHEMAS:
+        torch.library.register_fake(f"{namespace}::{name}", globals()[f"_fake_{name}"])
+
+
+register_fakes("zfcore")
+# torch.library.triton_op makes its launcher the fake kernel, through wrap_triton;
+# in Triton's CPU interpreter the Triton ops are plain custom ops
+# (zfcore/ops/triton_ops.py) and get the fake kernels above.
+if triton_ops.AVAILABLE and interpreted():
+    register_fakes(triton_ops.NAMESPACE)
 
 
 # -------------------------------------------------------------------- autograd

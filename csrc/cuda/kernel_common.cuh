@@ -1,0 +1,124 @@
+// Device helpers shared by the CUDA kernels of csrc/cuda. Nothing here needs
+// torch: CMakeLists.txt compiles the kernels alone with nvcc (ZFCORE_KERNELS_ONLY)
+// as a build check, for float, double, __half and __nv_bfloat16; the torch build
+// instantiates them for float, double, c10::Half and c10::BFloat16.
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace zfcore {
+namespace cuda {
+
+// Accumulation type: double for double, float for everything else. Comparisons
+// of widened half values are exact; sums round once, at the store.
+template <typename T>
+struct Acc {
+  using type = float;
+};
+template <>
+struct Acc<double> {
+  using type = double;
+};
+
+template <typename T>
+__device__ __forceinline__ typename Acc<T>::type to_acc(T v) {
+  return static_cast<typename Acc<T>::type>(v);
+}
+template <>
+__device__ __forceinline__ float to_acc<__half>(__half v) {
+  return __half2float(v);
+}
+template <>
+__device__ __forceinline__ float to_acc<__nv_bfloat16>(__nv_bfloat16 v) {
+  return __bfloat162float(v);
+}
+
+// Round to the storage type (to nearest even).
+template <typename T>
+__device__ __forceinline__ T from_acc(typename Acc<T>::type v) {
+  return static_cast<T>(v);
+}
+template <>
+__device__ __forceinline__ __half from_acc<__half>(float v) {
+  return __float2half_rn(v);
+}
+template <>
+__device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
+  return __float2bfloat16_rn(v);
+}
+
+// Coordinates of a flat index of an [N, C, H, W] tensor stored NCHW or NHWC.
+struct Position {
+  int64_t n, c, h, w;
+};
+
+template <bool CHANNELS_LAST>
+__device__ __forceinline__ Position decode(int64_t idx, int64_t C, int64_t H, int64_t W) {
+  Position p;
+  if (CHANNELS_LAST) {
+    p.c = idx % C;
+    idx /= C;
+    p.w = idx % W;
+    idx /= W;
+    p.h = idx % H;
+    p.n = idx / H;
+  } else {
+    p.w = idx % W;
+    idx /= W;
+    p.h = idx % H;
+    idx /= H;
+    p.c = idx % C;
+    p.n = idx / C;
+  }
+  return p;
+}
+
+// Strides of a 4-D tensor, in elements.
+struct Strides {
+  int64_t n, c, h, w;
+};
+
+// The geometry of a max pooling.
+struct Pool {
+  int kh, kw, sh, sw, ph, pw;
+};
+
+// The unpooled value at (h, w) of one plane: the sum, in row-major window
+// order (the order of ATen's max-pool backward), of the values of the windows
+// whose switch points there. A switch outside its window matches nothing.
+template <typename T>
+__device__ __forceinline__ typename Acc<T>::type unpooled_at(const T* __restrict__ y, const uint8_t* __restrict__ sw,
+                                                            Strides ys, Strides ss, int64_t h, int64_t w, int64_t OH,
+                                                            int64_t OW, Pool g) {
+  using A = typename Acc<T>::type;
+  const int64_t hp = h + g.ph, wp = w + g.pw;
+  const int64_t oh0 = hp < g.kh ? 0 : (hp - g.kh) / g.sh + 1;
+  const int64_t oh1 = min(hp / g.sh + 1, OH);
+  const int64_t ow0 = wp < g.kw ? 0 : (wp - g.kw) / g.sw + 1;
+  const int64_t ow1 = min(wp / g.sw + 1, OW);
+  A acc = A(0);
+  for (int64_t oh = oh0; oh < oh1; ++oh) {
+    for (int64_t ow = ow0; ow < ow1; ++ow) {
+      const int64_t target = (hp - oh * g.sh) * g.kw + (wp - ow * g.sw);
+      if (static_cast<int64_t>(sw[oh * ss.h + ow * ss.w]) == target) {
+        acc += to_acc(y[oh * ys.h + ow * ys.w]);
+      }
+    }
+  }
+  return acc;
+}
+
+inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+// Blocks for a grid-stride loop over `total` elements: enough to fill the GPU
+// many times over, capped so that the grid's x dimension stays valid.
+inline unsigned int blocks_for(int64_t total, int threads) {
+  const int64_t blocks = ceil_div(total, threads);
+  return static_cast<unsigned int>(blocks < (int64_t(1) << 20) ? (blocks > 0 ? blocks : 1) : (int64_t(1) << 20));
+}
+
+}  // namespace cuda
+}  // namespace zfcore

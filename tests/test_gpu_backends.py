@@ -1,0 +1,158 @@
+"""The GPU backends (triton, cuda) as PyTorch sees them: opcheck, torch.compile,
+the automatic choice, agreement at ZFNet's shapes, and the deconvnet engine on
+a GPU. Without a GPU the triton backend runs here in Triton's CPU interpreter
+(tests/conftest.py); the cuda backend needs a GPU and a CUDA build."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import zfcore
+from zfcore.ops import backend_choice, deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
+
+from .helpers import assert_close_verbose, device_of, interpreted, on
+from .samples import conv_sample_inputs, deconv_sample_inputs, pool_sample_inputs, unpool_sample_inputs
+
+INFO = zfcore.backends()
+GPU_BACKENDS = [
+    pytest.param(name, marks=pytest.mark.skipif(not INFO[name].available, reason=INFO[name].reason))
+    for name in ("triton", "cuda")
+]
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
+
+
+def _namespace(backend):
+    return torch.ops.zfcore_triton if backend == "triton" else torch.ops.zfcore
+
+
+def _pair(v):
+    return list(F._pair(v))
+
+
+def _grad(t):
+    return t.detach().requires_grad_() if t.is_floating_point() else t
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_opcheck_gpu_backend(backend):
+    ops = _namespace(backend)
+    dtype = torch.float32 if backend == "triton" and not interpreted(backend) else torch.float64
+    for i, sample in enumerate(pool_sample_inputs(dtype, contents=("random",))):
+        if i % 7 == 0:
+            args = (_pair(sample.kernel_size), _pair(sample.stride or sample.kernel_size), _pair(sample.padding))
+            torch.library.opcheck(ops.max_pool2d_switches.default,
+                                  (_grad(on(backend, sample.x)), *args, sample.ceil_mode))
+    for i, sample in enumerate(unpool_sample_inputs(dtype)):
+        if i % 9 == 0:
+            e = sample.extra
+            k, s, p = _pair(sample.kernel_size), _pair(sample.stride or sample.kernel_size), _pair(sample.padding)
+            y, switches = on(backend, e["y"]), on(backend, e["switches"])
+            torch.library.opcheck(ops.unpool2d.default, (_grad(y), switches, k, s, p, list(e["output_size"])))
+            x = on(backend, torch.randn(sample.x.shape, dtype=dtype))
+            torch.library.opcheck(ops.gather_switches.default, (_grad(x), switches, k, s, p))
+    for sample in list(conv_sample_inputs(dtype, layouts=("nchw", "channels_last")))[::5]:
+        st, pd, op, groups, d = sample.conv
+        args = (_pair(st), _pair(pd), _pair(op), groups, _pair(d))
+        torch.library.opcheck(ops.relu_conv_transpose2d.default,
+                              (_grad(on(backend, sample.y)), _grad(on(backend, sample.weight)),
+                               _grad(on(backend, sample.bias)) if sample.bias is not None else None, *args))
+    for sample in list(deconv_sample_inputs(dtype, layouts=("nchw", "channels_last")))[::3]:
+        kw = sample.kwargs
+        torch.library.opcheck(ops.deconv_step.default, (
+            _grad(on(backend, sample.y)), on(backend, sample.switches), _grad(on(backend, sample.weight)), None,
+            _pair(kw["pool_kernel_size"]), _pair(kw["pool_stride"]), _pair(kw["pool_padding"]),
+            list(kw["unpooled_size"]), _pair(kw["stride"]), _pair(kw["padding"]), _pair(kw["output_padding"]),
+            kw["groups"], _pair(kw["dilation"])))
+
+
+class TinyDeconvNet(torch.nn.Module):
+    """conv -> relu -> pool, then the deconvnet's way down, on one backend."""
+
+    def __init__(self, backend):
+        super().__init__()
+        self.backend = backend
+        self.conv = torch.nn.Conv2d(3, 8, 5, stride=2, padding=1)
+
+    def forward(self, x):
+        a = F.relu(self.conv(x))
+        pooled, switches = max_pool2d_switches(a, 3, 2, ceil_mode=True, backend=self.backend)
+        down = unpool2d(pooled, switches, 3, 2, output_size=a.shape, backend=self.backend)
+        rec = relu_conv_transpose2d(down, self.conv.weight, stride=2, padding=1, output_padding=1,
+                                    backend=self.backend)
+        fused = deconv_step(pooled, switches, self.conv.weight, pool_kernel_size=3, pool_stride=2,
+                            unpooled_size=a.shape[-2:], stride=2, padding=1, output_padding=1, backend=self.backend)
+        return rec, fused
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_torch_compile_fullgraph_on_gpu_backend(backend):
+    torch._dynamo.reset()
+    model = TinyDeconvNet(backend).to(device_of(backend)).double()
+    x = on(backend, torch.randn(2, 3, 32, 32, dtype=torch.float64)).requires_grad_()
+    eager = model(x)
+    # Inductor compiles Triton for CUDA tensors; in the CPU interpreter the
+    # graph is traced (fake kernels, wrap_triton) and run by aot_eager.
+    compiler = "aot_eager" if interpreted(backend) else "inductor"
+    compiled = torch.compile(model, fullgraph=True, backend=compiler)(x)
+    for e, c in zip(eager, compiled):
+        torch.testing.assert_close(c, e)
+    (compiled[0].sum() + compiled[1].sum()).backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+    assert torch._dynamo.explain(model)(x).graph_break_count == 0
+
+
+@pytest.mark.parametrize("backend", GPU_BACKENDS)
+def test_switches_outside_their_window_write_nothing(backend):
+    # GPU kernels cannot raise: a switch outside its window matches no position.
+    y = on(backend, torch.randn(1, 1, 3, 3))
+    bad = on(backend, torch.full((1, 1, 3, 3), 9, dtype=torch.uint8))
+    out = unpool2d(y, bad, 2, 2, output_size=(6, 6), backend=backend)
+    assert out.shape == (1, 1, 6, 6) and bool((out == 0).all())
+
+
+def test_automatic_choice_follows_the_measured_table():
+    x = torch.zeros(1, 1, 2, 2)
+    assert backend_choice.resolve("unpool2d", x, None) == ("cpu" if INFO["cpu"].available else "reference")
+    assert set(backend_choice.GPU_PREFERENCE) == set(backend_choice.OPS)
+    assert set(backend_choice.GPU_PREFERENCE.values()) <= {"triton", "cuda"}
+    if torch.cuda.is_available():
+        for op, first in backend_choice.GPU_PREFERENCE.items():
+            chosen = backend_choice.resolve(op, x.cuda(), None)
+            assert chosen == first if INFO[first].available else chosen in ("triton", "cuda", "reference")
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_backends_agree_with_torch_at_zfnet_layer1(dtype):
+    g = torch.Generator(device="cuda").manual_seed(0)
+    a = torch.randn(8, 96, 110, 110, device="cuda", generator=g).to(dtype)
+    y = torch.randn(8, 96, 55, 55, device="cuda", generator=g).to(dtype)
+    weight = (torch.randn(96, 3, 7, 7, device="cuda", generator=g) * 0.05).to(dtype)
+    expected, indices = F.max_pool2d(a, 3, 2, ceil_mode=True, return_indices=True)
+    unpooled = torch.ops.aten.max_pool2d_with_indices_backward(y, a, [3, 3], [2, 2], [0, 0], [1, 1], True, indices)
+    exact = F.conv_transpose2d(F.relu(unpooled.double()), weight.double(), None, 2, 1, 1)
+    torch_own = F.conv_transpose2d(F.relu(unpooled), weight, None, 2, 1, 1)
+    for backend in [name for name in ("triton", "cuda") if INFO[name].available]:
+        out, switches = max_pool2d_switches(a, 3, 2, ceil_mode=True, backend=backend)
+        assert torch.equal(out, expected), backend
+        assert torch.equal(zfcore.ops.switches_to_indices(switches, a.shape, 3, 2), indices), backend
+        got = unpool2d(y, switches, 3, 2, output_size=a.shape, backend=backend)
+        if dtype == torch.float32:
+            assert torch.equal(got, unpooled), backend
+        fused = deconv_step(y, switches, weight, pool_kernel_size=3, pool_stride=2, unpooled_size=(110, 110),
+                            stride=2, padding=1, output_padding=1, backend=backend)
+        error = (fused.double() - exact).abs().max().item()
+        assert error <= 2 * (torch_own.double() - exact).abs().max().item() + 1e-6, (backend, error)
+
+
+@needs_gpu
+def test_deconvnet_engine_on_gpu_equals_cpu():
+    from zfcore.deconv import Deconvnet
+    from zfcore.models import zfnet_small
+
+    torch.manual_seed(0)
+    model = zfnet_small().eval()
+    images = torch.randn(3, 3, 64, 64)
+    cpu = Deconvnet(model, (3, 64, 64)).project(images, "relu5", 3)
+    gpu = Deconvnet(model.cuda(), (3, 64, 64)).project(images.cuda(), "relu5", 3)
+    assert_close_verbose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-3, what="relu5 projection")

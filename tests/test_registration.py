@@ -106,8 +106,12 @@ def test_backend_argument_and_errors():
     torch.testing.assert_close(max_pool2d_switches(x, 2, backend="reference")[0], F.max_pool2d(x, 2))
     with pytest.raises(ValueError, match="backend must be one of"):
         max_pool2d_switches(x, 2, backend="fastest")
-    with pytest.raises(RuntimeError, match="backend='cuda' is not available"):
-        max_pool2d_switches(x, 2, backend="cuda")
+    if zfcore.backends()["cuda"].available:  # built, with a GPU: it refuses CPU tensors
+        with pytest.raises(ValueError, match="backend='cuda' runs on cuda tensors"):
+            max_pool2d_switches(x, 2, backend="cuda")
+    else:
+        with pytest.raises(RuntimeError, match="backend='cuda' is not available"):
+            max_pool2d_switches(x, 2, backend="cuda")
 
 
 def _run(code: str, **env) -> subprocess.CompletedProcess:

@@ -34,9 +34,9 @@ for s in $STAGES; do
       } 2>&1 | tee "$OUT/environment.txt"
       stage "build (pip install -e, no network, the torch that is here)"
       start=$(date +%s)
-      MAX_JOBS=${MAX_JOBS:-16} $PYTHON -m pip install --no-build-isolation --no-deps --no-index -e . \
+      MAX_JOBS=${MAX_JOBS:-16} $PYTHON -m pip install -v --no-build-isolation --no-deps --no-index -e . \
         >"$OUT/build.log" 2>&1 || { echo "build failed: see build.log"; tail -30 "$OUT/build.log"; exit 1; }
-      grep "zfcore:" "$OUT/build.log" | head -3
+      grep "zfcore: building" "$OUT/build.log" | head -3
       echo "built in $(( $(date +%s) - start )) s"
       $PYTHON -c "import zfcore; [print(f'{n:9s} {i.available!s:5s} {i.device:4s} {i.reason}') for n, i in zfcore.backends().items()]" \
         | tee -a "$OUT/environment.txt"

@@ -98,7 +98,7 @@ def test_unpool_is_the_adjoint_of_pooling(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("channels_last", [False, True])
 def test_unpool_is_bit_identical_over_100_runs(backend, channels_last):
-    x = torch.randn(4, 32, 27, 27)
+    x = torch.randn(2, 8, 27, 27) if interpreted(backend) else torch.randn(4, 32, 27, 27)
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     x = on(backend, x)

@@ -30,6 +30,7 @@ import triton.language as tl
 from . import interpreted
 from .common import acc_dtype, conv_transpose_output_size, memory_format_of, triton_cdiv
 from .rounding import downcast, emulate_rtne
+from .tiles import needs_64bit
 from .unpool import unpooled_at
 
 
@@ -44,7 +45,7 @@ def conv_transpose_kernel(
     POH, POW, PPH, PPW,
     PSH: tl.constexpr, PSW: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr,
     THROUGH_SWITCHES: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, ACC: tl.constexpr, EMULATE_RTNE: tl.constexpr,
+    PRECISION: tl.constexpr, ACC: tl.constexpr, EMULATE_RTNE: tl.constexpr, BIG: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
     pid_m = tl.program_id(0)
@@ -56,7 +57,10 @@ def conv_transpose_kernel(
     co = (pid_n % N_TILES) * BLOCK_N + tl.arange(0, BLOCK_N)
     co_ok = co < COUT_G
 
-    m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    if BIG:
+        m = pid_m.to(tl.int64) * BLOCK_M + tl.arange(0, BLOCK_M)
+    else:  # 32-bit lane arithmetic; images' base offsets stay 64-bit below
+        m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     j = m % OWP
     i = (m // OWP) % OHP
     n = m // (OWP * OHP)
@@ -65,8 +69,9 @@ def conv_transpose_kernel(
     m_ok = (n < N) & (oh < OH) & (ow < OW)
 
     ci0 = group * CIN_G
-    y_base = y_ptr + n * syn
-    sw_base = sw_ptr + n * ssn
+    n64 = n.to(tl.int64)
+    y_base = y_ptr + n64 * syn
+    sw_base = sw_ptr + n64 * ssn
     acc = tl.zeros([BLOCK_M, BLOCK_N], ACC)
     for kh in range(KH):
         th = rh + PH - kh * DH
@@ -105,7 +110,7 @@ def conv_transpose_kernel(
     cout = group * COUT_G + co
     if HAS_BIAS:
         acc += tl.load(b_ptr + cout, mask=co_ok, other=0.0).to(ACC)[None, :]
-    out = out_ptr + (n * son + oh * soh + ow * sow)[:, None] + cout[None, :] * soc
+    out = out_ptr + (n64 * son + oh * soh + ow * sow)[:, None] + cout[None, :] * soc
     tl.store(out, downcast(acc, out_ptr.dtype.element_ty, EMULATE_RTNE), mask=m_ok[:, None] & co_ok[None, :])
 
 
@@ -140,7 +145,10 @@ def launch_conv_transpose(y, switches, weight, bias, in_size, stride, padding, o
     if interpreted():  # the interpreter's cost is per program: few, large tiles
         block_m, block_n, block_k = 256, _pow2_clamp(cout_g, 16, 64), _pow2_clamp(cin_g, 16, 64)
     elif use_dot:
-        block_m, block_n, block_k = 64, _pow2_clamp(cout_g, 16, 64), _pow2_clamp(cin_g, 16, 32)
+        # Through the switches each input element costs a few loads and compares
+        # (the covering windows): a narrower K slice keeps it in registers.
+        block_k = _pow2_clamp(cin_g, 16, 16 if switches is not None else 32)
+        block_m, block_n = 64, _pow2_clamp(cout_g, 16, 64)
     else:
         block_m, block_n, block_k = 32, _pow2_clamp(cout_g, 1, 16), _pow2_clamp(cin_g, 1, 8)
     ohp, owp = triton_cdiv(oh, stride[0]), triton_cdiv(ow, stride[1])
@@ -162,7 +170,9 @@ def launch_conv_transpose(y, switches, weight, bias, in_size, stride, padding, o
         THROUGH_SWITCHES=switches is not None, HAS_BIAS=bias is not None, USE_DOT=use_dot,
         UPCAST=interpreted() and y.dtype == torch.bfloat16,
         PRECISION=precision, ACC=acc_dtype(y.dtype), EMULATE_RTNE=emulate_rtne(y.dtype),
-        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=4,
+        BIG=needs_64bit(y, out) or n * ohp * owp + block_m > 2**31 - 1,
+        BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
+        num_warps=8 if switches is not None and y.dtype == torch.float32 else 4,
     )
     return out
 

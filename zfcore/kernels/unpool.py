@@ -16,9 +16,9 @@ import torch
 import triton
 import triton.language as tl
 
-from . import interpreted
-from .common import acc_dtype, grid_1d, memory_format_of
+from .common import acc_dtype, memory_format_of
 from .rounding import downcast, emulate_rtne
+from .tiles import needs_64bit, plane_grid, plane_tile, tile_coords, tile_kwargs, tile_warps
 
 
 @triton.jit
@@ -49,62 +49,41 @@ def unpooled_at(y_base, sw_base, h, w, live, OH, OW, syh, syw, ssh, ssw, SH, SW,
 
 @triton.jit
 def unpool_kernel(
-    y_ptr, sw_ptr, out_ptr, total, C, H, W, OH, OW,
+    y_ptr, sw_ptr, out_ptr, N, C, H, W, OH, OW,
     syn, syc, syh, syw, ssn, ssc, ssh, ssw,
     SH: tl.constexpr, SW: tl.constexpr, PH, PW,
-    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, ACC: tl.constexpr, EMULATE_RTNE: tl.constexpr,
-    BLOCK: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr, ACC: tl.constexpr,
+    EMULATE_RTNE: tl.constexpr,
+    BLOCK_PL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = idx < total
-    if CHANNELS_LAST:
-        c = idx % C
-        rest = idx // C
-        w = rest % W
-        rest = rest // W
-        h = rest % H
-        n = rest // H
-    else:
-        w = idx % W
-        rest = idx // W
-        h = rest % H
-        rest = rest // H
-        c = rest % C
-        n = rest // C
-    acc = unpooled_at(y_ptr + n * syn + c * syc, sw_ptr + n * ssn + c * ssc, h, w, live, OH, OW,
-                      syh, syw, ssh, ssw, SH, SW, PH, PW, KH, KW, ACC)
-    tl.store(out_ptr + idx, downcast(acc, out_ptr.dtype.element_ty, EMULATE_RTNE), mask=live)
+    n, c, h, w, live, offset = tile_coords(N, C, H, W, CHANNELS_LAST, BIG, BLOCK_PL, BLOCK_H, BLOCK_W, BLOCK_P,
+                                           BLOCK_C)
+    y_base = y_ptr + n * syn + c * syc
+    sw_base = sw_ptr + n * ssn + c * ssc
+    h = tl.broadcast_to(h, live.shape)  # one lane per output element
+    w = tl.broadcast_to(w, live.shape)
+    acc = unpooled_at(y_base, sw_base, h, w, live, OH, OW, syh, syw, ssh, ssw, SH, SW, PH, PW, KH, KW, ACC)
+    tl.store(out_ptr + offset, downcast(acc, out_ptr.dtype.element_ty, EMULATE_RTNE), mask=live)
 
 
 @triton.jit
 def gather_switches_kernel(
-    x_ptr, sw_ptr, out_ptr, total, C, H, W, OH, OW,
+    x_ptr, sw_ptr, out_ptr, N, C, H, W, OH, OW,
     sxn, sxc, sxh, sxw, ssn, ssc, ssh, ssw,
     SH, SW, PH, PW,
-    KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BLOCK: tl.constexpr,
+    KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr,
+    BLOCK_PL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
+    BLOCK_C: tl.constexpr,
 ):
-    idx = tl.program_id(0).to(tl.int64) * BLOCK + tl.arange(0, BLOCK)
-    live = idx < total
-    if CHANNELS_LAST:
-        c = idx % C
-        rest = idx // C
-        ow = rest % OW
-        rest = rest // OW
-        oh = rest % OH
-        n = rest // OH
-    else:
-        ow = idx % OW
-        rest = idx // OW
-        oh = rest % OH
-        rest = rest // OH
-        c = rest % C
-        n = rest // C
+    n, c, oh, ow, live, offset = tile_coords(N, C, OH, OW, CHANNELS_LAST, BIG, BLOCK_PL, BLOCK_H, BLOCK_W, BLOCK_P,
+                                             BLOCK_C)
     s = tl.load(sw_ptr + n * ssn + c * ssc + oh * ssh + ow * ssw, mask=live, other=0).to(tl.int32)
     h = oh * SH - PH + s // KW
     w = ow * SW - PW + s % KW
     ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
     v = tl.load(x_ptr + n * sxn + c * sxc + h * sxh + w * sxw, mask=ok, other=0.0)
-    tl.store(out_ptr + idx, v, mask=live)
+    tl.store(out_ptr + offset, v, mask=live)
 
 
 def unpool2d(y: torch.Tensor, switches: torch.Tensor, kernel_size, stride, padding, output_size, *, launch=None):
@@ -113,18 +92,19 @@ def unpool2d(y: torch.Tensor, switches: torch.Tensor, kernel_size, stride, paddi
     h, w = (int(v) for v in output_size)
     fmt = memory_format_of(y)
     out = torch.empty((n, c, h, w), dtype=y.dtype, device=y.device, memory_format=fmt)
-    total = out.numel()
-    if total == 0:
+    if out.numel() == 0:
         return out
     if oh * ow == 0:
         return out.zero_()
-    block = 512 if not interpreted() else 4096
+    channels_last = fmt == torch.channels_last
+    tile = plane_tile(n, h, w, channels_last, c)
     kernel = launch(unpool_kernel) if launch else unpool_kernel
-    kernel[grid_1d(total, block)](
-        y, switches, out, total, c, h, w, oh, ow, *y.stride(), *switches.stride(),
+    kernel[plane_grid(n, c, h, w, tile)](
+        y, switches, out, n, c, h, w, oh, ow, *y.stride(), *switches.stride(),
         stride[0], stride[1], padding[0], padding[1],
-        KH=kernel_size[0], KW=kernel_size[1], CHANNELS_LAST=fmt == torch.channels_last,
-        ACC=acc_dtype(y.dtype), EMULATE_RTNE=emulate_rtne(y.dtype), BLOCK=block, num_warps=4,
+        KH=kernel_size[0], KW=kernel_size[1], CHANNELS_LAST=channels_last, BIG=needs_64bit(y, switches, out),
+        ACC=acc_dtype(y.dtype), EMULATE_RTNE=emulate_rtne(y.dtype),
+        **tile_kwargs(tile), num_warps=tile_warps(tile),
     )
     return out
 
@@ -135,14 +115,15 @@ def gather_switches(x: torch.Tensor, switches: torch.Tensor, kernel_size, stride
     oh, ow = switches.shape[-2:]
     fmt = memory_format_of(x)
     out = torch.empty(switches.shape, dtype=x.dtype, device=x.device, memory_format=fmt)
-    total = out.numel()
-    if total == 0:
+    if out.numel() == 0:
         return out
-    block = 512 if not interpreted() else 4096
+    channels_last = fmt == torch.channels_last
+    tile = plane_tile(n, oh, ow, channels_last, c)
     kernel = launch(gather_switches_kernel) if launch else gather_switches_kernel
-    kernel[grid_1d(total, block)](
-        x, switches, out, total, c, h, w, oh, ow, *x.stride(), *switches.stride(),
+    kernel[plane_grid(n, c, oh, ow, tile)](
+        x, switches, out, n, c, h, w, oh, ow, *x.stride(), *switches.stride(),
         stride[0], stride[1], padding[0], padding[1],
-        KW=kernel_size[1], CHANNELS_LAST=fmt == torch.channels_last, BLOCK=block, num_warps=4,
+        KW=kernel_size[1], CHANNELS_LAST=channels_last, BIG=needs_64bit(x, switches, out),
+        **tile_kwargs(tile), num_warps=tile_warps(tile),
     )
     return out

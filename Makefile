@@ -6,7 +6,7 @@ PIP := $(PYTHON) -m pip
 NATIVE_SOURCES := $(wildcard csrc/*.h csrc/*.cpp csrc/cpu/*.h csrc/cpu/*.cpp csrc/cuda/*.cuh csrc/cuda/*.h csrc/cuda/*.cu) setup.py
 STAMP := build/.zfcore-installed
 
-.PHONY: setup test bench native-check clean
+.PHONY: setup test bench native-check cuda-launcher-check clean
 
 setup: $(STAMP)
 
@@ -23,6 +23,19 @@ native-check: setup
 	cmake -S . -B build-cmake -DCMAKE_PREFIX_PATH="$$($(PYTHON) -c 'import torch; print(torch.utils.cmake_prefix_path)')"
 	cmake --build build-cmake -j2
 	ctest --test-dir build-cmake -V
+
+# Compiles csrc/cuda's launchers against torch's headers (object files only, no
+# link), which also works with a CPU build of torch: CPU wheels lack one generated
+# header, written here. Slow (minutes): a developer's check, not part of `test`.
+cuda-launcher-check: setup
+	@mkdir -p build/cuda-check/c10/cuda/impl
+	@printf '#pragma once\n#define C10_CUDA_BUILD_SHARED_LIBS\n' > build/cuda-check/c10/cuda/impl/cuda_cmake_macros.h
+	for f in csrc/cuda/*.cu; do \
+		nvcc -std=c++17 -arch=sm_90 --expt-relaxed-constexpr -D__CUDA_NO_HALF_OPERATORS__ -D__CUDA_NO_HALF_CONVERSIONS__ \
+			-D__CUDA_NO_BFLOAT16_CONVERSIONS__ -D__CUDA_NO_HALF2_OPERATORS__ -Ibuild/cuda-check \
+			$$($(PYTHON) -c "import sysconfig, torch.utils.cpp_extension as c; print(' '.join('-I' + p for p in c.include_paths() + [sysconfig.get_paths()['include']]))") \
+			-c $$f -o build/cuda-check/$$(basename $$f).o || exit 1; \
+	done
 
 test: setup native-check
 	$(PYTHON) -m pytest tests -q

@@ -3,6 +3,10 @@ the automatic choice, agreement at ZFNet's shapes, and the deconvnet engine on
 a GPU. Without a GPU the triton backend runs here in Triton's CPU interpreter
 (tests/conftest.py); the cuda backend needs a GPU and a CUDA build."""
 
+import os
+import subprocess
+import sys
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -157,3 +161,15 @@ def test_deconvnet_engine_on_gpu_equals_cpu():
     cpu = Deconvnet(model, (3, 64, 64)).project(images, "relu5", 3)
     gpu = Deconvnet(model.cuda(), (3, 64, 64)).project(images.cuda(), "relu5", 3)
     assert_close_verbose(gpu.cpu(), cpu, atol=1e-4, rtol=1e-3, what="relu5 projection")
+
+
+@pytest.mark.skipif(not zfcore.ops.triton_ops.AVAILABLE, reason="Triton not importable")
+def test_every_triton_kernel_compiles_for_sm90_without_a_gpu():
+    # triton.compile of each kernel variant as the launchers launch it (fp32 with
+    # tf32 on and off, bf16, fp16, fp64, both layouts), for the H100/H200 target.
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    result = subprocess.run([sys.executable, "-m", "zfcore.kernels.compile_check", "--arch", "90"],
+                            capture_output=True, text=True, env=env, timeout=600)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "all variants compiled" in result.stdout
+    assert result.stdout.count("conv_transpose_kernel") >= 20

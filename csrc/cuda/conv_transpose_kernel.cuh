@@ -21,29 +21,28 @@ struct Conv {
   int64_t cin_g, cout_g;
 };
 
-template <typename T, bool CHANNELS_LAST, bool THROUGH_SWITCHES>
+template <typename T, bool CHANNELS_LAST, bool THROUGH_SWITCHES, typename I>
 __global__ void conv_transpose_kernel(const T* __restrict__ y, const uint8_t* __restrict__ switches,
                                       const T* __restrict__ weight, const T* __restrict__ bias, T* __restrict__ out,
-                                      int64_t total, int64_t COUT, int64_t OH, int64_t OW, int64_t H, int64_t W,
-                                      Strides ys, Strides ss, Strides ws, Conv cv, int64_t POH, int64_t POW, Pool pool) {
+                                      I total, I COUT, I OH, I OW, I H, I W, Strides<I> ys, Strides<I> ss,
+                                      Strides<I> ws, Conv cv, I POH, I POW, Pool pool) {
   using A = typename Acc<T>::type;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const Position p = decode<CHANNELS_LAST>(idx, COUT, OH, OW);
-    const int64_t group = p.c / cv.cout_g, co = p.c % cv.cout_g;
+  for (I idx = blockIdx.x * I(blockDim.x) + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x) {
+    const Position<I> p = decode<CHANNELS_LAST>(idx, COUT, OH, OW);
+    const I group = p.c / I(cv.cout_g), co = p.c % I(cv.cout_g);
     A acc = bias != nullptr ? to_acc(bias[p.c]) : A(0);
     for (int i = 0; i < cv.kh; ++i) {
-      const int64_t th = p.h + cv.ph - int64_t(i) * cv.dh;
+      const I th = p.h + cv.ph - I(i) * cv.dh;
       if (th < 0 || th % cv.sh != 0) continue;
-      const int64_t ih = th / cv.sh;
+      const I ih = th / cv.sh;
       if (ih >= H) continue;
       for (int j = 0; j < cv.kw; ++j) {
-        const int64_t tw = p.w + cv.pw - int64_t(j) * cv.dw;
+        const I tw = p.w + cv.pw - I(j) * cv.dw;
         if (tw < 0 || tw % cv.sw != 0) continue;
-        const int64_t iw = tw / cv.sw;
+        const I iw = tw / cv.sw;
         if (iw >= W) continue;
-        for (int64_t k = 0; k < cv.cin_g; ++k) {
-          const int64_t ci = group * cv.cin_g + k;
+        for (I k = 0; k < I(cv.cin_g); ++k) {
+          const I ci = group * I(cv.cin_g) + k;
           A v;
           if (THROUGH_SWITCHES) {
             v = unpooled_at(y + p.n * ys.n + ci * ys.c, switches + p.n * ss.n + ci * ss.c, ys, ss, ih, iw, POH, POW,

@@ -48,19 +48,24 @@ inline at::Tensor launch_conv_transpose(const char* op, const at::Tensor& y,
                 static_cast<int>(stride[1]),  static_cast<int>(padding[0]), static_cast<int>(padding[1]),
                 static_cast<int>(dilation[0]), static_cast<int>(dilation[1]), cin_g, cout_g};
   const bool through = switches.has_value();
-  const Strides ss = through ? strides_of(*switches) : Strides{0, 0, 0, 0};
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
   const int threads = 256;
+  const bool small = through ? fits_int32({y, *switches, weight, out}) : fits_int32({y, weight, out});
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "conv_transpose_cuda", [&] {
-    const bool cl = format == at::MemoryFormat::ChannelsLast;
-    auto kernel = through ? (cl ? conv_transpose_kernel<scalar_t, true, true> : conv_transpose_kernel<scalar_t, false, true>)
-                          : (cl ? conv_transpose_kernel<scalar_t, true, false>
-                                : conv_transpose_kernel<scalar_t, false, false>);
-    kernel<<<blocks_for(total, threads), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        y.const_data_ptr<scalar_t>(), through ? switches->const_data_ptr<uint8_t>() : nullptr,
-        weight.const_data_ptr<scalar_t>(), has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
-        out.mutable_data_ptr<scalar_t>(), total, COUT, OH, OW, H, W, strides_of(y), ss, strides_of(weight), cv,
-        y.size(2), y.size(3), pool_of(pg));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ZFCORE_DISPATCH_INDEX(small, [&] {
+      auto kernel = through ? (cl ? conv_transpose_kernel<scalar_t, true, true, index_t>
+                                  : conv_transpose_kernel<scalar_t, false, true, index_t>)
+                            : (cl ? conv_transpose_kernel<scalar_t, true, false, index_t>
+                                  : conv_transpose_kernel<scalar_t, false, false, index_t>);
+      const Strides<index_t> ss = through ? strides_of<index_t>(*switches) : Strides<index_t>{0, 0, 0, 0};
+      kernel<<<blocks_for(total, threads), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          y.const_data_ptr<scalar_t>(), through ? switches->const_data_ptr<uint8_t>() : nullptr,
+          weight.const_data_ptr<scalar_t>(), has_bias ? bias_c.const_data_ptr<scalar_t>() : nullptr,
+          out.mutable_data_ptr<scalar_t>(), index_t(total), index_t(COUT), index_t(OH), index_t(OW), index_t(H),
+          index_t(W), strides_of<index_t>(y), ss, strides_of<index_t>(weight), cv, index_t(y.size(2)),
+          index_t(y.size(3)), pool_of(pg));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }

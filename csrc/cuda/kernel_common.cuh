@@ -51,13 +51,17 @@ __device__ __forceinline__ __nv_bfloat16 from_acc<__nv_bfloat16>(float v) {
 }
 
 // Coordinates of a flat index of an [N, C, H, W] tensor stored NCHW or NHWC.
+// Index arithmetic runs in I: int32_t when every offset of the launch fits (the
+// launchers check; 64-bit division costs several times the 32-bit one), else
+// int64_t.
+template <typename I>
 struct Position {
-  int64_t n, c, h, w;
+  I n, c, h, w;
 };
 
-template <bool CHANNELS_LAST>
-__device__ __forceinline__ Position decode(int64_t idx, int64_t C, int64_t H, int64_t W) {
-  Position p;
+template <bool CHANNELS_LAST, typename I>
+__device__ __forceinline__ Position<I> decode(I idx, I C, I H, I W) {
+  Position<I> p;
   if (CHANNELS_LAST) {
     p.c = idx % C;
     idx /= C;
@@ -77,8 +81,9 @@ __device__ __forceinline__ Position decode(int64_t idx, int64_t C, int64_t H, in
 }
 
 // Strides of a 4-D tensor, in elements.
+template <typename I>
 struct Strides {
-  int64_t n, c, h, w;
+  I n, c, h, w;
 };
 
 // The geometry of a max pooling.
@@ -89,21 +94,21 @@ struct Pool {
 // The unpooled value at (h, w) of one plane: the sum, in row-major window
 // order (the order of ATen's max-pool backward), of the values of the windows
 // whose switch points there. A switch outside its window matches nothing.
-template <typename T>
+template <typename T, typename I>
 __device__ __forceinline__ typename Acc<T>::type unpooled_at(const T* __restrict__ y, const uint8_t* __restrict__ sw,
-                                                            Strides ys, Strides ss, int64_t h, int64_t w, int64_t OH,
-                                                            int64_t OW, Pool g) {
+                                                            Strides<I> ys, Strides<I> ss, I h, I w, I OH, I OW,
+                                                            Pool g) {
   using A = typename Acc<T>::type;
-  const int64_t hp = h + g.ph, wp = w + g.pw;
-  const int64_t oh0 = hp < g.kh ? 0 : (hp - g.kh) / g.sh + 1;
-  const int64_t oh1 = min(hp / g.sh + 1, OH);
-  const int64_t ow0 = wp < g.kw ? 0 : (wp - g.kw) / g.sw + 1;
-  const int64_t ow1 = min(wp / g.sw + 1, OW);
+  const I hp = h + g.ph, wp = w + g.pw;
+  const I oh0 = hp < g.kh ? I(0) : (hp - g.kh) / g.sh + 1;
+  const I oh1 = min(hp / g.sh + 1, OH);
+  const I ow0 = wp < g.kw ? I(0) : (wp - g.kw) / g.sw + 1;
+  const I ow1 = min(wp / g.sw + 1, OW);
   A acc = A(0);
-  for (int64_t oh = oh0; oh < oh1; ++oh) {
-    for (int64_t ow = ow0; ow < ow1; ++ow) {
-      const int64_t target = (hp - oh * g.sh) * g.kw + (wp - ow * g.sw);
-      if (static_cast<int64_t>(sw[oh * ss.h + ow * ss.w]) == target) {
+  for (I oh = oh0; oh < oh1; ++oh) {
+    for (I ow = ow0; ow < ow1; ++ow) {
+      const I target = (hp - oh * g.sh) * g.kw + (wp - ow * g.sw);
+      if (static_cast<I>(sw[oh * ss.h + ow * ss.w]) == target) {
         acc += to_acc(y[oh * ys.h + ow * ys.w]);
       }
     }

@@ -9,24 +9,22 @@
 namespace zfcore {
 namespace cuda {
 
-template <typename T, bool CHANNELS_LAST>
+template <typename T, bool CHANNELS_LAST, typename I>
 __global__ void max_pool_switches_kernel(const T* __restrict__ x, T* __restrict__ out, uint8_t* __restrict__ switches,
-                                         int64_t total, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW,
-                                         Strides xs, Pool g) {
+                                         I total, I C, I H, I W, I OH, I OW, Strides<I> xs, Pool g) {
   using A = typename Acc<T>::type;
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const Position p = decode<CHANNELS_LAST>(idx, C, OH, OW);
-    const int64_t h0 = p.h * g.sh - g.ph, w0 = p.w * g.sw - g.pw;
+  for (I idx = blockIdx.x * I(blockDim.x) + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x) {
+    const Position<I> p = decode<CHANNELS_LAST>(idx, C, OH, OW);
+    const I h0 = p.h * g.sh - g.ph, w0 = p.w * g.sw - g.pw;
     const T* base = x + p.n * xs.n + p.c * xs.c;
     A best = A(0);
     int offset = 0;
     bool seen = false;
     for (int i = 0; i < g.kh; ++i) {
-      const int64_t ih = h0 + i;
+      const I ih = h0 + i;
       if (ih < 0 || ih >= H) continue;
       for (int j = 0; j < g.kw; ++j) {
-        const int64_t iw = w0 + j;
+        const I iw = w0 + j;
         if (iw < 0 || iw >= W) continue;
         const A v = to_acc(base[ih * xs.h + iw * xs.w]);
         if (!seen || v > best || v != v) {
@@ -45,17 +43,17 @@ __global__ void max_pool_switches_kernel(const T* __restrict__ x, T* __restrict_
 }  // namespace zfcore
 
 #ifdef ZFCORE_KERNELS_ONLY
-#define ZFCORE_INSTANTIATE(T)                                                                                   \
-  template __global__ void zfcore::cuda::max_pool_switches_kernel<T, false>(                                    \
-      const T*, T*, uint8_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, zfcore::cuda::Strides,     \
-      zfcore::cuda::Pool);                                                                                      \
-  template __global__ void zfcore::cuda::max_pool_switches_kernel<T, true>(                                     \
-      const T*, T*, uint8_t*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, zfcore::cuda::Strides,     \
-      zfcore::cuda::Pool);
-ZFCORE_INSTANTIATE(float)
-ZFCORE_INSTANTIATE(double)
-ZFCORE_INSTANTIATE(__half)
-ZFCORE_INSTANTIATE(__nv_bfloat16)
+#define ZFCORE_INSTANTIATE(T, CL, I)                                                                          \
+  template __global__ void zfcore::cuda::max_pool_switches_kernel<T, CL, I>(                                   \
+      const T*, T*, uint8_t*, I, I, I, I, I, I, zfcore::cuda::Strides<I>, zfcore::cuda::Pool);
+#define ZFCORE_INSTANTIATE_ALL(T)                                                                             \
+  ZFCORE_INSTANTIATE(T, false, int32_t) ZFCORE_INSTANTIATE(T, true, int32_t)                                  \
+  ZFCORE_INSTANTIATE(T, false, int64_t) ZFCORE_INSTANTIATE(T, true, int64_t)
+ZFCORE_INSTANTIATE_ALL(float)
+ZFCORE_INSTANTIATE_ALL(double)
+ZFCORE_INSTANTIATE_ALL(__half)
+ZFCORE_INSTANTIATE_ALL(__nv_bfloat16)
+#undef ZFCORE_INSTANTIATE_ALL
 #undef ZFCORE_INSTANTIATE
 #else
 #include "launch.h"
@@ -80,13 +78,17 @@ std::tuple<at::Tensor, at::Tensor> max_pool2d_switches_cuda(const at::Tensor& x,
   if (total == 0) return {out, switches};
   const cuda::Pool g = cuda::pool_of(pg);
   const int threads = 256;
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "max_pool2d_switches_cuda", [&] {
-    auto kernel = format == at::MemoryFormat::ChannelsLast ? cuda::max_pool_switches_kernel<scalar_t, true>
-                                                           : cuda::max_pool_switches_kernel<scalar_t, false>;
-    kernel<<<cuda::blocks_for(total, threads), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), switches.mutable_data_ptr<uint8_t>(), total,
-        C, H, W, OH, OW, cuda::strides_of(x), g);
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ZFCORE_DISPATCH_INDEX(cuda::fits_int32({x, out}), [&] {
+      auto kernel = cl ? cuda::max_pool_switches_kernel<scalar_t, true, index_t>
+                       : cuda::max_pool_switches_kernel<scalar_t, false, index_t>;
+      kernel<<<cuda::blocks_for(total, threads), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          x.const_data_ptr<scalar_t>(), out.mutable_data_ptr<scalar_t>(), switches.mutable_data_ptr<uint8_t>(),
+          index_t(total), index_t(C), index_t(H), index_t(W), index_t(OH), index_t(OW),
+          cuda::strides_of<index_t>(x), g);
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return {out, switches};
 }

@@ -14,27 +14,24 @@
 namespace zfcore {
 namespace cuda {
 
-template <typename T, bool CHANNELS_LAST>
+template <typename T, bool CHANNELS_LAST, typename I>
 __global__ void unpool_kernel(const T* __restrict__ y, const uint8_t* __restrict__ switches, T* __restrict__ out,
-                              int64_t total, int64_t C, int64_t H, int64_t W, int64_t OH, int64_t OW, Strides ys,
-                              Strides ss, Pool g) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const Position p = decode<CHANNELS_LAST>(idx, C, H, W);
+                              I total, I C, I H, I W, I OH, I OW, Strides<I> ys, Strides<I> ss, Pool g) {
+  for (I idx = blockIdx.x * I(blockDim.x) + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x) {
+    const Position<I> p = decode<CHANNELS_LAST>(idx, C, H, W);
     out[idx] = from_acc<T>(unpooled_at(y + p.n * ys.n + p.c * ys.c, switches + p.n * ss.n + p.c * ss.c, ys, ss, p.h,
                                        p.w, OH, OW, g));
   }
 }
 
-template <typename T, bool CHANNELS_LAST>
+template <typename T, bool CHANNELS_LAST, typename I>
 __global__ void gather_switches_kernel(const T* __restrict__ x, const uint8_t* __restrict__ switches,
-                                       T* __restrict__ out, int64_t total, int64_t C, int64_t H, int64_t W, int64_t OH,
-                                       int64_t OW, Strides xs, Strides ss, Pool g) {
-  for (int64_t idx = blockIdx.x * int64_t(blockDim.x) + threadIdx.x; idx < total;
-       idx += int64_t(gridDim.x) * blockDim.x) {
-    const Position p = decode<CHANNELS_LAST>(idx, C, OH, OW);
+                                       T* __restrict__ out, I total, I C, I H, I W, I OH, I OW, Strides<I> xs,
+                                       Strides<I> ss, Pool g) {
+  for (I idx = blockIdx.x * I(blockDim.x) + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x) {
+    const Position<I> p = decode<CHANNELS_LAST>(idx, C, OH, OW);
     const int s = switches[p.n * ss.n + p.c * ss.c + p.h * ss.h + p.w * ss.w];
-    const int64_t h = p.h * g.sh - g.ph + s / g.kw, w = p.w * g.sw - g.pw + s % g.kw;
+    const I h = p.h * g.sh - g.ph + s / g.kw, w = p.w * g.sw - g.pw + s % g.kw;
     const bool inside = s < g.kh * g.kw && h >= 0 && h < H && w >= 0 && w < W;
     out[idx] = inside ? x[p.n * xs.n + p.c * xs.c + h * xs.h + w * xs.w] : from_acc<T>(0);
   }
@@ -44,20 +41,21 @@ __global__ void gather_switches_kernel(const T* __restrict__ x, const uint8_t* _
 }  // namespace zfcore
 
 #ifdef ZFCORE_KERNELS_ONLY
-#define ZFCORE_INSTANTIATE(T, CL)                                                                                \
-  template __global__ void zfcore::cuda::unpool_kernel<T, CL>(const T*, const uint8_t*, T*, int64_t, int64_t,   \
-                                                               int64_t, int64_t, int64_t, int64_t,             \
-                                                               zfcore::cuda::Strides, zfcore::cuda::Strides,   \
-                                                               zfcore::cuda::Pool);                            \
-  template __global__ void zfcore::cuda::gather_switches_kernel<T, CL>(                                          \
-      const T*, const uint8_t*, T*, int64_t, int64_t, int64_t, int64_t, int64_t, int64_t, zfcore::cuda::Strides, \
-      zfcore::cuda::Strides, zfcore::cuda::Pool);
-#define ZFCORE_INSTANTIATE_BOTH(T) ZFCORE_INSTANTIATE(T, false) ZFCORE_INSTANTIATE(T, true)
-ZFCORE_INSTANTIATE_BOTH(float)
-ZFCORE_INSTANTIATE_BOTH(double)
-ZFCORE_INSTANTIATE_BOTH(__half)
-ZFCORE_INSTANTIATE_BOTH(__nv_bfloat16)
-#undef ZFCORE_INSTANTIATE_BOTH
+#define ZFCORE_INSTANTIATE(T, CL, I)                                                                          \
+  template __global__ void zfcore::cuda::unpool_kernel<T, CL, I>(const T*, const uint8_t*, T*, I, I, I, I, I, I,     \
+                                                                  zfcore::cuda::Strides<I>, zfcore::cuda::Strides<I>, \
+                                                                  zfcore::cuda::Pool);                               \
+  template __global__ void zfcore::cuda::gather_switches_kernel<T, CL, I>(                                           \
+      const T*, const uint8_t*, T*, I, I, I, I, I, I, zfcore::cuda::Strides<I>, zfcore::cuda::Strides<I>,            \
+      zfcore::cuda::Pool);
+#define ZFCORE_INSTANTIATE_ALL(T)                                                                             \
+  ZFCORE_INSTANTIATE(T, false, int32_t) ZFCORE_INSTANTIATE(T, true, int32_t)                                  \
+  ZFCORE_INSTANTIATE(T, false, int64_t) ZFCORE_INSTANTIATE(T, true, int64_t)
+ZFCORE_INSTANTIATE_ALL(float)
+ZFCORE_INSTANTIATE_ALL(double)
+ZFCORE_INSTANTIATE_ALL(__half)
+ZFCORE_INSTANTIATE_ALL(__nv_bfloat16)
+#undef ZFCORE_INSTANTIATE_ALL
 #undef ZFCORE_INSTANTIATE
 #else
 #include "launch.h"
@@ -82,13 +80,16 @@ at::Tensor unpool2d_cuda(const at::Tensor& y, const at::Tensor& switches, at::In
   if (total == 0) return out;
   if (OH * OW == 0) return out.zero_();
   const int threads = 256;
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, y.scalar_type(), "unpool2d_cuda", [&] {
-    auto kernel = format == at::MemoryFormat::ChannelsLast ? cuda::unpool_kernel<scalar_t, true>
-                                                           : cuda::unpool_kernel<scalar_t, false>;
-    kernel<<<cuda::blocks_for(total, threads), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        y.const_data_ptr<scalar_t>(), switches.const_data_ptr<uint8_t>(), out.mutable_data_ptr<scalar_t>(), total, C,
-        H, W, OH, OW, cuda::strides_of(y), cuda::strides_of(switches), cuda::pool_of(pg));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ZFCORE_DISPATCH_INDEX(cuda::fits_int32({y, switches, out}), [&] {
+      auto kernel = cl ? cuda::unpool_kernel<scalar_t, true, index_t> : cuda::unpool_kernel<scalar_t, false, index_t>;
+      kernel<<<cuda::blocks_for(total, threads), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          y.const_data_ptr<scalar_t>(), switches.const_data_ptr<uint8_t>(), out.mutable_data_ptr<scalar_t>(),
+          index_t(total), index_t(C), index_t(H), index_t(W), index_t(OH), index_t(OW), cuda::strides_of<index_t>(y),
+          cuda::strides_of<index_t>(switches), cuda::pool_of(pg));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }
@@ -108,13 +109,17 @@ at::Tensor gather_switches_cuda(const at::Tensor& x, const at::Tensor& switches,
   const int64_t total = out.numel();
   if (total == 0) return out;
   const int threads = 256;
+  const bool cl = format == at::MemoryFormat::ChannelsLast;
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gather_switches_cuda", [&] {
-    auto kernel = format == at::MemoryFormat::ChannelsLast ? cuda::gather_switches_kernel<scalar_t, true>
-                                                           : cuda::gather_switches_kernel<scalar_t, false>;
-    kernel<<<cuda::blocks_for(total, threads), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
-        x.const_data_ptr<scalar_t>(), switches.const_data_ptr<uint8_t>(), out.mutable_data_ptr<scalar_t>(), total, C,
-        H, W, OH, OW, cuda::strides_of(x), cuda::strides_of(switches), cuda::pool_of(pg));
-    C10_CUDA_KERNEL_LAUNCH_CHECK();
+    ZFCORE_DISPATCH_INDEX(cuda::fits_int32({x, switches, out}), [&] {
+      auto kernel = cl ? cuda::gather_switches_kernel<scalar_t, true, index_t>
+                       : cuda::gather_switches_kernel<scalar_t, false, index_t>;
+      kernel<<<cuda::blocks_for(total, threads), threads, 0, c10::cuda::getCurrentCUDAStream()>>>(
+          x.const_data_ptr<scalar_t>(), switches.const_data_ptr<uint8_t>(), out.mutable_data_ptr<scalar_t>(),
+          index_t(total), index_t(C), index_t(H), index_t(W), index_t(OH), index_t(OW), cuda::strides_of<index_t>(x),
+          cuda::strides_of<index_t>(switches), cuda::pool_of(pg));
+      C10_CUDA_KERNEL_LAUNCH_CHECK();
+    });
   });
   return out;
 }

@@ -36,9 +36,5 @@ def acc_dtype(dtype: torch.dtype):
     return tl.float64 if dtype == torch.float64 else tl.float32
 
 
-def grid_1d(total: int, block: int) -> tuple[int]:
-    return (triton_cdiv(total, block),)
-
-
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)

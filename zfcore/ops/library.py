@@ -1,8 +1,12 @@
 """Registration of the zfcore ops with PyTorch.
 
 Loads the native library (zfcore._C: schemas from csrc/registration.cpp, C++ CPU
-kernels). Without it the same schemas are defined here and the reference is
-registered as their CPU kernel, with one warning. Python owns what is not
+kernels, and CUDA kernels when it was built with them). Without it the same
+schemas are defined here and the reference is registered as their CPU kernel,
+with one warning. CUDA tensors without native CUDA kernels run the Triton
+launchers (zfcore/kernels), or the reference without Triton. The Triton backend
+is also its own set of ops, torch.ops.zfcore_triton.* (zfcore/ops/triton_ops.py),
+registered here for fakes and autograd the same way. Python owns what is not
 compute: the fake (meta) kernels that let torch.compile trace the ops, and
 autograd. Max pooling's backward is unpool2d; unpool2d is linear and its
 backward is gather_switches (the gather through the same switches), whose

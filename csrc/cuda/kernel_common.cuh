@@ -116,6 +116,13 @@ __device__ __forceinline__ typename Acc<T>::type unpooled_at(const T* __restrict
   return acc;
 }
 
+// Explicit instantiation of a kernel template for every (T, CHANNELS_LAST, I) in
+// the kernels-only build: M(T, CL, I) must expand to one instantiation.
+#define ZFCORE_INSTANTIATE_FOR(M, T) M(T, false, int32_t) M(T, true, int32_t) M(T, false, int64_t) M(T, true, int64_t)
+#define ZFCORE_INSTANTIATE_ALL(M)                                                                              \
+  ZFCORE_INSTANTIATE_FOR(M, float) ZFCORE_INSTANTIATE_FOR(M, double) ZFCORE_INSTANTIATE_FOR(M, __half)         \
+  ZFCORE_INSTANTIATE_FOR(M, __nv_bfloat16)
+
 inline int64_t ceil_div(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
 // Blocks for a grid-stride loop over `total` elements: enough to fill the GPU

@@ -46,14 +46,7 @@ __global__ void max_pool_switches_kernel(const T* __restrict__ x, T* __restrict_
 #define ZFCORE_INSTANTIATE(T, CL, I)                                                                          \
   template __global__ void zfcore::cuda::max_pool_switches_kernel<T, CL, I>(                                   \
       const T*, T*, uint8_t*, I, I, I, I, I, I, zfcore::cuda::Strides<I>, zfcore::cuda::Pool);
-#define ZFCORE_INSTANTIATE_ALL(T)                                                                             \
-  ZFCORE_INSTANTIATE(T, false, int32_t) ZFCORE_INSTANTIATE(T, true, int32_t)                                  \
-  ZFCORE_INSTANTIATE(T, false, int64_t) ZFCORE_INSTANTIATE(T, true, int64_t)
-ZFCORE_INSTANTIATE_ALL(float)
-ZFCORE_INSTANTIATE_ALL(double)
-ZFCORE_INSTANTIATE_ALL(__half)
-ZFCORE_INSTANTIATE_ALL(__nv_bfloat16)
-#undef ZFCORE_INSTANTIATE_ALL
+ZFCORE_INSTANTIATE_ALL(ZFCORE_INSTANTIATE)
 #undef ZFCORE_INSTANTIATE
 #else
 #include "launch.h"

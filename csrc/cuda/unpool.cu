@@ -48,14 +48,7 @@ __global__ void gather_switches_kernel(const T* __restrict__ x, const uint8_t* _
   template __global__ void zfcore::cuda::gather_switches_kernel<T, CL, I>(                                           \
       const T*, const uint8_t*, T*, I, I, I, I, I, I, zfcore::cuda::Strides<I>, zfcore::cuda::Strides<I>,            \
       zfcore::cuda::Pool);
-#define ZFCORE_INSTANTIATE_ALL(T)                                                                             \
-  ZFCORE_INSTANTIATE(T, false, int32_t) ZFCORE_INSTANTIATE(T, true, int32_t)                                  \
-  ZFCORE_INSTANTIATE(T, false, int64_t) ZFCORE_INSTANTIATE(T, true, int64_t)
-ZFCORE_INSTANTIATE_ALL(float)
-ZFCORE_INSTANTIATE_ALL(double)
-ZFCORE_INSTANTIATE_ALL(__half)
-ZFCORE_INSTANTIATE_ALL(__nv_bfloat16)
-#undef ZFCORE_INSTANTIATE_ALL
+ZFCORE_INSTANTIATE_ALL(ZFCORE_INSTANTIATE)
 #undef ZFCORE_INSTANTIATE
 #else
 #include "launch.h"

@@ -29,12 +29,5 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     return torch.contiguous_format
 
 
-def acc_dtype(dtype: torch.dtype):
-    """Triton accumulation type: float64 for float64, float32 otherwise."""
-    import triton.language as tl
-
-    return tl.float64 if dtype == torch.float64 else tl.float32
-
-
 def triton_cdiv(a: int, b: int) -> int:
     return -(-a // b)

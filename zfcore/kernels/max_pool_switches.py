@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import acc_dtype, memory_format_of, pool_output_size
+from .common import memory_format_of, pool_output_size
 from .tiles import needs_64bit, plane_grid, plane_tile, tile_coords, tile_kwargs, tile_warps
 
 
@@ -24,10 +24,11 @@ def max_pool_switches_kernel(
     x_ptr, out_ptr, switches_ptr, N, C, H, W, OH, OW,
     sxn, sxc, sxh, sxw,
     SH, SW, PH, PW,
-    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr, ACC: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr, FP64: tl.constexpr,
     BLOCK_PL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32  # accumulation type
     n, c, oh, ow, live, offset = tile_coords(N, C, OH, OW, CHANNELS_LAST, BIG, BLOCK_PL, BLOCK_H, BLOCK_W, BLOCK_P,
                                              BLOCK_C)
     base = x_ptr + n * sxn + c * sxc
@@ -67,6 +68,6 @@ def max_pool2d_switches(x: torch.Tensor, kernel_size, stride, padding, ceil_mode
         x, out, switches, n, c, h, w, oh, ow, *x.stride(),
         stride[0], stride[1], padding[0], padding[1],
         KH=kernel_size[0], KW=kernel_size[1], CHANNELS_LAST=channels_last, BIG=needs_64bit(x, out),
-        ACC=acc_dtype(x.dtype), **tile_kwargs(tile), num_warps=tile_warps(tile),
+        FP64=x.dtype == torch.float64, **tile_kwargs(tile), num_warps=tile_warps(tile),
     )
     return out, switches

@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import interpreted
-from .common import acc_dtype, conv_transpose_output_size, memory_format_of, triton_cdiv
+from .common import conv_transpose_output_size, memory_format_of, triton_cdiv
 from .rounding import downcast, emulate_rtne
 from .tiles import needs_64bit
 from .unpool import unpooled_at
@@ -45,9 +45,10 @@ def conv_transpose_kernel(
     POH, POW, PPH, PPW,
     PSH: tl.constexpr, PSW: tl.constexpr, PKH: tl.constexpr, PKW: tl.constexpr,
     THROUGH_SWITCHES: tl.constexpr, HAS_BIAS: tl.constexpr, USE_DOT: tl.constexpr, UPCAST: tl.constexpr,
-    PRECISION: tl.constexpr, ACC: tl.constexpr, EMULATE_RTNE: tl.constexpr, BIG: tl.constexpr,
+    PRECISION: tl.constexpr, FP64: tl.constexpr, EMULATE_RTNE: tl.constexpr, BIG: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
 ):
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32  # accumulation type
     pid_m = tl.program_id(0)
     pid_n = tl.program_id(1)
     phase = tl.program_id(2)
@@ -169,7 +170,7 @@ def launch_conv_transpose(y, switches, weight, bias, in_size, stride, padding, o
         PSH=psh, PSW=psw, PKH=pkh, PKW=pkw,
         THROUGH_SWITCHES=switches is not None, HAS_BIAS=bias is not None, USE_DOT=use_dot,
         UPCAST=interpreted() and y.dtype == torch.bfloat16,
-        PRECISION=precision, ACC=acc_dtype(y.dtype), EMULATE_RTNE=emulate_rtne(y.dtype),
+        PRECISION=precision, FP64=y.dtype == torch.float64, EMULATE_RTNE=emulate_rtne(y.dtype),
         BIG=needs_64bit(y, out) or n * ohp * owp + block_m > 2**31 - 1,
         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k,
         num_warps=8 if switches is not None and y.dtype == torch.float32 else 4,

@@ -16,7 +16,7 @@ import torch
 import triton
 import triton.language as tl
 
-from .common import acc_dtype, memory_format_of
+from .common import memory_format_of
 from .rounding import downcast, emulate_rtne
 from .tiles import needs_64bit, plane_grid, plane_tile, tile_coords, tile_kwargs, tile_warps
 
@@ -52,11 +52,12 @@ def unpool_kernel(
     y_ptr, sw_ptr, out_ptr, N, C, H, W, OH, OW,
     syn, syc, syh, syw, ssn, ssc, ssh, ssw,
     SH: tl.constexpr, SW: tl.constexpr, PH, PW,
-    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr, ACC: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr, FP64: tl.constexpr,
     EMULATE_RTNE: tl.constexpr,
     BLOCK_PL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
+    ACC: tl.constexpr = tl.float64 if FP64 else tl.float32  # accumulation type
     n, c, h, w, live, offset = tile_coords(N, C, H, W, CHANNELS_LAST, BIG, BLOCK_PL, BLOCK_H, BLOCK_W, BLOCK_P,
                                            BLOCK_C)
     y_base = y_ptr + n * syn + c * syc
@@ -103,7 +104,7 @@ def unpool2d(y: torch.Tensor, switches: torch.Tensor, kernel_size, stride, paddi
         y, switches, out, n, c, h, w, oh, ow, *y.stride(), *switches.stride(),
         stride[0], stride[1], padding[0], padding[1],
         KH=kernel_size[0], KW=kernel_size[1], CHANNELS_LAST=channels_last, BIG=needs_64bit(y, switches, out),
-        ACC=acc_dtype(y.dtype), EMULATE_RTNE=emulate_rtne(y.dtype),
+        FP64=y.dtype == torch.float64, EMULATE_RTNE=emulate_rtne(y.dtype),
         **tile_kwargs(tile), num_warps=tile_warps(tile),
     )
     return out

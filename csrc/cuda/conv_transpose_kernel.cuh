@@ -63,3 +63,13 @@ __global__ void conv_transpose_kernel(const T* __restrict__ y, const uint8_t* __
 
 }  // namespace cuda
 }  // namespace zfcore
+
+// Kernels-only build: every (T, CL, I) variant with THROUGH_SWITCHES = `through`.
+#define ZFCORE_INSTANTIATE_CONV_TRANSPOSE(through)                                                           \
+  ZFCORE_INSTANTIATE_ALL(ZFCORE_INSTANTIATE_CONV_TRANSPOSE_##through)
+#define ZFCORE_INSTANTIATE_CONV_TRANSPOSE_ONE(T, CL, I, THROUGH)                                             \
+  template __global__ void zfcore::cuda::conv_transpose_kernel<T, CL, THROUGH, I>(                            \
+      const T*, const uint8_t*, const T*, const T*, T*, I, I, I, I, I, I, zfcore::cuda::Strides<I>,           \
+      zfcore::cuda::Strides<I>, zfcore::cuda::Strides<I>, zfcore::cuda::Conv, I, I, zfcore::cuda::Pool);
+#define ZFCORE_INSTANTIATE_CONV_TRANSPOSE_true(T, CL, I) ZFCORE_INSTANTIATE_CONV_TRANSPOSE_ONE(T, CL, I, true)
+#define ZFCORE_INSTANTIATE_CONV_TRANSPOSE_false(T, CL, I) ZFCORE_INSTANTIATE_CONV_TRANSPOSE_ONE(T, CL, I, false)

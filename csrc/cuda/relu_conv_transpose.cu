@@ -3,12 +3,7 @@
 #include "conv_transpose_kernel.cuh"
 
 #ifdef ZFCORE_KERNELS_ONLY
-#define ZFCORE_INSTANTIATE(T, CL, I)                                                                          \
-  template __global__ void zfcore::cuda::conv_transpose_kernel<T, CL, false, I>(                                 \
-      const T*, const uint8_t*, const T*, const T*, T*, I, I, I, I, I, I, zfcore::cuda::Strides<I>,              \
-      zfcore::cuda::Strides<I>, zfcore::cuda::Strides<I>, zfcore::cuda::Conv, I, I, zfcore::cuda::Pool);
-ZFCORE_INSTANTIATE_ALL(ZFCORE_INSTANTIATE)
-#undef ZFCORE_INSTANTIATE
+ZFCORE_INSTANTIATE_CONV_TRANSPOSE(false)
 #else
 #include "conv_transpose_launch.h"
 

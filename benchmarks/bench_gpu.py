@@ -268,7 +268,8 @@ def markdown(name: str, env: dict, rows: list[GpuRow], copy_gbps: float, fastest
              f"torch {env['torch']}, triton {env['triton']}, Python {env['python']}, commit {env['commit']}  ",
              f"Copy bandwidth (device-to-device, read + write): {copy_gbps:.0f} GB/s", "",
              "Times in ms, do_bench median [p20, p80], cold L2. vs eager / vs compile = PyTorch time / zfcore time "
-             "(higher is better for zfcore). GB/s counts the fewest bytes the op must move.", "",
+             "(higher is better for zfcore). GB/s counts the fewest bytes the op must move. float32 is IEEE on "
+             "both sides (tf32 off for matmul and cuDNN).", "",
              "| op | case | shape | dtype | layout | backend | zfcore ms | eager ms | compile ms | vs eager | "
              "vs compile | GB/s | % copy BW | TFLOP/s |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]

@@ -155,6 +155,9 @@ def main() -> int:
         dtype = getattr(torch, dtype_name)
         for pool, (c, h, w) in pools.items():
             for layout in ("nchw", "channels_last"):
+                # The baselines below are re-created per case but share code objects:
+                # start each case with a fresh Dynamo cache (else the 9th recompile fails).
+                torch._dynamo.reset()
                 fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
                 x = torch.randn(n, c, h, w, device=device, dtype=dtype).contiguous(memory_format=fmt)
                 out, indices = F.max_pool2d(x, K, S, ceil_mode=True, return_indices=True)

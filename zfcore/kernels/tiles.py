@@ -76,6 +76,9 @@ def tile_coords(N, C, OH, OW, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr, BL
     if CHANNELS_LAST:
         p = tl.program_id(0) * BLOCK_P + tl.arange(0, BLOCK_P)[:, None]
         c = tl.program_id(1) * BLOCK_C + tl.arange(0, BLOCK_C)[None, :]
+        if BIG:
+            p = p.to(tl.int64)
+            c = c.to(tl.int64)
         n = tl.program_id(2).to(tl.int64)
         rows = p // OW
         cols = p % OW
@@ -87,10 +90,10 @@ def tile_coords(N, C, OH, OW, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr, BL
         c = plane % C
         rows = tl.program_id(1) * BLOCK_H + tl.arange(0, BLOCK_H)[None, :, None]
         cols = tl.program_id(2) * BLOCK_W + tl.arange(0, BLOCK_W)[None, None, :]
+        if BIG:
+            rows = rows.to(tl.int64)
+            cols = cols.to(tl.int64)
+            c = c.to(tl.int64)
         live = (plane < N * C) & (rows < OH) & (cols < OW)
         offset = plane.to(tl.int64) * OH * OW + rows * OW + cols
-    if BIG:
-        rows = rows.to(tl.int64)
-        cols = cols.to(tl.int64)
-        c = c.to(tl.int64)
     return n, c, rows, cols, live, offset

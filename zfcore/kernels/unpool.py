@@ -73,7 +73,7 @@ def gather_switches_kernel(
     x_ptr, sw_ptr, out_ptr, N, C, H, W, OH, OW,
     sxn, sxc, sxh, sxw, ssn, ssc, ssh, ssw,
     SH, SW, PH, PW,
-    KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr,
+    KH: tl.constexpr, KW: tl.constexpr, CHANNELS_LAST: tl.constexpr, BIG: tl.constexpr,
     BLOCK_PL: tl.constexpr, BLOCK_H: tl.constexpr, BLOCK_W: tl.constexpr, BLOCK_P: tl.constexpr,
     BLOCK_C: tl.constexpr,
 ):
@@ -82,7 +82,7 @@ def gather_switches_kernel(
     s = tl.load(sw_ptr + n * ssn + c * ssc + oh * ssh + ow * ssw, mask=live, other=0).to(tl.int32)
     h = oh * SH - PH + s // KW
     w = ow * SW - PW + s % KW
-    ok = live & (h >= 0) & (h < H) & (w >= 0) & (w < W)
+    ok = live & (s < KH * KW) & (h >= 0) & (h < H) & (w >= 0) & (w < W)
     v = tl.load(x_ptr + n * sxn + c * sxc + h * sxh + w * sxw, mask=ok, other=0.0)
     tl.store(out_ptr + offset, v, mask=live)
 
@@ -124,7 +124,7 @@ def gather_switches(x: torch.Tensor, switches: torch.Tensor, kernel_size, stride
     kernel[plane_grid(n, c, oh, ow, tile)](
         x, switches, out, n, c, h, w, oh, ow, *x.stride(), *switches.stride(),
         stride[0], stride[1], padding[0], padding[1],
-        KW=kernel_size[1], CHANNELS_LAST=channels_last, BIG=needs_64bit(x, switches, out),
+        KH=kernel_size[0], KW=kernel_size[1], CHANNELS_LAST=channels_last, BIG=needs_64bit(x, switches, out),
         **tile_kwargs(tile), num_warps=tile_warps(tile),
     )
     return out

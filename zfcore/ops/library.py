@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from ..kernels import interpreted
-from ..kernels.common import memory_format_of
+from ..kernels.common import conv_transpose_output_size, memory_format_of
 from . import reference, triton_ops
 from .schemas import SCHEMAS
 
@@ -90,7 +90,11 @@ def _fake_gather_switches(x, switches, kernel_size, stride, padding):
 
 
 def _fake_relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation):
-    return F.conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation)
+    # Every backend returns y's layout (ATen's CUDA convolution would also follow
+    # a channels-last weight, so its fake is not used here).
+    size = [conv_transpose_output_size(y.shape[2 + i], weight.shape[2 + i], stride[i], padding[i],
+                                       output_padding[i], dilation[i]) for i in range(2)]
+    return _empty(y, (y.shape[0], weight.shape[1] * groups, *size), memory_format_of(y))
 
 
 def _fake_deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding, unpooled_size,

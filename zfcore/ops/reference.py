@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ..kernels.common import pool_output_size  # noqa: F401  (re-exported: part of the reference's vocabulary)
+from ..kernels.common import memory_format_of, pool_output_size  # noqa: F401  (pool_output_size: re-exported)
 
 Pair = tuple[int, int]
 
@@ -68,7 +68,8 @@ def relu_conv_transpose2d(y: Tensor, weight: Tensor, bias: Tensor | None, stride
                           output_padding: Pair, groups: int, dilation: Pair) -> Tensor:
     """``conv_transpose2d(relu(y), weight, bias)``: rectify, then filter with the
     forward layer's (flipped) filters (paper section 2.1)."""
-    return F.conv_transpose2d(F.relu(y), weight, bias, stride, padding, output_padding, groups, dilation)
+    out = F.conv_transpose2d(F.relu(y), weight, bias, stride, padding, output_padding, groups, dilation)
+    return out.contiguous(memory_format=memory_format_of(y))  # y's layout, as every backend
 
 
 def deconv_step(y: Tensor, switches: Tensor, weight: Tensor, bias: Tensor | None, pool_kernel_size: Pair,

@@ -113,6 +113,9 @@ def test_switches_outside_their_window_write_nothing(backend):
     bad = on(backend, torch.full((1, 1, 3, 3), 9, dtype=torch.uint8))
     out = unpool2d(y, bad, 2, 2, output_size=(6, 6), backend=backend)
     assert out.shape == (1, 1, 6, 6) and bool((out == 0).all())
+    x = on(backend, torch.randn(1, 1, 6, 6))
+    gathered = _namespace(backend).gather_switches(x, bad, [2, 2], [2, 2], [0, 0])
+    assert gathered.shape == (1, 1, 3, 3) and bool((gathered == 0).all())
 
 
 def test_automatic_choice_follows_the_measured_table():

@@ -27,7 +27,3 @@ def memory_format_of(t: torch.Tensor) -> torch.memory_format:
     if t.dim() == 4 and not t.is_contiguous() and t.is_contiguous(memory_format=torch.channels_last):
         return torch.channels_last
     return torch.contiguous_format
-
-
-def triton_cdiv(a: int, b: int) -> int:
-    return -(-a // b)

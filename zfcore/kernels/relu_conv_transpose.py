@@ -28,7 +28,7 @@ import triton
 import triton.language as tl
 
 from . import interpreted
-from .common import conv_transpose_output_size, memory_format_of, triton_cdiv
+from .common import conv_transpose_output_size, memory_format_of
 from .rounding import downcast, emulate_rtne
 from .tiles import needs_64bit
 from .unpool import unpooled_at
@@ -152,9 +152,9 @@ def launch_conv_transpose(y, switches, weight, bias, in_size, stride, padding, o
         block_m, block_n = 64, _pow2_clamp(cout_g, 16, 64)
     else:
         block_m, block_n, block_k = 32, _pow2_clamp(cout_g, 1, 16), _pow2_clamp(cin_g, 1, 8)
-    ohp, owp = triton_cdiv(oh, stride[0]), triton_cdiv(ow, stride[1])
-    n_tiles = triton_cdiv(cout_g, block_n)
-    grid = (triton_cdiv(n * ohp * owp, block_m), groups * n_tiles, stride[0] * stride[1])
+    ohp, owp = triton.cdiv(oh, stride[0]), triton.cdiv(ow, stride[1])
+    n_tiles = triton.cdiv(cout_g, block_n)
+    grid = (triton.cdiv(n * ohp * owp, block_m), groups * n_tiles, stride[0] * stride[1])
     if switches is None:
         sw, sw_strides, pooled, pool = y, (0, 0, 0, 0), (0, 0), ((1, 1), (1, 1), (0, 0))
     else:

@@ -18,7 +18,6 @@ import triton
 import triton.language as tl
 
 from . import interpreted
-from .common import triton_cdiv
 
 _INT32_LIMIT = 2**31 - 1
 
@@ -57,8 +56,8 @@ def tile_warps(tile: dict) -> int:
 def plane_grid(n: int, c: int, h: int, w: int, tile: dict) -> tuple[int, int, int]:
     """Grid over the tiles of an [n, c, h, w] output (see plane_tile)."""
     if "BLOCK_C" in tile:
-        return (triton_cdiv(h * w, tile["BLOCK_P"]), triton_cdiv(c, tile["BLOCK_C"]), n)
-    return (triton_cdiv(n * c, tile["BLOCK_PL"]), triton_cdiv(h, tile["BLOCK_H"]), triton_cdiv(w, tile["BLOCK_W"]))
+        return (triton.cdiv(h * w, tile["BLOCK_P"]), triton.cdiv(c, tile["BLOCK_C"]), n)
+    return (triton.cdiv(n * c, tile["BLOCK_PL"]), triton.cdiv(h, tile["BLOCK_H"]), triton.cdiv(w, tile["BLOCK_W"]))
 
 
 def tile_kwargs(tile: dict) -> dict:

@@ -9,6 +9,7 @@ falling back to the other GPU backend, then the reference.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from dataclasses import dataclass
@@ -67,6 +68,13 @@ def backends() -> dict[str, BackendInfo]:
         >>> {name: info.available for name, info in zfcore.backends().items()}
         {'reference': True, 'cpu': True, 'triton': False, 'cuda': False}
     """
+    return dict(_backends())
+
+
+@functools.cache
+def _backends() -> dict[str, BackendInfo]:
+    # Fixed for the process (the build, Triton's mode and the GPUs are settled at
+    # import), so the per-call choice reads it once.
     cpu_reason = "C++ kernels in zfcore._C" if library.NATIVE else f"native library not loaded: {library.NATIVE_ERROR}"
     has_gpu = torch.cuda.is_available()
     if not triton_ops.AVAILABLE:
@@ -102,7 +110,7 @@ def resolve(op: str, tensor: torch.Tensor, backend: str | None) -> str:
         return _automatic(op, tensor)
     if name not in NAMES:
         raise ValueError(f"{op}: {source} must be one of {', '.join(NAMES)} or auto (got {name!r})")
-    info = backends()[name]
+    info = _backends()[name]
     if not info.available:
         raise RuntimeError(f"{op}: {source}={name!r} is not available here ({info.reason})")
     if info.device != "any" and info.device != tensor.device.type:
@@ -115,7 +123,7 @@ def _automatic(op: str, tensor: torch.Tensor) -> str:
     if device == "cpu":
         return "cpu" if library.NATIVE else "reference"
     if device == "cuda":
-        infos = backends()
+        infos = _backends()
         first = GPU_PREFERENCE.get(op, "cuda")
         for name in (first, "triton" if first == "cuda" else "cuda"):
             if infos[name].available and infos[name].device == "cuda":

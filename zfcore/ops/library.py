@@ -99,8 +99,8 @@ def _fake_relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding
 
 def _fake_deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding, unpooled_size,
       stride, padding, output_padding, groups, dilation):
-    size = [(unpooled_size[i] - 1) * stride[i] - 2 * padding[i] + dilation[i] * (weight.shape[2 + i] - 1)
-            + output_padding[i] + 1 for i in range(2)]
+    size = [conv_transpose_output_size(unpooled_size[i], weight.shape[2 + i], stride[i], padding[i],
+                                       output_padding[i], dilation[i]) for i in range(2)]
     return _empty(y, (y.shape[0], weight.shape[1] * groups, *size), memory_format_of(y))
 
 

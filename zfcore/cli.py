@@ -1,7 +1,10 @@
 """The ``zfcore`` command: a thin layer over the Python API.
 
-    zfcore train [--help]    train a model with the paper's recipe (zfcore.train.train)
-    zfcore info              what is built: backends, versions
+    zfcore demo [--out DIR]          train the small ZFNet on the embedded data, then visualize it
+    zfcore train [--help]            train a model with the paper's recipe (zfcore.train.train)
+    zfcore visualize --checkpoint P  top-9 projections, activations, filters, dead units: a report
+    zfcore report --from DIR         re-render a report from its saved results
+    zfcore info                      what is built: backends, versions
 """
 
 from __future__ import annotations
@@ -29,23 +32,103 @@ def _train(args) -> int:
     return 0
 
 
+def _positive(name: str):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} must be a positive integer (got {text!r})") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"--{name} must be a positive integer (got {value})")
+        return value
+    return parse
+
+
+def _visualize(args) -> int:
+    from .visualize import visualize
+
+    layers = [n for part in args.layers or [] for n in part.split(",") if n] or None
+    index = visualize(args.checkpoint, args.data, args.out, layers=layers, k=args.k, mode=args.mode,
+                      batch_size=args.batch_size, resume=args.resume, progress=args.progress)
+    print(f"report: {index}")
+    return 0
+
+
+def _report(args) -> int:
+    from .report import render
+
+    index = render(args.source, args.out, progress=args.progress)
+    print(f"report: {index}")
+    return 0
+
+
+def _demo(args) -> int:
+    from .visualize import demo
+
+    index, timings = demo(args.out, checkpoint=args.checkpoint, epochs=args.epochs, seed=args.seed,
+                          progress=args.progress)
+    print("stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items()))
+    print(f"open {index}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .train.config import add_arguments
 
     parser = argparse.ArgumentParser(prog="zfcore", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     commands = parser.add_subparsers(dest="command", required=True)
-    train_parser = commands.add_parser("train", help="train with the paper's recipe",
-                                       formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    defaults = argparse.ArgumentDefaultsHelpFormatter
+
+    demo = commands.add_parser("demo", help="train on the embedded data, then visualize (the main job)",
+                               formatter_class=defaults)
+    demo.add_argument("--out", default="demo", help="folder: run/ (training) and report/ (the report)")
+    demo.add_argument("--checkpoint", default=None, help="visualize this model.pt instead of training")
+    demo.add_argument("--epochs", type=_positive("epochs"), default=None,
+                      help="training epochs (default: the demo recipe's)")
+    demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    demo.set_defaults(run=_demo)
+
+    train_parser = commands.add_parser("train", help="train with the paper's recipe", formatter_class=defaults)
     add_arguments(train_parser)
     train_parser.set_defaults(run=_train)
+
+    vis = commands.add_parser("visualize", help="top-k projections (Fig. 2), activations, filters, dead units",
+                              formatter_class=defaults)
+    vis.add_argument("--checkpoint", required=True, help="a model.pt or checkpoint written by zfcore train")
+    vis.add_argument("--data", default="synthetic",
+                     help="'synthetic' (the run's embedded validation images) or an image folder, one subfolder "
+                          "per class")
+    vis.add_argument("--out", default="report", help="the report folder (nothing is written outside it)")
+    vis.add_argument("--layers", nargs="*", default=None, help="layers to project (default: every conv layer)")
+    vis.add_argument("--k", type=_positive("k"), default=9, help="images per feature map")
+    vis.add_argument("--mode", default="deconvnet", choices=("deconvnet", "guided", "gradient"),
+                     help="how units are projected down")
+    vis.add_argument("--batch-size", type=_positive("batch-size"), default=64, help="images per forward")
+    vis.add_argument("--resume", action="store_true", help="continue an interrupted top-k pass")
+    vis.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    vis.set_defaults(run=_visualize)
+
+    rep = commands.add_parser("report", help="re-render a report from its saved results", formatter_class=defaults)
+    rep.add_argument("--from", dest="source", required=True, help="a folder written by zfcore visualize")
+    rep.add_argument("--out", default=None, help="where to write the pages (default: the --from folder)")
+    rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    rep.set_defaults(run=_report)
+
     commands.add_parser("info", help="backends and versions").set_defaults(run=_info)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
-    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as error:
-        print(f"zfcore {args.command}: {error}", file=sys.stderr)
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError) as error:
+        text = str(error)
+        for prefix in (f"{args.command}: ", "report: ", "visualize: "):  # said once, by the line's own prefix
+            text = text.removeprefix(prefix)
+        print(f"zfcore {args.command}: {text}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"zfcore {args.command}: interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

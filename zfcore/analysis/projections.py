@@ -1,0 +1,112 @@
+"""The paper's Fig. 2: each top-k unit projected to pixel space by the
+deconvnet, beside the image patch under its receptive field.
+
+Every (map, image) of a ``top_k`` result is one ``Request`` of
+``Deconvnet.project_many``, run in batches (one forward per distinct image of a
+batch). A single unit's projection is nonzero only inside the unit's receptive
+field, so what is kept is that box (``LayerSpec.box``, clipped to the image):
+the projection's crop and the image's crop, padded to the layer's largest box.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ..deconv import Deconvnet, Request
+from .topk import TopK
+
+__all__ = ["Projections", "top_k_projections"]
+
+
+@dataclass
+class Projections:
+    """One layer's projections, indexed like its ``TopK``: ``projections[C, k,
+    3, s, s]`` and ``patches[C, k, 3, s, s]`` (model input space; the region
+    outside a clipped box is zero), ``boxes[C, k, 4]`` (top, left, bottom, right
+    in input pixels, end-exclusive)."""
+
+    layer: str
+    projections: Tensor
+    patches: Tensor
+    boxes: Tensor
+
+    def as_dict(self) -> dict:
+        return {"layer": self.layer, "projections": self.projections, "patches": self.patches, "boxes": self.boxes}
+
+
+def _box_size(spec, layer: str, input_shape) -> tuple[int, int]:
+    info = spec[layer]
+    _, height, width = input_shape
+    if len(info.shape) != 3:
+        return height, width
+    return min(info.size[0], height), min(info.size[1], width)
+
+
+def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, mode: str = "deconvnet",
+                      batch_size: int = 256, *, net: Deconvnet | None = None, progress: bool = True
+                      ) -> dict[str, Projections]:
+    """Project every unit of ``topk`` (``top_k``'s result) with the deconvnet.
+
+    Args:
+        model: the network ``topk`` was computed on.
+        dataset: the same dataset (``topk.images`` index it).
+        topk: ``{layer: TopK}`` or one ``TopK``.
+        mode: ``"deconvnet"``, ``"guided"`` or ``"gradient"`` (``Deconvnet``'s modes).
+        batch_size: requests per ``project_many`` call.
+        net: a ``Deconvnet`` of ``model`` to reuse (built from the dataset's
+            first image's shape otherwise).
+
+    Returns:
+        ``{layer: Projections}``.
+    """
+    if isinstance(topk, TopK):
+        topk = {topk.layer: topk}
+    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
+        raise ValueError(f"top_k_projections: batch_size must be a positive int (got {batch_size!r})")
+    if net is None:
+        first = dataset[0][0]
+        net = Deconvnet(model, tuple(first.shape))
+    spec = net.layer_spec()
+    device = next(model.parameters()).device
+    total = sum(t.values.numel() for t in topk.values())
+    bar = tqdm(total=total, desc="projections", unit="unit", disable=not progress, leave=False)
+    result = {}
+    try:
+        for layer, found in topk.items():
+            if layer not in net.layers:
+                raise ValueError(f"top_k_projections: the deconvnet cannot project {layer!r}; "
+                                 f"its layers are {', '.join(net.layers)}")
+            c, k = found.values.shape
+            s = _box_size(spec, layer, net.input_shape)
+            projections = torch.zeros((c, k, net.input_shape[0], *s))
+            patches = torch.zeros_like(projections)
+            boxes = torch.zeros((c, k, 4), dtype=torch.int64)
+            # requests sharing an image go together: fewer distinct images to run forward per batch
+            units = sorted(((ci, j) for ci in range(c) for j in range(k)), key=lambda u: int(found.images[u]))
+            for start in range(0, len(units), batch_size):
+                chunk = units[start:start + batch_size]
+                wanted = sorted({int(found.images[ci, j]) for ci, j in chunk})
+                local = {index: i for i, index in enumerate(wanted)}
+                images = torch.stack([torch.as_tensor(dataset[index][0]) for index in wanted]).float().to(device)
+                requests = []
+                flat = len(spec[layer].shape) != 3  # a Linear layer's unit: the channel itself
+                for ci, j in chunk:
+                    h, w = (int(v) for v in found.positions[ci, j])
+                    requests.append(Request(local[int(found.images[ci, j])], layer, ci, None if flat else (h, w)))
+                projected = net.project_many(images, requests, mode=mode).cpu()
+                for (ci, j), request, image in zip(chunk, requests, projected):
+                    h, w = request.position or (0, 0)
+                    top, left, bottom, right = spec.box(layer, h, w)
+                    boxes[ci, j] = torch.tensor((top, left, bottom, right))
+                    projections[ci, j, :, :bottom - top, :right - left] = image[:, top:bottom, left:right]
+                    source = images[request.image].cpu()
+                    patches[ci, j, :, :bottom - top, :right - left] = source[:, top:bottom, left:right]
+                bar.update(len(chunk))
+            result[layer] = Projections(layer, projections, patches, boxes)
+    finally:
+        bar.close()
+    return result

@@ -1,0 +1,169 @@
+"""Streaming top-k against a brute-force oracle: ties between images and
+inside maps, k below and above the dataset size, any batch size, resumed after
+an interruption, and two processes under torchrun equal to one."""
+
+import os
+import subprocess
+import sys
+from collections import OrderedDict
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from zfcore.analysis import top_k
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def tiny_model(seed: int = 0) -> nn.Sequential:
+    torch.manual_seed(seed)
+    model = nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 5, 3, padding=1)), ("relu1", nn.ReLU()), ("pool1", nn.MaxPool2d(2)),
+        ("conv2", nn.Conv2d(5, 4, 3)), ("relu2", nn.ReLU()), ("flatten", nn.Flatten()),
+        ("fc", nn.Linear(4 * 2 * 2, 6)),
+    ]))
+    with torch.no_grad():  # weights on a coarse grid: sums are exact, so equal images give equal maxima
+        for p in model.parameters():
+            p.copy_((p * 8).round() / 8)
+    return model.eval()
+
+
+class Images(torch.utils.data.Dataset):
+    """Random images on a coarse grid, with exact duplicates (ties between images)
+    and flat regions (ties between positions inside a map)."""
+
+    def __init__(self, n: int = 23, seed: int = 1, fail_at: int | None = None):
+        g = torch.Generator().manual_seed(seed)
+        x = torch.randint(-4, 5, (n, 3, 8, 8), generator=g).float() / 4
+        x[3] = x[10]              # duplicates at other indices
+        x[17] = x[10]
+        x[5] = x[8]
+        x[6, :, :4] = 0.5         # flat blocks: many positions share a map's maximum
+        x[12] = 0.25
+        self.x = x
+        self.fail_at = fail_at
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        if self.fail_at is not None and i == self.fail_at:
+            raise KeyboardInterrupt("simulated interruption")
+        return self.x[i], i % 3
+
+
+def oracle(model, dataset, layer, k):
+    """Every activation kept, each map's maximum and first row-major argmax by a
+    Python loop, images sorted by (-value, index)."""
+    outputs = {}
+    handle = dict(model.named_modules())[layer].register_forward_hook(lambda m, i, o: outputs.update(out=o))
+    with torch.no_grad():
+        model(torch.stack([dataset[i][0] for i in range(len(dataset))]))
+    handle.remove()
+    out = outputs["out"]
+    if out.dim() == 2:
+        out = out[:, :, None, None]
+    n, c, h, w = out.shape
+    values = torch.empty(c, min(k, n))
+    images = torch.empty(c, min(k, n), dtype=torch.int64)
+    positions = torch.empty(c, min(k, n), 2, dtype=torch.int64)
+    for ch in range(c):
+        per_image = []
+        for i in range(n):
+            best, where = None, None
+            for y in range(h):
+                for x in range(w):
+                    v = float(out[i, ch, y, x])
+                    if best is None or v > best:
+                        best, where = v, (y, x)
+            per_image.append((-best, i, where))
+        per_image.sort()
+        for j, (neg, i, where) in enumerate(per_image[:k]):
+            values[ch, j], images[ch, j], positions[ch, j] = -neg, i, torch.tensor(where)
+    return values, images, positions
+
+
+@pytest.mark.parametrize("k", [1, 4, 30])
+@pytest.mark.parametrize("batch_size", [1, 5, 64])
+def test_top_k_equals_brute_force(k, batch_size):
+    model, data = tiny_model(), Images()
+    found = top_k(model, data, ["conv1", "relu2", "fc"], k=k, batch_size=batch_size, progress=False)
+    for layer in ("conv1", "relu2", "fc"):
+        values, images, positions = oracle(model, data, layer, k)
+        assert torch.equal(found[layer].values, values), layer
+        assert torch.equal(found[layer].images, images), layer
+        assert torch.equal(found[layer].positions, positions), layer
+        assert found[layer].values.shape == (values.shape[0], min(k, len(data)))
+
+
+def test_ties_go_to_the_smaller_index_and_the_first_position():
+    model, data = tiny_model(), Images()
+    found = top_k(model, data, ["relu2"], k=23, batch_size=4, progress=False)["relu2"]
+    ties = 0
+    for ch in range(found.channels):
+        v, i = found.values[ch].tolist(), found.images[ch].tolist()
+        for a in range(len(v) - 1):
+            assert v[a] >= v[a + 1]
+            if v[a] == v[a + 1]:
+                ties += 1
+                assert i[a] < i[a + 1]
+    assert ties > 0  # the data really has ties (duplicates, dead maps)
+
+
+def test_unknown_layer_and_bad_arguments_are_named():
+    model, data = tiny_model(), Images()
+    with pytest.raises(ValueError, match="no layer named 'conv9'"):
+        top_k(model, data, ["conv1", "conv9"], progress=False)
+    with pytest.raises(ValueError, match="k must be a positive int"):
+        top_k(model, data, "conv1", k=0, progress=False)
+    with pytest.raises(ValueError, match="empty"):
+        top_k(model, torch.utils.data.TensorDataset(torch.zeros(0, 3, 8, 8), torch.zeros(0)), "conv1",
+              progress=False)
+    with pytest.raises(ValueError, match="resume=True needs a state_file"):
+        top_k(model, data, "conv1", resume=True, progress=False)
+
+
+def test_interrupted_then_resumed_equals_uninterrupted(tmp_path):
+    model = tiny_model()
+    whole = top_k(model, Images(), ["conv1", "fc"], k=5, batch_size=3, progress=False)
+    state = tmp_path / "state.pt"
+    with pytest.raises(KeyboardInterrupt):
+        top_k(model, Images(fail_at=16), ["conv1", "fc"], k=5, batch_size=3, state_file=state, save_every=2,
+              progress=False)
+    saved = torch.load(state, weights_only=True)
+    assert 0 < saved["done"] < 16       # the state holds a prefix of the work
+    resumed = top_k(model, Images(), ["conv1", "fc"], k=5, batch_size=3, state_file=state, save_every=2,
+                    resume=True, progress=False)
+    for layer in whole:
+        for field in ("values", "images", "positions"):
+            assert torch.equal(getattr(whole[layer], field), getattr(resumed[layer], field))
+    # a state file of another job (other k) is refused, never mixed in
+    with pytest.raises(ValueError, match="belongs to another job"):
+        top_k(model, Images(), ["conv1", "fc"], k=4, state_file=state, resume=True, progress=False)
+    with pytest.raises(ValueError, match="belongs to another job"):
+        top_k(tiny_model(seed=5), Images(), ["conv1", "fc"], k=5, state_file=state, resume=True, progress=False)
+
+
+def test_two_processes_equal_one(tmp_path):
+    script = tmp_path / "shard.py"
+    script.write_text(
+        "import sys, torch, torch.distributed as dist\n"
+        f"sys.path.insert(0, {str(ROOT)!r})\n"
+        "from tests.test_topk import Images, tiny_model\n"
+        "from zfcore.analysis import top_k\n"
+        "found = top_k(tiny_model(), Images(), ['conv1', 'relu2', 'fc'], k=6, batch_size=4, progress=False,\n"
+        f"             state_file={str(tmp_path / 'state.pt')!r})\n"
+        "if dist.get_rank() == 0:\n"
+        f"    torch.save({{n: t.as_dict() for n, t in found.items()}}, {str(tmp_path / 'out.pt')!r})\n"
+        "dist.destroy_process_group()\n")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                    str(script)], check=True, env=env, cwd=tmp_path, timeout=300, capture_output=True)
+    sharded = torch.load(tmp_path / "out.pt", weights_only=True)
+    single = top_k(tiny_model(), Images(), ["conv1", "relu2", "fc"], k=6, batch_size=4, progress=False)
+    for layer, t in single.items():
+        for field in ("values", "images", "positions"):
+            assert torch.equal(sharded[layer][field], getattr(t, field)), (layer, field)
+    assert (tmp_path / "state.pt.rank0").exists() and (tmp_path / "state.pt.rank1").exists()

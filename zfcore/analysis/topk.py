@@ -90,6 +90,9 @@ class _Running:
         self.values = self.images = self.positions = None
 
     def add(self, values: Tensor, positions: Tensor, indices: Tensor) -> None:
+        """Candidates of one batch; ``indices`` ascend and exceed every index held
+        (the stream runs in dataset order), so the candidates are in index order
+        and one stable sort by value gives the (value desc, index asc) order."""
         values = values.t()                                     # [C, B]
         images = indices.to(values.device)[None].expand_as(values)
         positions = positions.transpose(0, 1)                    # [C, B, 2]
@@ -97,7 +100,9 @@ class _Running:
             values = torch.cat((self.values, values), 1)
             images = torch.cat((self.images, images), 1)
             positions = torch.cat((self.positions, positions), 1)
-        self.values, self.images, self.positions = merge_top_k(self.k, values, images, positions)
+        order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :self.k]
+        self.values, self.images = values.gather(1, order), images.gather(1, order)
+        self.positions = positions.gather(1, order[..., None].expand(-1, -1, 2))
 
     def state(self) -> dict:
         return {"values": self.values.cpu(), "images": self.images.cpu(), "positions": self.positions.cpu()}
@@ -181,8 +186,8 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
         path = Path(state_file)
         if world > 1:
             path = path.with_name(f"{path.name}.rank{rank}")
-    fingerprint = {"version": _STATE_VERSION, "layers": layers, "k": k, "dataset": n, "rank": rank, "world": world,
-                   "model": model_fingerprint(model)}
+    fingerprint = None if path is None else {"version": _STATE_VERSION, "layers": layers, "k": k, "dataset": n,
+                                             "rank": rank, "world": world, "model": model_fingerprint(model)}
     running = {name: _Running(k) for name in layers}
     done = 0
     if path is not None and resume:

@@ -177,6 +177,10 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     found = top_k(model, dataset, layers, k=k, batch_size=batch_size, state_file=out / "results" / "topk-state.pt",
                   resume=resume, progress=progress)
     timings["top-k"] = time.perf_counter() - mark
+    from .analysis._stream import rank_and_world
+
+    if rank_and_world()[0] != 0:  # under torchrun the ranks share the top-k pass; rank 0 does the rest
+        return out / "index.html"
 
     mark = time.perf_counter()
     projected = top_k_projections(model, dataset, found, mode=mode, batch_size=batch_size, net=net,

@@ -130,14 +130,19 @@ def test_projections_equal_the_engine_and_patches_are_the_boxes():
                 full = net.project_many(image[None], [Request(0, layer, c, (h, w))], crop=False)[0]
                 top, left, bottom, right = spec.box(layer, h, w)
                 assert p.boxes[c, j].tolist() == [top, left, bottom, right]
-                hh, ww = bottom - top, right - left
-                torch.testing.assert_close(p.projections[c, j, :, :hh, :ww], full[:, top:bottom, left:right],
+                rows, cols = p.inside(c, j)
+                assert p.windows[c, j].tolist() == [top - rows.start, left - cols.start]
+                assert p.projections.shape[-2:] == spec[layer].size
+                torch.testing.assert_close(p.projections[c, j, :, rows, cols], full[:, top:bottom, left:right],
                                            rtol=1e-5, atol=1e-6)
+                outside_window = p.projections[c, j].clone()
+                outside_window[:, rows, cols] = 0
+                assert outside_window.abs().max() == 0
                 outside = full.clone()
                 outside[:, top:bottom, left:right] = 0
                 assert outside.abs().max() == 0             # nothing outside the receptive field
                 assert full.abs().max() > 0                 # and something inside it
-                assert torch.equal(p.patches[c, j, :, :hh, :ww], image[:, top:bottom, left:right])
+                assert torch.equal(p.patches[c, j, :, rows, cols], image[:, top:bottom, left:right])
                 checked += 1
     assert checked > 30
 

@@ -124,10 +124,11 @@ def _for_display(loaded: Loaded, projected) -> dict:
     for i in range(c):
         for j in range(k):
             top, left, bottom, right = (int(v) for v in projected.boxes[i, j])
-            means[i, j, :, :bottom - top, :right - left] = mean[:, top:bottom, left:right]
+            rows, cols = projected.inside(i, j)
+            means[i, j, :, rows, cols] = mean[:, top:bottom, left:right]
     patches = (projected.patches / loaded.scale + means).round().clamp(0, 255).to(torch.uint8)
     return {"layer": projected.layer, "projections": display_signed(p), "peaks": p.abs().amax(dim=(-3, -2, -1)),
-            "boxes": projected.boxes, "patch_images": patches}
+            "boxes": projected.boxes, "windows": projected.windows, "patch_images": patches}
 
 
 def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", out: str | os.PathLike = "report",

@@ -4,8 +4,8 @@ deconvnet, beside the image patch under its receptive field.
 Every (map, image) of a ``top_k`` result is one ``Request`` of
 ``Deconvnet.project_many``, run in batches (one forward per distinct image of a
 batch). A single unit's projection is nonzero only inside the unit's receptive
-field, so what is kept is that box (``LayerSpec.box``, clipped to the image):
-the projection's crop and the image's crop, padded to the layer's largest box.
+field, so what is kept is that field's window (the unit's ``LayerSpec`` box,
+aligned as if unclipped): the projection's and the image's pixels inside it.
 """
 
 from __future__ import annotations
@@ -25,25 +25,39 @@ __all__ = ["Projections", "top_k_projections"]
 @dataclass
 class Projections:
     """One layer's projections, indexed like its ``TopK``: ``projections[C, k,
-    3, s, s]`` and ``patches[C, k, 3, s, s]`` (model input space; the region
-    outside a clipped box is zero), ``boxes[C, k, 4]`` (top, left, bottom, right
-    in input pixels, end-exclusive)."""
+    3, sh, sw]`` and ``patches[C, k, 3, sh, sw]`` (model input space) over each
+    unit's whole receptive field, ``windows[C, k, 2]`` (its top-left corner in
+    input pixels, negative where the field overhangs the image), ``boxes[C, k,
+    4]`` (the field clipped to the image: top, left, bottom, right,
+    end-exclusive). The parts of a window outside the image are zero."""
 
     layer: str
     projections: Tensor
     patches: Tensor
     boxes: Tensor
+    windows: Tensor
 
     def as_dict(self) -> dict:
-        return {"layer": self.layer, "projections": self.projections, "patches": self.patches, "boxes": self.boxes}
+        return {"layer": self.layer, "projections": self.projections, "patches": self.patches, "boxes": self.boxes,
+                "windows": self.windows}
+
+    def inside(self, c: int, j: int) -> tuple[slice, slice]:
+        """The part of window ``(c, j)`` that lies inside the image."""
+        top, left, bottom, right = self.boxes[c, j].tolist()
+        wt, wl = self.windows[c, j].tolist()
+        return slice(top - wt, bottom - wt), slice(left - wl, right - wl)
 
 
-def _box_size(spec, layer: str, input_shape) -> tuple[int, int]:
+def _window(spec, layer: str, h: int, w: int, input_shape) -> tuple[int, int, int, int]:
+    """Unit ``(h, w)``'s whole receptive field: ``(top, left, height, width)`` in
+    input pixels, not clipped (``top``/``left`` may be negative)."""
     info = spec[layer]
     _, height, width = input_shape
     if len(info.shape) != 3:
-        return height, width
-    return min(info.size[0], height), min(info.size[1], width)
+        return 0, 0, height, width
+    top = int(info.offset[0] + h * info.jump[0] - (info.size[0] - 1) / 2)
+    left = int(info.offset[1] + w * info.jump[1] - (info.size[1] - 1) / 2)
+    return top, left, info.size[0], info.size[1]
 
 
 def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, mode: str = "deconvnet",
@@ -81,10 +95,12 @@ def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, m
                 raise ValueError(f"top_k_projections: the deconvnet cannot project {layer!r}; "
                                  f"its layers are {', '.join(net.layers)}")
             c, k = found.values.shape
-            s = _box_size(spec, layer, net.input_shape)
+            flat = len(spec[layer].shape) != 3  # a Linear layer's unit: the channel itself
+            s = _window(spec, layer, 0, 0, net.input_shape)[2:]
             projections = torch.zeros((c, k, net.input_shape[0], *s))
             patches = torch.zeros_like(projections)
             boxes = torch.zeros((c, k, 4), dtype=torch.int64)
+            windows = torch.zeros((c, k, 2), dtype=torch.int64)
             # requests sharing an image go together: fewer distinct images to run forward per batch
             units = sorted(((ci, j) for ci in range(c) for j in range(k)), key=lambda u: int(found.images[u]))
             for start in range(0, len(units), batch_size):
@@ -93,7 +109,6 @@ def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, m
                 local = {index: i for i, index in enumerate(wanted)}
                 images = torch.stack([torch.as_tensor(dataset[index][0]) for index in wanted]).float().to(device)
                 requests = []
-                flat = len(spec[layer].shape) != 3  # a Linear layer's unit: the channel itself
                 for ci, j in chunk:
                     h, w = (int(v) for v in found.positions[ci, j])
                     requests.append(Request(local[int(found.images[ci, j])], layer, ci, None if flat else (h, w)))
@@ -101,12 +116,14 @@ def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, m
                 for (ci, j), request, image in zip(chunk, requests, projected):
                     h, w = request.position or (0, 0)
                     top, left, bottom, right = spec.box(layer, h, w)
+                    wt, wl = _window(spec, layer, h, w, net.input_shape)[:2]
                     boxes[ci, j] = torch.tensor((top, left, bottom, right))
-                    projections[ci, j, :, :bottom - top, :right - left] = image[:, top:bottom, left:right]
-                    source = images[request.image].cpu()
-                    patches[ci, j, :, :bottom - top, :right - left] = source[:, top:bottom, left:right]
+                    windows[ci, j] = torch.tensor((wt, wl))
+                    rows, cols = slice(top - wt, bottom - wt), slice(left - wl, right - wl)
+                    projections[ci, j, :, rows, cols] = image[:, top:bottom, left:right]
+                    patches[ci, j, :, rows, cols] = images[request.image].cpu()[:, top:bottom, left:right]
                 bar.update(len(chunk))
-            result[layer] = Projections(layer, projections, patches, boxes)
+            result[layer] = Projections(layer, projections, patches, boxes, windows)
     finally:
         bar.close()
     return result

@@ -120,10 +120,12 @@ def _grid(cells, cols: int, pad: int, fill: int = 255) -> np.ndarray:
     return grid
 
 
-def _map_figure(projections: Tensor, patches: Tensor, boxes: Tensor) -> np.ndarray:
+def _map_figure(projections: Tensor, patches: Tensor, boxes: Tensor, windows: Tensor) -> np.ndarray:
     """One feature map's Fig. 2 tile: the k projections' grid (uint8, ``display_signed``)
-    beside the k patches' grid (uint8); the part of a cell outside a clipped box is blank."""
-    projections, patches, boxes = projections.numpy(), patches.numpy(), boxes.numpy()
+    beside the k patches' grid (uint8), each cell a unit's whole receptive field;
+    the part of a field outside the image is blank."""
+    projections, patches = projections.numpy(), patches.numpy()
+    boxes, windows = boxes.numpy(), windows.numpy()
     k = projections.shape[0]
     cols = math.ceil(math.sqrt(k))
     side = max(projections.shape[-1], projections.shape[-2])
@@ -131,9 +133,10 @@ def _map_figure(projections: Tensor, patches: Tensor, boxes: Tensor) -> np.ndarr
     proj = np.full(projections.shape, 128, dtype=np.uint8)
     patch = np.full(patches.shape, 255, dtype=np.uint8)
     for j in range(k):
-        h, w = boxes[j, 2] - boxes[j, 0], boxes[j, 3] - boxes[j, 1]
-        proj[j, :, :h, :w] = projections[j, :, :h, :w]
-        patch[j, :, :h, :w] = patches[j, :, :h, :w]
+        rows = slice(boxes[j, 0] - windows[j, 0], boxes[j, 2] - windows[j, 0])
+        cols_ = slice(boxes[j, 1] - windows[j, 1], boxes[j, 3] - windows[j, 1])
+        proj[j, :, rows, cols_] = projections[j, :, rows, cols_]
+        patch[j, :, rows, cols_] = patches[j, :, rows, cols_]
     left_grid, right_grid = _grid(proj, cols, 1), _grid(patch, cols, 1)
     gap = np.full((3, left_grid.shape[1], 3), 255, dtype=np.uint8)
     return _upscale(np.concatenate((left_grid, gap, right_grid), axis=2), factor)
@@ -269,7 +272,8 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
             (assets / stem).mkdir()
             maps = []
             for c in range(found["values"].shape[0]):
-                figure = _map_figure(projected["projections"][c], projected["patch_images"][c], projected["boxes"][c])
+                figure = _map_figure(projected["projections"][c], projected["patch_images"][c], projected["boxes"][c],
+                                     projected["windows"][c])
                 file = f"assets/{stem}/map-{c:04d}.png"
                 width, height = _save_png((figure), out / file)
                 values = [float(v) for v in found["values"][c]]

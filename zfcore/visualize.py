@@ -184,8 +184,12 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
         return out / "index.html"
 
     mark = time.perf_counter()
-    projected = top_k_projections(model, dataset, found, mode=mode, batch_size=batch_size, net=net,
-                                  progress=progress)
+    projections_saved = {}
+    for name, t in found.items():  # one layer at a time: only its float windows are held at once
+        projected = top_k_projections(model, dataset, t, mode=mode, batch_size=4 * batch_size, net=net,
+                                      progress=progress)[name]
+        projections_saved[name] = _for_display(loaded, projected)
+        del projected
     timings["projections"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
@@ -202,7 +206,6 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     for name, t in found.items():
         labels = torch.tensor([[dataset.label(int(i)) for i in row] for row in t.images], dtype=torch.int64)
         topk_saved[name] = {**t.as_dict(), "labels": labels}
-    projections_saved = {name: _for_display(loaded, p) for name, p in projected.items()}
     meta = {
         "zfcore": __version__, "model": str(loaded.config.get("model", "model")), "checkpoint": os.fspath(loaded.path),
         "classes": dataset.classes, "model_classes": loaded.classes, "input_shape": list(loaded.input_shape),

@@ -12,8 +12,8 @@ deconvnet stage at layer 1 (a lone transposed convolution compiles to the same
 cuDNN call as eager). About 3 minutes on an H100, most of it compiling. The backend that measures fastest per op is written to
 gpu_preference.json (copy it to zfcore/ops/ to make it the automatic choice).
 
-    python benchmarks/bench_gpu.py                      # on a GPU: writes benchmarks/results/<device>.{json,md}
-    python benchmarks/bench_gpu.py --results-dir $OUT   # elsewhere
+    python benchmarks/bench_gpu.py                      # on a GPU: writes build/bench-results/<device>.{json,md}
+    python benchmarks/bench_gpu.py --results-dir $OUT   # elsewhere (benchmarks/results: the committed ones)
     TRITON_INTERPRET=1 python benchmarks/bench_gpu.py --smoke   # no GPU: tiny shapes, CPU timer, plumbing only
 """
 
@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 import torch
 import torch.nn.functional as F
 
-from common import RESULTS, Timing, environment, time_cpu
+from common import RESULTS, RESULTS_HELP, Timing, environment, time_cpu
 
 import zfcore
 from zfcore.ops import deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
@@ -126,7 +126,7 @@ def main() -> int:
     parser.add_argument("--smoke", action="store_true",
                         help="no GPU needed: tiny shapes on CPU tensors (triton under TRITON_INTERPRET=1)")
     parser.add_argument("--output", default=None, help="results name (default: the device's name)")
-    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results")
+    parser.add_argument("--results-dir", default=None, help=RESULTS_HELP)
     args = parser.parse_args()
 
     device = "cpu" if args.smoke else "cuda"

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from common import Row, environment, time_cpu, write
+from common import RESULTS_HELP, Row, environment, time_cpu, write
 
 import zfcore
 from zfcore.ops import deconv_step, max_pool2d_switches, relu_conv_transpose2d, reference, unpool2d
@@ -52,7 +52,7 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--quick", action="store_true", help="batch 2, fp32, NCHW only, short timings")
     parser.add_argument("--output", default="cpu", help="results name: <results-dir>/<output>.json and .md")
-    parser.add_argument("--results-dir", default=None, help="default: benchmarks/results")
+    parser.add_argument("--results-dir", default=None, help=RESULTS_HELP)
     args = parser.parse_args()
     if args.quick:
         args.batch, args.dtypes, args.min_run_time = 2, "float32", 0.05

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
-from common import Row, Timing, environment, write
+from common import RESULTS_HELP, Row, Timing, environment, write
 
 from zfcore.analysis import top_k
 from zfcore.analysis._stream import LayerTap, batches
@@ -64,7 +64,7 @@ def main() -> int:
     parser.add_argument("--channels", type=int, default=12, help="maps projected per layer")
     parser.add_argument("--repeats", type=int, default=5, help="timed runs per side")
     parser.add_argument("--quick", action="store_true", help="zfnet_small at 64 px")
-    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--results-dir", default=None, help=RESULTS_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -18,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from common import RESULTS, Row, environment, time_cpu, write
+from common import RESULTS_HELP, Row, environment, time_cpu, write
 
 from zfcore.data import SyntheticShapes
 from zfcore.nn import MaxPool2dSwitches
@@ -47,11 +49,30 @@ def linear_baseline(train: SyntheticShapes, test: SyntheticShapes, epochs: int =
                 (model(xt).argmax(1) == test.labels).float().mean().item())
 
 
+def train_command(config: TrainConfig) -> str:
+    """The `zfcore train` command that made the run: every flag whose value
+    differs from the default that the same --model would get. Flags that do not
+    change the result (--resume, --resume-from, --progress) are left out."""
+    default = TrainConfig(model=config.model)
+    words = ["python", "-m", "zfcore", "train", "--out", config.out]
+    for f in dataclasses.fields(TrainConfig):
+        value = getattr(config, f.name)
+        reference = f.default if f.name == "model" else getattr(default, f.name)
+        if f.name in ("out", "resume", "resume_from", "progress") or value == reference:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        if isinstance(value, bool):
+            words.append(flag if value else "--no-" + flag[2:])
+        else:
+            words += [flag, str(value)]
+    return shlex.join(words)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--run", default="runs/measure", help="a finished `zfcore train` run folder")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--results-dir", default=None)
+    parser.add_argument("--results-dir", default=None, help=RESULTS_HELP)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -99,7 +120,7 @@ def main() -> int:
         f"{args.threads} threads (sum of the epochs' seconds in {run}/metrics.jsonl)",
         f"linear classifier on standardized pixels (softmax regression, L-BFGS): test accuracy {linear:.3f} "
         f"(train accuracy {linear_train:.3f}); chance is {1 / len(SyntheticShapes.classes):.3f}",
-        f"train command: python -m zfcore train --out {run} --epochs {config.epochs} --batch-size {config.batch_size}",
+        f"train command: {train_command(config)}",
     ]
     write("train_cpu", [row], environment(args.threads), notes, args.results_dir)
     print("\n".join(notes))

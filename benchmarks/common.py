@@ -19,7 +19,12 @@ import torch
 from torch.utils import benchmark
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-RESULTS = os.path.join(ROOT, "benchmarks", "results")
+# Where results go unless --results-dir says otherwise: a git-ignored folder, so
+# that a run never overwrites the committed tables. Those are refreshed on
+# purpose: --results-dir benchmarks/results.
+RESULTS = os.path.join(ROOT, "build", "bench-results")
+RESULTS_HELP = ("folder of the results (default: build/bench-results, git-ignored; "
+                "--results-dir benchmarks/results refreshes the committed ones)")
 
 
 def cpu_name() -> str:
@@ -95,6 +100,7 @@ class Row:
 def write(name: str, rows: list[Row], env: dict, notes: list[str], directory: str | None = None) -> None:
     directory = directory or RESULTS
     os.makedirs(directory, exist_ok=True)
+    print(f"results: {os.path.join(directory, name)}.json and .md", file=sys.stderr)
     with open(os.path.join(directory, f"{name}.json"), "w") as f:
         json.dump({"environment": env, "notes": notes, "rows": [r.as_dict() for r in rows]}, f, indent=1)
     lines = [f"# zfcore vs pure PyTorch: {name}", "",

@@ -87,8 +87,7 @@ def _backends() -> dict[str, BackendInfo]:
         triton = BackendInfo("triton", "cuda", False,
                              "no CUDA device (TRITON_INTERPRET=1 runs the Triton kernels on CPU tensors, slowly)")
     if not library.CUDA_NATIVE:
-        why = library.NATIVE_ERROR or "zfcore._C was built without CUDA kernels (needs a CUDA torch and nvcc at build)"
-        cuda = BackendInfo("cuda", "cuda", False, why)
+        cuda = BackendInfo("cuda", "cuda", False, library.NATIVE_ERROR or _no_cuda_kernels_reason())
     elif not has_gpu:
         cuda = BackendInfo("cuda", "cuda", False, "built, but no CUDA device is visible")
     else:
@@ -99,6 +98,21 @@ def _backends() -> dict[str, BackendInfo]:
         "triton": triton,
         "cuda": cuda,
     }
+
+
+def _no_cuda_kernels_reason() -> str:
+    """Why zfcore._C has no CUDA kernels, as its build recorded it: setup.py
+    writes _build_info.json beside the library (not committed)."""
+    try:
+        info = json.loads(Path(__file__).parents[1].joinpath("_build_info.json").read_text())
+        note = str(info["cuda"])
+        built = bool(info["cuda_kernels"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return ("zfcore._C was built without CUDA kernels (no build record; they need a CUDA build of torch and "
+                "an nvcc of the same CUDA major version at build)")
+    if built:
+        return f"zfcore._C has no CUDA kernels, yet its build record says it was built with them ({note}): rebuild it"
+    return f"zfcore._C was built without CUDA kernels: {note}"
 
 
 def resolve(op: str, tensor: torch.Tensor, backend: str | None) -> str:

@@ -4,6 +4,7 @@ SIGKILL, torchrun/DDP equivalence, and clear errors for bad input."""
 import json
 import os
 import random
+import re
 import signal
 import subprocess
 import sys
@@ -201,3 +202,56 @@ def test_training_on_an_image_folder_with_a_corrupt_file(tmp_path):
                             capture_output=True, text=True, cwd=REPO, timeout=300)
     assert absent.returncode == 2 and f"data folder {tmp_path / 'nowhere'} does not exist" in absent.stderr
     assert not (tmp_path / "run2" / "LATEST").exists() and not (tmp_path / "run3" / "LATEST").exists()
+
+
+# ---------------------------------------------------------------- flags, saved files, failures
+
+
+@pytest.mark.parametrize("flag,value,expected", [
+    ("epochs", 0, "--epochs must be >= 1"), ("lr", -1.0, "--lr must be > 0"),
+    ("batch_size", -3, "--batch-size must be >= 1"), ("dropout", 1.0, "--dropout must be in [0, 1)"),
+    ("momentum", 1.5, "--momentum must be in [0, 1)"), ("plateau_factor", 2.0, "--plateau-factor must be in (0, 1)"),
+    ("schedule", "linear", "--schedule must be plateau or cosine")])
+def test_numeric_flags_are_range_checked(tmp_path, flag, value, expected):
+    from zfcore.train import TrainConfig
+
+    with pytest.raises(ValueError, match=re.escape(expected)):
+        TrainConfig(out=str(tmp_path / "run"), **{flag: value})
+
+
+def test_cli_says_its_prefix_once_and_leaves_no_folder(tmp_path):
+    out = tmp_path / "run"
+    r = subprocess.run([sys.executable, "-m", "zfcore", "train", "--out", str(out), "--epochs", "0"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and r.stderr.strip() == "zfcore train: --epochs must be >= 1 (got 0)"
+    assert not out.exists()
+    r = subprocess.run([sys.executable, "-m", "zfcore", "train", "--out", str(out), "--data", str(tmp_path / "nope")],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "zfcore train: data folder" in r.stderr and "train: train:" not in r.stderr
+    assert not out.exists()  # the failed run removed the folder it had created
+
+
+def test_saved_files_load_without_unpickling_and_carry_preprocessing(tmp_path):
+    import zfcore
+    from zfcore.train import TrainConfig, train
+
+    out = tmp_path / "run"
+    train(TrainConfig(out=str(out), epochs=1, per_class=8, batch_size=16, progress=False, snapshot_epochs="1"))
+    for path in [out / "model.pt", out / "snapshots" / "epoch-001.pt", *out.glob("checkpoint-*.pt")]:
+        state = torch.load(path, weights_only=True)
+        assert state["zfcore"] == 1 and len(state["classes"]) == 10
+        assert state["preprocess"]["mean"].shape == (3, 64, 64) and state["preprocess"]["scale"] == 1 / 64
+    loaded = zfcore.load(out / "model.pt")
+    assert loaded.classes[0] == "circle" and loaded.history[-1]["epoch"] == 1
+    model = torch.load(out / "model.pt", weights_only=True)["model"]
+    assert all(torch.equal(loaded.model.state_dict()[k], v) for k, v in model.items())
+
+
+def test_demo_recipe_warms_up_and_decays(tmp_path):
+    from zfcore.train import demo_config
+    from zfcore.train.loop import step_lr
+
+    config = demo_config(str(tmp_path / "d"), epochs=10)
+    lrs = [step_lr(config, config.lr, s, 100) for s in range(1000)]
+    assert lrs[0] == pytest.approx(1e-4, rel=0.02) and max(lrs) <= 1e-2 and lrs[-1] < 1e-5
+    assert lrs.index(max(lrs)) < 110

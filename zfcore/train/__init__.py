@@ -1,8 +1,8 @@
 """Training with the paper's recipe: checkpoints, snapshots, torchrun/DDP."""
 
 from .checkpoint import latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, demo_config
 from .loop import build_model, evaluate, renormalize_filters, train
 
-__all__ = ["TrainConfig", "build_model", "evaluate", "latest_checkpoint", "load_checkpoint",
+__all__ = ["TrainConfig", "demo_config", "build_model", "evaluate", "latest_checkpoint", "load_checkpoint",
            "renormalize_filters", "save_checkpoint", "train"]

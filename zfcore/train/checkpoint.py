@@ -78,11 +78,13 @@ def load_checkpoint(path: Path) -> dict:
     """Load one checkpoint file; a truncated or foreign file is a clear error naming it."""
     path = Path(path)
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False)
+        state = torch.load(path, map_location="cpu", weights_only=True)  # untrusted: never unpickle code
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
     except Exception as error:  # torch raises several types for damaged files
-        raise ValueError(f"checkpoint {path} is truncated or not a zfcore checkpoint ({error})") from None
+        first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ValueError(f"checkpoint {path} is truncated, not a zfcore checkpoint, or holds objects other than "
+                         f"tensors, numbers and strings, which are never unpickled ({first})") from None
     if not isinstance(state, dict) or "model" not in state or "config" not in state:
         raise ValueError(f"checkpoint {path} is not a zfcore training checkpoint")
     return state

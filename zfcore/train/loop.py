@@ -12,6 +12,8 @@ process's with the same global batch (up to the all-reduce's float order).
 from __future__ import annotations
 
 import csv
+import math
+import shutil
 import dataclasses
 import io
 import json
@@ -46,7 +48,22 @@ def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
             if isinstance(module, nn.Conv2d | nn.Linear):
                 nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
                 nn.init.zeros_(module.bias)
+    last = [m for m in model.modules() if isinstance(m, nn.Linear)][-1]
+    if config.last_init_std > 0:
+        nn.init.normal_(last.weight, std=config.last_init_std)
+        nn.init.zeros_(last.bias)
     return model
+
+
+def step_lr(config: TrainConfig, base_lr: float, global_step: int, steps_per_epoch: int) -> float:
+    """The lr of one step: the warm-up ramp, then (cosine schedule) the decay to 0."""
+    lr = base_lr
+    warm = config.warmup_epochs * steps_per_epoch
+    if warm > 0:
+        lr *= min(1.0, (global_step + 1) / warm)
+    if config.schedule == "cosine":
+        lr *= 0.5 * (1 + math.cos(math.pi * global_step / (config.epochs * steps_per_epoch)))
+    return lr
 
 
 @torch.no_grad()
@@ -68,8 +85,10 @@ class SyntheticData:
         self.train = SyntheticShapes("train", seed=config.seed, size=config.image_size, per_class=config.per_class)
         self.val = SyntheticShapes("val", seed=config.seed, size=config.image_size, per_class=val_per_class)
         self.num_classes = len(SyntheticShapes.classes)
+        self.classes = list(SyntheticShapes.classes)
         self.mean = self.train.images.double().mean(0).float()
         self.scale = config.input_scale
+        self.resize = None
 
     def __len__(self) -> int:
         return len(self.train)
@@ -104,6 +123,8 @@ class FolderData:
         if self.train.classes != self.val.classes:
             raise ValueError(f"train: {root}/train and {root}/val have different class folders")
         self.num_classes = len(self.train.classes)
+        self.classes = list(self.train.classes)
+        self.resize = resize
         self.mean = mean_image(self.train, max_images=2000)
         self.crop, self.scale = config.image_size, config.input_scale
         self._transform = PaperTransform
@@ -201,7 +222,26 @@ def train(config: TrainConfig) -> dict:
         torch.set_num_threads(config.threads)
     if config.batch_size % world:
         raise ValueError(f"train: batch_size {config.batch_size} must divide among {world} processes")
+    created = not Path(config.out).exists()
     out = _prepare_output(config) if rank == 0 else Path(config.out)
+    try:
+        return _train(config, out, world, rank, distributed, device)
+    except BaseException:
+        # a run that failed before its first checkpoint leaves no folder behind (only one it created)
+        if rank == 0 and created and out.is_dir() and not (out / "LATEST").exists():
+            shutil.rmtree(out, ignore_errors=True)
+        raise
+
+
+def _saved(config: TrainConfig, data, model: nn.Module) -> dict:
+    """What every saved file carries for ``zfcore.load``: plain values and tensors only."""
+    return {"zfcore": 1, "model": model.state_dict(), "classes": list(data.classes),
+            "preprocess": {"mean": data.mean.detach().float().clone(), "scale": float(config.input_scale),
+                           "crop": int(config.image_size), "resize": data.resize},
+            "config": {**dataclasses.asdict(config), "fingerprint": config.model_fingerprint()}}
+
+
+def _train(config: TrainConfig, out: Path, world: int, rank: int, distributed: bool, device) -> dict:
     if distributed:
         dist.barrier()
 
@@ -238,10 +278,9 @@ def train(config: TrainConfig) -> dict:
 
     def checkpoint(epoch_: int, step_: int) -> None:
         if rank == 0:
-            state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(),
+            state = {**_saved(config, data, model), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch_,
-                     "step": step_, "history": history,
-                     "config": {**dataclasses.asdict(config), "fingerprint": config.model_fingerprint()}}
+                     "step": step_, "history": history}
             save_checkpoint(out, state, epoch_ * steps + step_)
         if distributed:
             dist.barrier()
@@ -259,6 +298,10 @@ def train(config: TrainConfig) -> dict:
             flips = torch.rand(len(batch), generator=_seeded(config.seed, epoch, step)) < 0.5
             seeds = torch.randint(2**62, (len(batch),), generator=_seeded(config.seed, epoch, step, 1))
             mine = slice(rank * local, (rank + 1) * local)
+            global_step = epoch * steps + step
+            if config.schedule == "cosine" or global_step < config.warmup_epochs * steps:
+                for group in optimizer.param_groups:  # from the step count alone: a resumed run is identical
+                    group["lr"] = step_lr(config, config.lr, global_step, steps)
             x, y = data.train_batch(batch[mine], flips[mine], seeds[mine])
             loss = F.cross_entropy(net(x.to(device)), y.to(device))
             optimizer.zero_grad(set_to_none=True)
@@ -271,15 +314,15 @@ def train(config: TrainConfig) -> dict:
             if config.checkpoint_every and (epoch * steps + done) % config.checkpoint_every == 0 and done < steps:
                 checkpoint(epoch, done)
         metrics = evaluate(model, data.val_batches(256), device)
-        scheduler.step(metrics["val_top1_error"])
+        if config.schedule == "plateau":
+            scheduler.step(metrics["val_top1_error"])
         epoch, step = epoch + 1, 0
         result = {"epoch": epoch, "train_loss": running / max(1, steps), **metrics,
                   "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - started, 2)}
         history.append(result)
         if rank == 0 and epoch in snapshots:
             (out / "snapshots").mkdir(exist_ok=True)
-            atomic_torch_save({"model": model.state_dict(), "epoch": epoch,
-                               "config": {**dataclasses.asdict(config), "fingerprint": config.model_fingerprint()}},
+            atomic_torch_save({**_saved(config, data, model), "epoch": epoch},
                               out / "snapshots" / f"epoch-{epoch:03d}.pt")
         checkpoint(epoch, 0)
         if rank == 0:
@@ -288,7 +331,5 @@ def train(config: TrainConfig) -> dict:
                   f"{result['val_top1_error']:.3f}, top-5 {result['val_top5_error']:.3f}, lr {result['lr']:g}, "
                   f"{result['seconds']:.1f} s", flush=True)
     if rank == 0:
-        atomic_torch_save({"model": model.state_dict(),
-                           "config": {**dataclasses.asdict(config), "fingerprint": config.model_fingerprint()}},
-                          out / "model.pt")
+        atomic_torch_save({**_saved(config, data, model), "history": history}, out / "model.pt")
     return result

@@ -87,7 +87,7 @@ def _backends() -> dict[str, BackendInfo]:
         triton = BackendInfo("triton", "cuda", False,
                              "no CUDA device (TRITON_INTERPRET=1 runs the Triton kernels on CPU tensors, slowly)")
     if not library.CUDA_NATIVE:
-        cuda = BackendInfo("cuda", "cuda", False, library.NATIVE_ERROR or _no_cuda_kernels_reason())
+        cuda = BackendInfo("cuda", "cuda", False, library.NATIVE_ERROR or _NO_CUDA_KERNELS_REASON)
     elif not has_gpu:
         cuda = BackendInfo("cuda", "cuda", False, "built, but no CUDA device is visible")
     else:
@@ -113,6 +113,11 @@ def _no_cuda_kernels_reason() -> str:
     if built:
         return f"zfcore._C has no CUDA kernels, yet its build record says it was built with them ({note}): rebuild it"
     return f"zfcore._C was built without CUDA kernels: {note}"
+
+
+# Read at import: torch.compile traces the backend choice, and a file read
+# inside it would break the graph.
+_NO_CUDA_KERNELS_REASON = _no_cuda_kernels_reason()
 
 
 def resolve(op: str, tensor: torch.Tensor, backend: str | None) -> str:

@@ -2,8 +2,11 @@
 linear classifier on pixels, and one training step with zfcore's pooling
 against nn.MaxPool2d (same model otherwise, same process).
 
-    python -m zfcore train --out runs/measure --epochs 30 --batch-size 32   # the CNN (times itself)
-    python benchmarks/bench_train.py --run runs/measure
+    python -m zfcore demo --out runs/demo --seed 1        # trains the demo's CNN (times itself)
+    python benchmarks/bench_train.py --run runs/demo/run --results-dir benchmarks/results
+
+The notes name the `zfcore train` command equivalent to the run (from the
+config saved in its model.pt), so every figure can be made again.
 """
 
 from __future__ import annotations
@@ -24,6 +27,7 @@ from common import RESULTS_HELP, Row, environment, time_cpu, write
 
 from zfcore.data import SyntheticShapes
 from zfcore.nn import MaxPool2dSwitches
+from zfcore.load import load
 from zfcore.train import TrainConfig, build_model, evaluate
 
 
@@ -76,14 +80,12 @@ def main() -> int:
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     run = Path(args.run)
-    saved = torch.load(run / "model.pt", weights_only=False)
-    config = TrainConfig(**{k: v for k, v in saved["config"].items() if k != "fingerprint"})
+    loaded = load(run / "model.pt")                     # weights_only=True, the run's own preprocessing
+    config = TrainConfig(**{k: v for k, v in loaded.config.items() if k != "fingerprint"})
     test = SyntheticShapes("test", seed=config.seed, size=config.image_size, per_class=config.per_class // 5)
     train = SyntheticShapes("train", seed=config.seed, size=config.image_size, per_class=config.per_class)
-    model = build_model(config, len(SyntheticShapes.classes))
-    model.load_state_dict(saved["model"])
-    mean = train.images.double().mean(0).float()
-    batches = [((test.images[i:i + 256].float() - mean) * config.input_scale, test.labels[i:i + 256])
+    model = loaded.model
+    batches = [(loaded.preprocess(test.images[i:i + 256]), test.labels[i:i + 256])
                for i in range(0, len(test), 256)]
     cnn = evaluate(model, batches, "cpu")
     history = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -98,7 +100,7 @@ def main() -> int:
         if isinstance(module, MaxPool2dSwitches):
             setattr(theirs, name, nn.MaxPool2d(module.kernel_size, module.stride, module.padding,
                                                ceil_mode=module.ceil_mode))
-    x = (train.images[:128].float() - mean) * config.input_scale
+    x = loaded.preprocess(train.images[:128])
     y = train.labels[:128]
 
     def step(net, optimizer):

@@ -1,6 +1,7 @@
-"""`zfcore demo` end to end on a reduced budget (one epoch), and a check that
-what the report shows is meaningful: the top-9 images of a last-conv-layer map
-share a class far more often than 9 images drawn at random."""
+"""`zfcore demo` end to end on a reduced budget (12 of its 30 epochs, about a
+minute and a half here), and a check that what the report shows is meaningful:
+the top-9 images of a last-conv-layer map share a class far more often than 9
+images drawn at random (an untrained or one-epoch model is at chance)."""
 
 import json
 import subprocess
@@ -25,10 +26,13 @@ def chance_share(all_labels: torch.Tensor, k: int, maps: int, seed: int = 0) -> 
     return majority_share(draws)
 
 
+EPOCHS = 12
+
+
 @pytest.fixture(scope="module")
 def demo_folder(tmp_path_factory):
     out = tmp_path_factory.mktemp("demo")
-    result = subprocess.run([sys.executable, "-m", "zfcore", "demo", "--out", str(out), "--epochs", "1",
+    result = subprocess.run([sys.executable, "-m", "zfcore", "demo", "--out", str(out), "--epochs", str(EPOCHS),
                              "--no-progress"], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
@@ -40,7 +44,7 @@ def test_demo_trains_visualizes_and_prints_the_report(demo_folder):
     assert f"open {index}" in stdout
     assert (out / "run" / "model.pt").is_file() and index.is_file()
     meta = json.loads((out / "report" / "results" / "meta.json").read_text())
-    assert meta["history"] and meta["history"][-1]["epoch"] == 1
+    assert meta["history"] and meta["history"][-1]["epoch"] == EPOCHS
     assert {"top-k", "projections", "rendering"} <= set(meta["timings"])
     if browser.available() is None:
         found = browser.check_report(out / "report")
@@ -60,7 +64,9 @@ def test_top9_of_the_last_conv_layer_share_a_class(demo_folder):
                           per_class=max(1, config["per_class"] // 5))
     observed = majority_share(labels)
     chance = chance_share(val.labels, labels.shape[1], labels.shape[0])
-    assert observed > 1.8 * chance, (observed, chance)
+    assert observed > 1.5 * chance, (observed, chance)
+    # ... and more so than in the first conv layer, whose maps respond to edges and colours
+    assert observed > majority_share(topk["conv1"]["labels"]) + 0.1
 
 
 def test_demo_reuses_a_finished_run(demo_folder):

@@ -40,10 +40,14 @@ def module_order(model: nn.Module) -> dict[str, int]:
 
 class LayerTap:
     """Context manager: during ``tap(x)`` the outputs of ``layers`` are captured
-    (detached) and the forward stops after the last of them has run."""
+    (detached) and the forward stops after the last of them has run.
 
-    def __init__(self, model: nn.Module, layers: Sequence[str]):
-        self.model, self.layers = model, list(layers)
+    With ``reduce``, what is kept of a layer's output is ``reduce(output)``,
+    computed in the hook: the output itself can then be freed as soon as the
+    next layer has read it (a streaming pass holds no layer's maps)."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], reduce=None):
+        self.model, self.layers, self.reduce = model, list(layers), reduce
         self.outputs: dict[str, Tensor] = {}
         self._handles = []
 
@@ -63,7 +67,8 @@ class LayerTap:
         def hook(_module, _inputs, output):
             if not isinstance(output, Tensor):
                 raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a Tensor")
-            self.outputs[name] = output.detach()
+            output = output.detach()
+            self.outputs[name] = output if self.reduce is None else self.reduce(output)
             if len(self.outputs) == len(self.layers):
                 raise _Stop
         return hook

@@ -205,11 +205,11 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
     bar = tqdm(total=len(shard), initial=done, desc="top-k", unit="img", disable=not progress or rank != 0,
                leave=False)
     try:
-        with LayerTap(model, layers) as tap:
+        with LayerTap(model, layers, reduce=map_maxima) as tap:   # maxima taken in the hooks
             for i, (images, _labels, indices) in enumerate(batches(dataset, shard[done:], batch_size, num_workers)):
                 outputs = tap(images.to(device))
                 for name in layers:
-                    values, positions = map_maxima(outputs[name])
+                    values, positions = outputs[name]
                     running[name].add(values, positions, indices)
                 done += len(indices)
                 bar.update(len(indices))

@@ -1,8 +1,6 @@
 // Pooling-window geometry shared by every native backend (CPU and CUDA).
 //
-// The Python layer (zfcore/ops/checks.py) validates arguments with messages that
-// name the argument; the checks here only keep the kernels memory-safe when an op
-// is called directly through torch.ops.zfcore.*.
+// Argument checks: csrc/checks.h.
 #pragma once
 
 #include <torch/all.h>
@@ -27,21 +25,6 @@ inline int64_t pool_output_size(int64_t in, int64_t k, int64_t s, int64_t p, boo
 struct PoolGeometry {
   int64_t kh, kw, sh, sw, ph, pw;
 };
-
-inline PoolGeometry check_pool_geometry(const char* op, at::IntArrayRef kernel_size,
-                                        at::IntArrayRef stride, at::IntArrayRef padding) {
-  TORCH_CHECK(kernel_size.size() == 2 && stride.size() == 2 && padding.size() == 2, op,
-              ": kernel_size, stride and padding must have two elements each");
-  PoolGeometry g{kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1]};
-  TORCH_CHECK(g.kh > 0 && g.kw > 0, op, ": kernel_size must be positive (got ", kernel_size, ")");
-  TORCH_CHECK(g.kh * g.kw <= 256, op, ": kernel_size window must hold at most 256 elements (got ",
-              kernel_size, ")");
-  TORCH_CHECK(g.sh > 0 && g.sw > 0, op, ": stride must be positive (got ", stride, ")");
-  TORCH_CHECK(g.ph >= 0 && g.pw >= 0 && 2 * g.ph <= g.kh && 2 * g.pw <= g.kw, op,
-              ": padding must be non-negative and at most half of kernel_size (got padding ", padding,
-              ", kernel_size ", kernel_size, ")");
-  return g;
-}
 
 // True when a 4-D tensor should be computed (and returned) in channels-last
 // layout. The Python fake kernels use the same rule.

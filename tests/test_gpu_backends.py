@@ -116,6 +116,12 @@ def test_switches_outside_their_window_write_nothing(backend):
     x = on(backend, torch.randn(1, 1, 6, 6))
     gathered = _namespace(backend).gather_switches(x, bad, [2, 2], [2, 2], [0, 0])
     assert gathered.shape == (1, 1, 3, 3) and bool((gathered == 0).all())
+    # Switch 12 of a 3x3 window is row 4, column 0: outside the window but inside
+    # x (the CPU backend raises; a GPU kernel must not read that element).
+    x7 = on(backend, torch.arange(1.0, 50.0).view(1, 1, 7, 7))
+    inside_x = on(backend, torch.full((1, 1, 3, 3), 12, dtype=torch.uint8))
+    assert bool((_namespace(backend).gather_switches(x7, inside_x, [3, 3], [2, 2], [0, 0]) == 0).all())
+    assert bool((unpool2d(y, inside_x, 3, 2, output_size=(7, 7), backend=backend) == 0).all())
 
 
 def test_automatic_choice_follows_the_measured_table():

@@ -2,6 +2,7 @@
 the fallback without the native library, and errors for bad input."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -20,8 +21,28 @@ REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ops = torch.ops.zfcore
 
 
-def test_python_schemas_equal_native_ones():
+def _cpp_schemas() -> dict[str, str]:
+    """The schemas as csrc/registration.cpp writes them (m.def string literals)."""
+    source = open(os.path.join(REPO, "csrc", "registration.cpp")).read()
+    schemas = {}
+    for block in re.findall(r"m\.def\(((?:\s*\"[^\"]*\")+)\s*\)", source):
+        text = "".join(re.findall(r"\"([^\"]*)\"", block))
+        schemas[text.split("(")[0]] = text
+    return schemas
+
+
+def test_python_schemas_equal_the_cpp_ones():
+    """zfcore/ops/schemas.py (used without the native library) against the
+    source of csrc/registration.cpp, whether or not the library is built."""
+    cpp = _cpp_schemas()
+    assert sorted(cpp) == sorted(SCHEMAS)
     for name, schema in SCHEMAS.items():
+        assert torch._C.parse_schema(f"zfcore::{schema}") == torch._C.parse_schema(f"zfcore::{cpp[name]}"), name
+
+
+@pytest.mark.skipif(not NATIVE, reason="native library not built")
+def test_registered_schemas_are_the_native_ones():
+    for name, schema in _cpp_schemas().items():
         assert str(getattr(ops, name).default._schema) == str(torch._C.parse_schema(f"zfcore::{schema}")), name
 
 
@@ -187,9 +208,9 @@ def test_bad_input_gets_a_clear_error(call, error, message):
 @pytest.mark.skipif(not NATIVE, reason="native library not built")
 def test_native_kernels_reject_switches_that_point_outside():
     y = torch.randn(1, 1, 3, 3)
-    with pytest.raises(RuntimeError, match="outside their 2x2 window"):
+    with pytest.raises(ValueError, match="outside their 2x2 window"):
         ops.unpool2d(y, torch.full((1, 1, 3, 3), 9, dtype=torch.uint8), [2, 2], [2, 2], [0, 0], [6, 6])
-    with pytest.raises(RuntimeError, match="into the padding"):  # offset 0 of a padded corner window
+    with pytest.raises(ValueError, match="into the padding"):  # offset 0 of a padded corner window
         ops.unpool2d(y, torch.zeros(1, 1, 3, 3, dtype=torch.uint8), [2, 2], [2, 2], [1, 1], [5, 5])
-    with pytest.raises(RuntimeError, match="point outside x"):
+    with pytest.raises(ValueError, match="gather_switches: switches point outside their 2x2 window or into the padding"):
         ops.gather_switches(torch.randn(1, 1, 5, 5), torch.zeros(1, 1, 3, 3, dtype=torch.uint8), [2, 2], [2, 2], [1, 1])

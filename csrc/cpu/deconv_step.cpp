@@ -12,8 +12,9 @@
 // channels innermost, so the inner loop is a vectorized axpy over channels.
 // The work is proportional to the nonzeros, not to the map: measured against
 // unpool + relu + oneDNN's transposed convolution in benchmarks/results/cpu.md.
-// Dense unpooled maps (pooling stride 1), and bfloat16/float16 layers with more
-// than 4 output channels per group, take that composition instead.
+// Dense unpooled maps (pooling stride 1), bfloat16/float16 layers with more
+// than 4 output channels per group, and weights holding NaN or infinity take
+// that composition instead.
 #include <ATen/Dispatch.h>
 #include <ATen/Parallel.h>
 #include <torch/all.h>
@@ -21,7 +22,7 @@
 #include <atomic>
 #include <vector>
 
-#include "../pool_geometry.h"
+#include "../checks.h"
 #include "fresh_output.h"
 #include "unpool.h"
 
@@ -118,39 +119,32 @@ at::Tensor deconv_step_cpu(const at::Tensor& y, const at::Tensor& switches, cons
                            at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef unpooled_size,
                            at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                            int64_t groups, at::IntArrayRef dilation) {
-  const PoolGeometry pg = check_pool_geometry("deconv_step", pool_kernel_size, pool_stride, pool_padding);
-  TORCH_CHECK(y.dim() == 4 && weight.dim() == 4, "deconv_step: y and weight must be 4-D");
-  TORCH_CHECK(unpooled_size.size() == 2 && stride.size() == 2 && padding.size() == 2 && output_padding.size() == 2 &&
-                  dilation.size() == 2,
-              "deconv_step: unpooled_size, stride, padding, output_padding and dilation must have two elements");
-  const int64_t OH = y.size(2), OW = y.size(3), H = unpooled_size[0], W = unpooled_size[1];
+  const auto checked = check_deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding,
+                                         unpooled_size, stride, padding, output_padding, groups, dilation);
+  const PoolShape& pool = checked.first;
+  const ConvShape& conv = checked.second;
+  const PoolGeometry& pg = pool.g;
+  const int64_t OH = pool.OH, OW = pool.OW, H = pool.H, W = pool.W;
   const at::MemoryFormat fmt = memory_format_of(y);
   // Dense unpooled maps, and half types with many output channels, where
   // oneDNN's reduced-precision GEMM runs at twice its float32 speed: the
   // composition wins (measured in benchmarks/results/cpu.md).
   const bool reduced = y.scalar_type() == at::kHalf || y.scalar_type() == at::kBFloat16;
   const bool few_outputs = weight.dim() == 4 && groups > 0 && weight.size(1) <= 4;
-  if (2 * OH * OW > H * W || (reduced && !few_outputs)) {
+  // The sparse kernel skips the zeros of the rectified map, so a NaN or an
+  // infinity in the weight would not reach the outputs those zeros touch
+  // (0 * NaN is NaN): such a weight takes the composition, as on every backend.
+  const bool finite_weight = at::isfinite(weight).all().item<bool>();
+  if (2 * OH * OW > H * W || (reduced && !few_outputs) || !finite_weight) {
     const at::Tensor rectified =
         unpool2d_cpu_impl(y, switches, pool_kernel_size, pool_stride, pool_padding, unpooled_size, true);
     return at::conv_transpose2d(rectified, weight, bias, stride, padding, output_padding, groups, dilation)
         .contiguous(fmt);
   }
-  TORCH_CHECK(switches.scalar_type() == at::kByte && switches.sizes() == y.sizes(),
-              "deconv_step: switches must be uint8 with the shape of y ", y.sizes());
-  TORCH_CHECK(groups > 0 && y.size(1) == weight.size(0) && weight.size(0) % groups == 0,
-              "deconv_step: weight ", weight.sizes(), " does not fit y ", y.sizes(), " with groups ", groups);
-  TORCH_CHECK(weight.scalar_type() == y.scalar_type(), "deconv_step: weight must have y's dtype");
-  const int64_t N = y.size(0), C = y.size(1), KH = weight.size(2), KW = weight.size(3);
-  const int64_t Cout = weight.size(1) * groups;
-  const int64_t HO = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (KH - 1) + output_padding[0] + 1;
-  const int64_t WO = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (KW - 1) + output_padding[1] + 1;
-  TORCH_CHECK(HO > 0 && WO > 0, "deconv_step: the transposed convolution's output would be empty");
+  const int64_t N = y.size(0), C = y.size(1), KH = conv.kh, KW = conv.kw;
+  const int64_t Cout = conv.cout, HO = conv.ho, WO = conv.wo;
   at::Tensor bias_c;
-  if (bias.has_value() && bias->defined()) {
-    TORCH_CHECK(bias->dim() == 1 && bias->size(0) == Cout, "deconv_step: bias must have ", Cout, " elements");
-    bias_c = bias->contiguous();
-  }
+  if (bias.has_value() && bias->defined()) bias_c = bias->contiguous();
   at::Tensor out = empty_output({N, Cout, HO, WO}, y.options().memory_format(fmt));
   if (out.numel() == 0) return out;
   const at::Tensor ys = y.contiguous(), ss = switches.contiguous();
@@ -172,7 +166,7 @@ at::Tensor deconv_step_cpu(const at::Tensor& y, const at::Tensor& switches, cons
       default: run(sparse_deconv<scalar_t, 0>);
     }
   });
-  TORCH_CHECK(!outside.load(), "deconv_step: switches point outside their ", pg.kh, "x", pg.kw,
+  TORCH_CHECK_VALUE(!outside.load(), "deconv_step: switches point outside their ", pg.kh, "x", pg.kw,
               " window or into the padding of the ", H, "x", W, " unpooled map");
   return out;
 }

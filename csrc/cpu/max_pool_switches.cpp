@@ -17,7 +17,7 @@
 #include <limits>
 #include <vector>
 
-#include "../pool_geometry.h"
+#include "../checks.h"
 #include "fresh_output.h"
 
 namespace zfcore {
@@ -158,13 +158,9 @@ void pool_nhwc(const scalar_t* in, scalar_t* out, uint8_t* sw, int64_t N, int64_
 std::tuple<at::Tensor, at::Tensor> max_pool2d_switches_cpu(const at::Tensor& x, at::IntArrayRef kernel_size,
                                                            at::IntArrayRef stride, at::IntArrayRef padding,
                                                            bool ceil_mode) {
-  const PoolGeometry g = check_pool_geometry("max_pool2d_switches", kernel_size, stride, padding);
-  TORCH_CHECK(x.dim() == 4, "max_pool2d_switches: x must be 4-D [N, C, H, W] (got ", x.dim(), "-D)");
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t OH = pool_output_size(H, g.kh, g.sh, g.ph, ceil_mode);
-  const int64_t OW = pool_output_size(W, g.kw, g.sw, g.pw, ceil_mode);
-  TORCH_CHECK(OH > 0 && OW > 0, "max_pool2d_switches: x of spatial size ", H, "x", W,
-              " is too small for kernel_size ", kernel_size, " and padding ", padding);
+  const PoolShape shape = check_max_pool2d_switches(x, kernel_size, stride, padding, ceil_mode);
+  const PoolGeometry& g = shape.g;
+  const int64_t N = shape.N, C = shape.C, H = shape.H, W = shape.W, OH = shape.OH, OW = shape.OW;
   const at::MemoryFormat fmt = memory_format_of(x);
   const at::Tensor src = x.contiguous(fmt);
   at::Tensor out = empty_output({N, C, OH, OW}, x.options().memory_format(fmt));

@@ -7,7 +7,7 @@
 // against the unfused PyTorch composition.
 #include <torch/all.h>
 
-#include "../pool_geometry.h"
+#include "../checks.h"
 
 namespace zfcore {
 namespace {
@@ -16,8 +16,7 @@ at::Tensor relu_conv_transpose2d_cpu(const at::Tensor& y, const at::Tensor& weig
                                      const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                      at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
                                      at::IntArrayRef dilation) {
-  TORCH_CHECK(y.dim() == 4, "relu_conv_transpose2d: y must be 4-D [N, C, H, W] (got ", y.dim(), "-D)");
-  TORCH_CHECK(weight.dim() == 4, "relu_conv_transpose2d: weight must be 4-D (got ", weight.dim(), "-D)");
+  check_relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation);
   // Every backend returns y's layout (ATen's would also follow a channels-last weight).
   return at::conv_transpose2d(at::relu(y), weight, bias, stride, padding, output_padding, groups, dilation)
       .contiguous(memory_format_of(y));

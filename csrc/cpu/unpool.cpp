@@ -22,7 +22,7 @@
 #include <limits>
 #include <vector>
 
-#include "../pool_geometry.h"
+#include "../checks.h"
 #include "fresh_output.h"
 
 namespace zfcore {
@@ -125,31 +125,16 @@ void unpool_nhwc(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t N, i
   });
 }
 
-void check_switches(const char* op, const at::Tensor& switches, const at::Tensor& like) {
-  TORCH_CHECK(switches.scalar_type() == at::kByte, op, ": switches must be uint8 (got ", switches.scalar_type(), ")");
-  TORCH_CHECK(switches.sizes() == like.sizes(), op, ": switches must have the shape of the pooled tensor ",
-              like.sizes(), " (got ", switches.sizes(), ")");
-  TORCH_CHECK(switches.device() == like.device(), op, ": switches must be on ", like.device(), " (got ",
-              switches.device(), ")");
-}
-
 }  // namespace
 
 at::Tensor unpool2d_cpu_impl(const at::Tensor& y, const at::Tensor& switches, at::IntArrayRef kernel_size,
                              at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_size,
                              bool relu) {
+  // Arguments checked by the caller (check_unpool2d, or check_deconv_step).
   const char* op = relu ? "deconv_step" : "unpool2d";
-  const PoolGeometry g = check_pool_geometry(op, kernel_size, stride, padding);
-  TORCH_CHECK(y.dim() == 4, op, ": y must be 4-D [N, C, H, W] (got ", y.dim(), "-D)");
-  check_switches(op, switches, y);
-  TORCH_CHECK(output_size.size() == 2, op, ": output_size must have two elements");
+  const PoolGeometry g{kernel_size[0], kernel_size[1], stride[0], stride[1], padding[0], padding[1]};
   const int64_t N = y.size(0), C = y.size(1), OH = y.size(2), OW = y.size(3);
   const int64_t H = output_size[0], W = output_size[1];
-  auto pools_to = [&](int64_t in, int64_t k, int64_t s, int64_t p, int64_t out) {
-    return in > 0 && (pool_output_size(in, k, s, p, false) == out || pool_output_size(in, k, s, p, true) == out);
-  };
-  TORCH_CHECK(pools_to(H, g.kh, g.sh, g.ph, OH) && pools_to(W, g.kw, g.sw, g.pw, OW), op, ": output_size ",
-              output_size, " cannot be pooled to y's spatial size ", OH, "x", OW);
   const at::MemoryFormat fmt = memory_format_of(y);
   const at::Tensor ys = y.contiguous(fmt), ss = switches.contiguous(fmt);
   at::Tensor x = empty_output({N, C, H, W}, y.options().memory_format(fmt));
@@ -167,7 +152,7 @@ at::Tensor unpool2d_cpu_impl(const at::Tensor& y, const at::Tensor& switches, at
            : unpool_nchw<scalar_t, false>(yp, sp, xp, N * C, H, W, OH, OW, g, outside);
     }
   });
-  TORCH_CHECK(!outside.load(), op, ": switches point outside their ", g.kh, "x", g.kw,
+  TORCH_CHECK_VALUE(!outside.load(), op, ": switches point outside their ", g.kh, "x", g.kw,
               " window or into the padding of the ", H, "x", W,
               " output; they must come from max_pool2d_switches with the same parameters");
   return x;
@@ -177,19 +162,16 @@ namespace {
 
 at::Tensor unpool2d_cpu(const at::Tensor& y, const at::Tensor& switches, at::IntArrayRef kernel_size,
                         at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_size) {
+  check_unpool2d(y, switches, kernel_size, stride, padding, output_size);
   return unpool2d_cpu_impl(y, switches, kernel_size, stride, padding, output_size, false);
 }
 
 at::Tensor gather_switches_cpu(const at::Tensor& x, const at::Tensor& switches, at::IntArrayRef kernel_size,
                                at::IntArrayRef stride, at::IntArrayRef padding) {
-  const PoolGeometry g = check_pool_geometry("gather_switches", kernel_size, stride, padding);
-  TORCH_CHECK(x.dim() == 4 && switches.dim() == 4, "gather_switches: x and switches must be 4-D");
-  TORCH_CHECK(switches.scalar_type() == at::kByte, "gather_switches: switches must be uint8 (got ",
-              switches.scalar_type(), ")");
-  TORCH_CHECK(switches.size(0) == x.size(0) && switches.size(1) == x.size(1),
-              "gather_switches: switches ", switches.sizes(), " do not match x ", x.sizes());
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t OH = switches.size(2), OW = switches.size(3);
+  const PoolShape shape = check_gather_switches(x, switches, kernel_size, stride, padding);
+  const PoolGeometry& g = shape.g;
+  const int64_t N = shape.N, C = shape.C, H = shape.H, W = shape.W, OH = shape.OH, OW = shape.OW;
+  const int64_t window = g.kh * g.kw;
   const at::MemoryFormat fmt = memory_format_of(x);
   const at::Tensor xs = x.contiguous(fmt), ss = switches.contiguous(fmt);
   at::Tensor y = empty_output({N, C, OH, OW}, x.options().memory_format(fmt));
@@ -208,8 +190,11 @@ at::Tensor gather_switches_cpu(const at::Tensor& x, const at::Tensor& switches, 
         } else {
           ow = e % OW; oh = (e / OW) % OH; c = (e / (OW * OH)) % C; n = e / (OW * OH * C);
         }
-        const int64_t ih = oh * g.sh - g.ph + sp[e] / g.kw, iw = ow * g.sw - g.pw + sp[e] % g.kw;
-        if (ih < 0 || ih >= H || iw < 0 || iw >= W) {
+        const int64_t off = sp[e];
+        const int64_t ih = oh * g.sh - g.ph + off / g.kw, iw = ow * g.sw - g.pw + off % g.kw;
+        // A switch outside its window (off >= kh*kw) would read another window's
+        // element: refused like one into the padding.
+        if (off >= window || ih < 0 || ih >= H || iw < 0 || iw >= W) {
           out_of_range.store(true, std::memory_order_relaxed);
           yp[e] = scalar_t(0);
           continue;
@@ -218,8 +203,9 @@ at::Tensor gather_switches_cpu(const at::Tensor& x, const at::Tensor& switches, 
       }
     });
   });
-  TORCH_CHECK(!out_of_range.load(), "gather_switches: switches point outside x of spatial size ", H, "x", W,
-              " for kernel_size ", kernel_size, ", stride ", stride, ", padding ", padding);
+  TORCH_CHECK_VALUE(!out_of_range.load(), "gather_switches: switches point outside their ", g.kh, "x", g.kw,
+                    " window or into the padding of x of spatial size ", H, "x", W,
+                    "; they must come from max_pool2d_switches with the same parameters");
   return y;
 }
 

@@ -16,14 +16,10 @@ at::Tensor deconv_step_cuda(const at::Tensor& y, const at::Tensor& switches, con
                             at::IntArrayRef pool_stride, at::IntArrayRef pool_padding, at::IntArrayRef unpooled_size,
                             at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_padding,
                             int64_t groups, at::IntArrayRef dilation) {
-  const PoolGeometry pg = check_pool_geometry("deconv_step", pool_kernel_size, pool_stride, pool_padding);
-  TORCH_CHECK(y.dim() == 4, "deconv_step: y must be 4-D [N, C, OH, OW] (got ", y.dim(), "-D)");
-  TORCH_CHECK(switches.scalar_type() == at::kByte && switches.sizes() == y.sizes(),
-              "deconv_step: switches must be uint8 with the shape of y ", y.sizes());
-  TORCH_CHECK(unpooled_size.size() == 2, "deconv_step: unpooled_size must have two elements");
-  cuda::check_cuda("deconv_step", "switches", switches, y);
-  return cuda::launch_conv_transpose("deconv_step", y, switches, weight, bias, {unpooled_size[0], unpooled_size[1]},
-                                     stride, padding, output_padding, groups, dilation, pg);
+  const auto checked = check_deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding,
+                                         unpooled_size, stride, padding, output_padding, groups, dilation);
+  return cuda::launch_conv_transpose(y, switches, weight, bias, {checked.first.H, checked.first.W}, checked.second,
+                                     checked.first.g);
 }
 
 TORCH_LIBRARY_IMPL(zfcore, CUDA, m) { m.impl("deconv_step", &deconv_step_cuda); }

@@ -12,7 +12,7 @@
 #include <cstdlib>
 #include <initializer_list>
 
-#include "../pool_geometry.h"
+#include "../checks.h"
 #include "kernel_common.cuh"
 
 namespace zfcore {
@@ -52,10 +52,12 @@ inline Pool pool_of(const PoolGeometry& g) {
           static_cast<int>(g.sw), static_cast<int>(g.ph), static_cast<int>(g.pw)};
 }
 
-inline void check_cuda(const char* op, const char* name, const at::Tensor& t, const at::Tensor& like) {
-  TORCH_CHECK(t.is_cuda() && t.device() == like.device(), op, ": ", name, " must be on ", like.device(), " (got ",
-              t.device(), ")");
+}  // namespace cuda
+
+// The dispatcher sends CUDA tensors here; the check that the other tensors are
+// on the same device is in csrc/checks.h.
+inline void check_cuda_tensor(const char* op, const char* name, const at::Tensor& t) {
+  TORCH_CHECK_VALUE(t.is_cuda(), op, ": ", name, " must be a CUDA tensor (got ", t.device(), ")");
 }
 
-}  // namespace cuda
 }  // namespace zfcore

@@ -56,13 +56,10 @@ namespace zfcore {
 std::tuple<at::Tensor, at::Tensor> max_pool2d_switches_cuda(const at::Tensor& x, at::IntArrayRef kernel_size,
                                                             at::IntArrayRef stride, at::IntArrayRef padding,
                                                             bool ceil_mode) {
-  TORCH_CHECK(x.dim() == 4, "max_pool2d_switches: x must be 4-D [N, C, H, W] (got ", x.dim(), "-D)");
-  const PoolGeometry pg = check_pool_geometry("max_pool2d_switches", kernel_size, stride, padding);
-  const int64_t N = x.size(0), C = x.size(1), H = x.size(2), W = x.size(3);
-  const int64_t OH = pool_output_size(H, pg.kh, pg.sh, pg.ph, ceil_mode);
-  const int64_t OW = pool_output_size(W, pg.kw, pg.sw, pg.pw, ceil_mode);
-  TORCH_CHECK(OH > 0 && OW > 0, "max_pool2d_switches: input ", x.sizes(), " is too small for kernel_size ",
-              kernel_size);
+  const PoolShape shape = check_max_pool2d_switches(x, kernel_size, stride, padding, ceil_mode);
+  check_cuda_tensor("max_pool2d_switches", "x", x);
+  const PoolGeometry& pg = shape.g;
+  const int64_t N = shape.N, C = shape.C, H = shape.H, W = shape.W, OH = shape.OH, OW = shape.OW;
   const c10::cuda::CUDAGuard guard(x.device());
   const auto format = memory_format_of(x);
   auto out = at::empty({N, C, OH, OW}, x.options().memory_format(format));

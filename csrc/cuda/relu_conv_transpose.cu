@@ -13,9 +13,9 @@ at::Tensor relu_conv_transpose2d_cuda(const at::Tensor& y, const at::Tensor& wei
                                       const std::optional<at::Tensor>& bias, at::IntArrayRef stride,
                                       at::IntArrayRef padding, at::IntArrayRef output_padding, int64_t groups,
                                       at::IntArrayRef dilation) {
-  TORCH_CHECK(y.dim() == 4, "relu_conv_transpose2d: y must be 4-D [N, C, H, W] (got ", y.dim(), "-D)");
-  return cuda::launch_conv_transpose("relu_conv_transpose2d", y, std::nullopt, weight, bias, {y.size(2), y.size(3)},
-                                     stride, padding, output_padding, groups, dilation, PoolGeometry{1, 1, 1, 1, 0, 0});
+  const ConvShape conv = check_relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation);
+  return cuda::launch_conv_transpose(y, std::nullopt, weight, bias, {y.size(2), y.size(3)}, conv,
+                                     PoolGeometry{1, 1, 1, 1, 0, 0});
 }
 
 TORCH_LIBRARY_IMPL(zfcore, CUDA, m) { m.impl("relu_conv_transpose2d", &relu_conv_transpose2d_cuda); }

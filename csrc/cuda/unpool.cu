@@ -57,15 +57,10 @@ namespace zfcore {
 
 at::Tensor unpool2d_cuda(const at::Tensor& y, const at::Tensor& switches, at::IntArrayRef kernel_size,
                          at::IntArrayRef stride, at::IntArrayRef padding, at::IntArrayRef output_size) {
-  TORCH_CHECK(y.dim() == 4, "unpool2d: y must be 4-D [N, C, OH, OW] (got ", y.dim(), "-D)");
-  TORCH_CHECK(switches.scalar_type() == at::kByte && switches.sizes() == y.sizes(),
-              "unpool2d: switches must be uint8 with the shape of y");
-  TORCH_CHECK(output_size.size() == 2, "unpool2d: output_size must have two elements");
-  cuda::check_cuda("unpool2d", "switches", switches, y);
-  const PoolGeometry pg = check_pool_geometry("unpool2d", kernel_size, stride, padding);
-  const int64_t N = y.size(0), C = y.size(1), OH = y.size(2), OW = y.size(3);
-  const int64_t H = output_size[0], W = output_size[1];
-  TORCH_CHECK(H >= 0 && W >= 0, "unpool2d: output_size must be non-negative");
+  const PoolShape shape = check_unpool2d(y, switches, kernel_size, stride, padding, output_size);
+  check_cuda_tensor("unpool2d", "y", y);
+  const PoolGeometry& pg = shape.g;
+  const int64_t N = shape.N, C = shape.C, H = shape.H, W = shape.W, OH = shape.OH, OW = shape.OW;
   const c10::cuda::CUDAGuard guard(y.device());
   const auto format = memory_format_of(y);
   auto out = at::empty({N, C, H, W}, y.options().memory_format(format));
@@ -89,13 +84,10 @@ at::Tensor unpool2d_cuda(const at::Tensor& y, const at::Tensor& switches, at::In
 
 at::Tensor gather_switches_cuda(const at::Tensor& x, const at::Tensor& switches, at::IntArrayRef kernel_size,
                                 at::IntArrayRef stride, at::IntArrayRef padding) {
-  TORCH_CHECK(x.dim() == 4 && switches.dim() == 4, "gather_switches: x and switches must be 4-D");
-  TORCH_CHECK(switches.scalar_type() == at::kByte, "gather_switches: switches must be uint8");
-  TORCH_CHECK(switches.size(0) == x.size(0) && switches.size(1) == x.size(1),
-              "gather_switches: switches must have x's batch and channels");
-  cuda::check_cuda("gather_switches", "switches", switches, x);
-  const PoolGeometry pg = check_pool_geometry("gather_switches", kernel_size, stride, padding);
-  const int64_t C = x.size(1), H = x.size(2), W = x.size(3), OH = switches.size(2), OW = switches.size(3);
+  const PoolShape shape = check_gather_switches(x, switches, kernel_size, stride, padding);
+  check_cuda_tensor("gather_switches", "x", x);
+  const PoolGeometry& pg = shape.g;
+  const int64_t C = shape.C, H = shape.H, W = shape.W, OH = shape.OH, OW = shape.OW;
   const c10::cuda::CUDAGuard guard(x.device());
   const auto format = memory_format_of(x);
   auto out = at::empty(switches.sizes(), x.options().memory_format(format));

@@ -3,7 +3,14 @@
 Every message names the op and the argument and says what was expected, e.g.
 ``unpool2d: switches must be uint8 with the shape of y [2, 3, 4, 4] (got int64 [2, 3, 4, 4])``.
 Checks raise ``ValueError``/``TypeError``; they run before any backend is chosen,
-so every backend sees the same valid arguments.
+so every backend sees the same valid arguments. The registered ops
+(``torch.ops.zfcore.*``) check their arguments again in C++ (csrc/checks.h),
+and where an op runs Python code instead (the reference fallback, the Triton
+launchers) ``registered`` runs these checks on the op's raw arguments.
+
+Switch values are data: the CPU backends raise on a switch outside its window
+or into the padding (``switch_values`` for the reference); GPU kernels cannot
+raise, and there such a switch contributes nothing.
 """
 
 from __future__ import annotations
@@ -31,10 +38,10 @@ def pair(op: str, name: str, value, *, minimum: int) -> Pair:
         if isinstance(value, torch.Size | Sequence) and not isinstance(value, str) and len(value) == 1:
             value = (value[0], value[0])
         if isinstance(value, bool) or not (
-                isinstance(value, int) or isinstance(value, torch.Size | Sequence) and len(value) == 2
-                and all(isinstance(v, int) and not isinstance(v, bool) for v in value)):
+                isinstance(value, int | torch.SymInt) or isinstance(value, torch.Size | Sequence) and len(value) == 2
+                and all(isinstance(v, int | torch.SymInt) and not isinstance(v, bool) for v in value)):
             raise TypeError(f"{op}: {name} must be an int or a pair of ints (got {value!r})")
-        result = (int(value), int(value)) if isinstance(value, int) else (int(value[0]), int(value[1]))
+        result = (value, value) if isinstance(value, int | torch.SymInt) else (value[0], value[1])
     if result[0] < minimum or result[1] < minimum:
         raise ValueError(f"{op}: {name} must be >= {minimum} (got {result})")
     return result
@@ -60,16 +67,19 @@ def same_device(op: str, **tensors) -> None:
         raise ValueError(f"{op}: all tensors must be on one device (got {listed})")
 
 
-def pool_geometry(op: str, kernel_size, stride, padding) -> tuple[Pair, Pair, Pair]:
-    """Normalize and check pooling parameters; ``stride=None`` means the kernel size."""
-    k = pair(op, "kernel_size", kernel_size, minimum=1)
-    s = k if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else pair(op, "stride", stride, minimum=1)
-    p = pair(op, "padding", padding, minimum=0)
+def pool_geometry(op: str, kernel_size, stride, padding,
+                  names: tuple[str, str, str] = ("kernel_size", "stride", "padding")) -> tuple[Pair, Pair, Pair]:
+    """Normalize and check pooling parameters; ``stride=None`` means the kernel size.
+    ``names``: the arguments' names in the op's signature."""
+    kn, sn, pn = names
+    k = pair(op, kn, kernel_size, minimum=1)
+    s = k if stride is None or (isinstance(stride, Sequence) and len(stride) == 0) else pair(op, sn, stride, minimum=1)
+    p = pair(op, pn, padding, minimum=0)
     if k[0] * k[1] > MAX_WINDOW:
-        raise ValueError(f"{op}: kernel_size {k} has {k[0] * k[1]} elements; switches are one byte, "
+        raise ValueError(f"{op}: {kn} {k} has {k[0] * k[1]} elements; switches are one byte, "
                          f"so a window may hold at most {MAX_WINDOW}")
     if 2 * p[0] > k[0] or 2 * p[1] > k[1]:
-        raise ValueError(f"{op}: padding {p} must be at most half of kernel_size {k}")
+        raise ValueError(f"{op}: {pn} {p} must be at most half of {kn} {k}")
     return k, s, p
 
 
@@ -87,6 +97,9 @@ def max_pool2d_switches(x, kernel_size, stride, padding, ceil_mode):
     k, s, p = pool_geometry(op, kernel_size, stride, padding)
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"{op}: ceil_mode must be a bool (got {ceil_mode!r})")
+    if min(x.shape[1:]) < 1:
+        raise ValueError(f"{op}: x must have at least one channel and a positive spatial size (got "
+                         f"{list(x.shape)}); only the batch may be empty")
     pooled_size(op, tuple(x.shape[-2:]), k, s, p, ceil_mode)
     return k, s, p
 
@@ -124,7 +137,11 @@ def unpool2d(y, switches, kernel_size, stride, padding, output_size):
     return k, s, p, unpooled_size(op, output_size, y, k, s, p)
 
 
-def conv_transpose(op: str, y: Tensor, weight, bias, stride, padding, output_padding, groups, dilation):
+def conv_transpose(op: str, y: Tensor, weight, bias, stride, padding, output_padding, groups, dilation,
+                   in_size=None):
+    """The transposed convolution of ``y`` read at spatial size ``in_size``
+    (y's own by default; deconv_step's unpooled map)."""
+    in_size = tuple(y.shape[-2:]) if in_size is None else tuple(in_size)
     tensor_4d(op, "weight", weight)
     if bias is not None:
         if not isinstance(bias, Tensor) or bias.dim() != 1:
@@ -148,7 +165,51 @@ def conv_transpose(op: str, y: Tensor, weight, bias, stride, padding, output_pad
     dl = pair(op, "dilation", dilation, minimum=1)
     if op_[0] >= max(st[0], dl[0]) or op_[1] >= max(st[1], dl[1]):
         raise ValueError(f"{op}: output_padding {op_} must be smaller than stride {st} or dilation {dl}")
+    if weight.numel() == 0:
+        raise ValueError(f"{op}: weight [C_in, C_out/groups, kH, kW] must have every dimension >= 1 "
+                         f"(got {list(weight.shape)})")
+    if min(in_size) < 1:
+        raise ValueError(f"{op}: the transposed convolution's input must have a positive spatial size "
+                         f"(got {list(in_size)})")
+    out = [(in_size[i] - 1) * st[i] - 2 * pd[i] + dl[i] * (weight.shape[2 + i] - 1) + op_[i] + 1 for i in range(2)]
+    if min(out) < 1:
+        raise ValueError(f"{op}: padding {pd} is too large: the output would be {out}")
     return st, pd, op_, groups, dl
+
+
+def gather_switches(x, switches, kernel_size, stride, padding):
+    op = "gather_switches"
+    tensor_4d(op, "x", x)
+    tensor_4d(op, "switches", switches, floating=False)
+    if switches.dtype != torch.uint8:
+        raise TypeError(f"{op}: switches must be uint8 (got {_describe(switches)})")
+    same_device(op, x=x, switches=switches)
+    k, s, p = pool_geometry(op, kernel_size, stride, padding)
+    if switches.shape[:2] != x.shape[:2]:
+        raise ValueError(f"{op}: switches {list(switches.shape)} must have x's batch and channels "
+                         f"{list(x.shape[:2])}")
+    pooled = tuple(switches.shape[-2:])
+    if not any(tuple(pool_output_size(x.shape[2 + i], k[i], s[i], p[i], ceil) for i in range(2)) == pooled
+               for ceil in (False, True)):
+        raise ValueError(f"{op}: x of spatial size {list(x.shape[-2:])} cannot be pooled to switches' spatial "
+                         f"size {list(pooled)} with kernel_size {k}, stride {s}, padding {p}")
+    return k, s, p
+
+
+def switch_values(op: str, switches: Tensor, input_size, k: Pair, s: Pair, p: Pair) -> None:
+    """The CPU backends' rule for switch values: each must point inside its
+    window and inside the (unpadded) input, as max pooling records them."""
+    if switches.numel() == 0:
+        return
+    oh = torch.arange(switches.shape[2], device=switches.device).view(-1, 1) * s[0] - p[0]
+    ow = torch.arange(switches.shape[3], device=switches.device).view(1, -1) * s[1] - p[1]
+    offset = switches.long()
+    ih, iw = oh + offset // k[1], ow + offset % k[1]
+    bad = (offset >= k[0] * k[1]) | (ih < 0) | (ih >= input_size[0]) | (iw < 0) | (iw >= input_size[1])
+    if bool(bad.any()):
+        raise ValueError(f"{op}: switches point outside their {k[0]}x{k[1]} window or into the padding of the "
+                         f"{input_size[0]}x{input_size[1]} map; they must come from max_pool2d_switches with the "
+                         f"same parameters")
 
 
 def relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation):
@@ -163,7 +224,23 @@ def deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_p
     tensor_4d(op, "y", y)
     switches_for(op, switches, y, "y")
     same_device(op, y=y, switches=switches)
-    k, s, p = pool_geometry(op, pool_kernel_size, pool_stride, pool_padding)
+    k, s, p = pool_geometry(op, pool_kernel_size, pool_stride, pool_padding,
+                            names=("pool_kernel_size", "pool_stride", "pool_padding"))
     size = unpooled_size(op, unpooled_size_, y, k, s, p, name="unpooled_size")
-    conv = conv_transpose(op, y, weight, bias, stride, padding, output_padding, groups, dilation)
+    conv = conv_transpose(op, y, weight, bias, stride, padding, output_padding, groups, dilation, in_size=size)
     return (k, s, p, size, *conv)
+
+
+CHECKERS = {
+    "max_pool2d_switches": max_pool2d_switches,
+    "unpool2d": unpool2d,
+    "gather_switches": gather_switches,
+    "relu_conv_transpose2d": relu_conv_transpose2d,
+    "deconv_step": deconv_step,
+}
+
+
+def registered(name: str, *args) -> None:
+    """Checks the raw arguments of the registered op ``name`` (its schema's
+    order), for the backends that run Python code."""
+    CHECKERS[name](*args)

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 
 from ..kernels import interpreted
 from ..kernels.common import conv_transpose_output_size, memory_format_of
-from . import reference, triton_ops
+from . import checks, reference, triton_ops
 from .schemas import SCHEMAS
 
 NATIVE_ERROR: str | None = None
@@ -56,11 +56,29 @@ def _has_native_cuda_kernel(name: str) -> bool:
 # built with them; otherwise the Triton launchers when Triton is installed, else
 # the reference. Without the native library, CPU tensors run the reference too.
 CUDA_NATIVE = NATIVE and all(_has_native_cuda_kernel(name) for name in SCHEMAS)
+def _checked_reference(name: str):
+    """The reference as a registered kernel: the op's argument checks first (as
+    the native kernels' csrc/checks.h), then the CPU backends' switch rule."""
+    compute = getattr(reference, name)
+
+    def kernel(*args):
+        checks.registered(name, *args)
+        if name == "unpool2d":
+            checks.switch_values(name, args[1], args[5], *args[2:5])
+        elif name == "gather_switches":
+            checks.switch_values(name, args[1], args[0].shape[-2:], *args[2:5])
+        elif name == "deconv_step":
+            checks.switch_values(name, args[1], args[7], *args[4:7])
+        return compute(*args)
+
+    return kernel
+
+
 for _name in SCHEMAS:
     if not NATIVE:
-        torch.library.register_kernel(f"zfcore::{_name}", "cpu", getattr(reference, _name))
+        torch.library.register_kernel(f"zfcore::{_name}", "cpu", _checked_reference(_name))
     if not (NATIVE and _has_native_cuda_kernel(_name)):
-        _kernel = triton_ops.EAGER[_name] if triton_ops.AVAILABLE else getattr(reference, _name)
+        _kernel = triton_ops.EAGER[_name] if triton_ops.AVAILABLE else _checked_reference(_name)
         torch.library.register_kernel(f"zfcore::{_name}", "cuda", _kernel)
 
 
@@ -104,11 +122,22 @@ def _fake_deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, 
     return _empty(y, (y.shape[0], weight.shape[1] * groups, *size), memory_format_of(y))
 
 
+def _checked_fake(name: str):
+    fake = globals()[f"_fake_{name}"]
+
+    def kernel(*args):
+        checks.registered(name, *args)  # the same argument checks as every real kernel
+        return fake(*args)
+
+    return kernel
+
+
 def register_fakes(namespace: str) -> None:
     """Fake (meta) kernels of the ops of ``namespace``: output shapes, dtypes and
-    layouts without computing, so torch.compile can trace the ops."""
+    layouts without computing, so torch.compile can trace the ops (and meta
+    tensors get them), after the ops' argument checks."""
     for name in SCHEMAS:
-        torch.library.register_fake(f"{namespace}::{name}", globals()[f"_fake_{name}"])
+        torch.library.register_fake(f"{namespace}::{name}", _checked_fake(name))
 
 
 register_fakes("zfcore")

@@ -14,6 +14,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from . import checks
+
 ERROR: str | None = None
 try:
     import triton  # noqa: F401
@@ -41,22 +43,27 @@ if AVAILABLE:
     @_define(f"{NAMESPACE}::max_pool2d_switches", mutates_args=())
     def max_pool2d_switches(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                             ceil_mode: bool) -> tuple[Tensor, Tensor]:
+        checks.registered("max_pool2d_switches", x, kernel_size, stride, padding, ceil_mode)
         return _pool.max_pool2d_switches(x, kernel_size, stride, padding, ceil_mode, launch=wrap_triton)
 
     @_define(f"{NAMESPACE}::unpool2d", mutates_args=())
     def unpool2d(y: Tensor, switches: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
                  output_size: list[int]) -> Tensor:
+        checks.registered("unpool2d", y, switches, kernel_size, stride, padding, output_size)
         return _unpool.unpool2d(y, switches, kernel_size, stride, padding, output_size, launch=wrap_triton)
 
     @_define(f"{NAMESPACE}::gather_switches", mutates_args=())
     def gather_switches(x: Tensor, switches: Tensor, kernel_size: list[int], stride: list[int],
                         padding: list[int]) -> Tensor:
+        checks.registered("gather_switches", x, switches, kernel_size, stride, padding)
         return _unpool.gather_switches(x, switches, kernel_size, stride, padding, launch=wrap_triton)
 
     @_define(f"{NAMESPACE}::relu_conv_transpose2d", mutates_args=())
     def relu_conv_transpose2d(y: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
                               padding: list[int], output_padding: list[int], groups: int,
                               dilation: list[int]) -> Tensor:
+        checks.registered("relu_conv_transpose2d", y, weight, bias, stride, padding, output_padding, groups,
+                          dilation)
         return _conv.relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation,
                                            launch=wrap_triton)
 
@@ -65,6 +72,8 @@ if AVAILABLE:
                     pool_kernel_size: list[int], pool_stride: list[int], pool_padding: list[int],
                     unpooled_size: list[int], stride: list[int], padding: list[int],
                     output_padding: list[int], groups: int, dilation: list[int]) -> Tensor:
+        checks.registered("deconv_step", y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding,
+                          unpooled_size, stride, padding, output_padding, groups, dilation)
         return _deconv.deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding,
                                    unpooled_size, stride, padding, output_padding, groups, dilation,
                                    launch=wrap_triton)
@@ -73,10 +82,16 @@ if AVAILABLE:
 
     # Plain launchers (no wrap_triton): the zfcore:: ops' CUDA kernels when the
     # native library has none of its own.
-    EAGER = {
-        "max_pool2d_switches": _pool.max_pool2d_switches,
-        "unpool2d": _unpool.unpool2d,
-        "gather_switches": _unpool.gather_switches,
-        "relu_conv_transpose2d": _conv.relu_conv_transpose2d,
-        "deconv_step": _deconv.deconv_step,
-    }
+    def _eager(name, launcher):
+        def kernel(*args):
+            checks.registered(name, *args)
+            return launcher(*args)
+        return kernel
+
+    EAGER = {name: _eager(name, launcher) for name, launcher in (
+        ("max_pool2d_switches", _pool.max_pool2d_switches),
+        ("unpool2d", _unpool.unpool2d),
+        ("gather_switches", _unpool.gather_switches),
+        ("relu_conv_transpose2d", _conv.relu_conv_transpose2d),
+        ("deconv_step", _deconv.deconv_step),
+    )}

@@ -88,7 +88,9 @@ def test_gradient_mode_is_the_gradient_of_the_unit_times_its_value():
 
 
 def test_overlapping_pools_max_unpool2d_gives_another_projection():
-    # A deconvnet built on F.max_unpool2d (overwriting) against the exact one.
+    """A hand-written deconvnet down from conv2 equals the engine with the exact
+    unpooling (ATen's max-pool backward) and differs with F.max_unpool2d, which
+    overwrites: exactly at the positions two overlapping windows chose."""
     model, images, net = _setup("zfnet_small")
     exact = autograd_projection(model, images, "conv2", 3, None, "deconvnet")
     assert torch.allclose(net.project(images, "conv2", 3), exact, rtol=1e-9, atol=1e-12)
@@ -101,10 +103,18 @@ def test_overlapping_pools_max_unpool2d_gives_another_projection():
         for n in range(a2.shape[0]):
             h, w = divmod(int(a2[n, 3].argmax()), a2.shape[-1])
             seed[n, 3, h, w] = a2[n, 3, h, w]
-        s = F.conv_transpose2d(seed, layers["conv2"].weight, None, 1, 2)
-        s = F.max_unpool2d(s, idx1, 3, 2, output_size=a1.shape[-2:])
-        s = F.conv_transpose2d(F.relu(s), layers["conv1"].weight, None, 2, 1, output_padding=1)
-    assert not torch.allclose(s, exact, rtol=1e-6, atol=1e-9)
+        top = F.conv_transpose2d(seed, layers["conv2"].weight, None, 1, 2)
+        transpose = torch.ops.aten.max_pool2d_with_indices_backward(top, a1, [3, 3], [2, 2], [0, 0], [1, 1], True,
+                                                                     idx1)
+        overwritten = F.max_unpool2d(top, idx1, 3, 2, output_size=a1.shape[-2:])
+        down = lambda u: F.conv_transpose2d(F.relu(u), layers["conv1"].weight, None, 2, 1,  # noqa: E731
+                                            output_padding=1)
+    torch.testing.assert_close(down(transpose), exact, rtol=1e-9, atol=1e-12)  # the hand path is the deconvnet
+    shared = torch.zeros(a1.shape, dtype=torch.long).flatten(2)
+    shared.scatter_add_(2, idx1.flatten(2), torch.ones_like(idx1).flatten(2))
+    differs = (transpose != overwritten).flatten(2)
+    assert differs.any() and bool((shared[differs] > 1).all())  # only where windows overlap on one switch
+    assert (down(overwritten) - exact).abs().max() > 1e-3 * exact.abs().max()
 
 
 def test_project_many_equals_one_at_a_time():

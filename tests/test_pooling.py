@@ -68,17 +68,31 @@ def test_unpool_is_bit_identical_to_aten_backward_float32(backend):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float16, torch.bfloat16])
-def test_unpool_matches_float64_reference(backend, dtype):
-    tol = {torch.float64: 0.0, torch.float16: 1e-3, torch.bfloat16: 8e-3}[dtype]
+def test_unpool_float64_equals_the_reference(backend):
+    for sample in unpool_sample_inputs(torch.float64):
+        e = sample.extra
+        got = unpool2d(on(backend, e["y"]), on(backend, e["switches"]), sample.kernel_size, sample.stride,
+                       sample.padding, e["output_size"], backend=backend)
+        exact = unpool2d(e["y"], e["switches"], sample.kernel_size, sample.stride, sample.padding,
+                         e["output_size"], backend="reference")
+        assert_close_verbose(got, exact, atol=1e-15, rtol=1e-15, what=sample.describe())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_unpool_half_sums_in_float32_in_window_order_and_rounds_once(backend, dtype):
+    """Half types accumulate in float32, adding the windows in row-major order
+    (ATen's max-pool backward order), and round once: bit for bit that."""
     for sample in unpool_sample_inputs(dtype):
         e = sample.extra
         got = unpool2d(on(backend, e["y"]), on(backend, e["switches"]), sample.kernel_size, sample.stride,
-                       sample.padding, e["output_size"], backend=backend).cpu()
-        exact = unpool2d(e["y"].double(), e["switches"], sample.kernel_size, sample.stride, sample.padding,
-                         e["output_size"], backend="reference")
-        # One rounding of the exact sum (accumulating in float, rounding once).
-        assert_close_verbose(got.double(), exact.to(dtype).double(), atol=tol, rtol=tol, what=sample.describe())
+                       sample.padding, e["output_size"], backend=backend)
+        _, indices = _torch_pool(sample)
+        k, s, p = (F._pair(v) if v is not None else None for v in (sample.kernel_size, sample.stride, sample.padding))
+        wide = torch.ops.aten.max_pool2d_with_indices_backward(
+            e["y"].float().contiguous(), sample.x.float().contiguous(), list(k), list(s), list(p), [1, 1],
+            sample.ceil_mode, indices.contiguous())
+        assert_close_verbose(got, wide.to(dtype), what=sample.describe())
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -92,7 +106,7 @@ def test_unpool_is_the_adjoint_of_pooling(backend):
         lhs = (gathered * e["y"].reshape(gathered.shape)).sum()
         rhs = (x * unpool2d(on(backend, e["y"]), on(backend, e["switches"]), sample.kernel_size, sample.stride,
                             sample.padding, e["output_size"], backend=backend).cpu()).sum()
-        torch.testing.assert_close(lhs, rhs, msg=sample.describe)
+        torch.testing.assert_close(lhs, rhs, msg=lambda generated, what=sample.describe(): f"{what}: {generated}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -30,28 +30,49 @@ def test_damaged_cache_is_regenerated(tmp_path, monkeypatch):
     assert torch.equal(first.images, again.images)
 
 
+def _pixel(image, point):
+    x, y = point
+    return image[:, int(y), int(x)].astype(float)
+
+
 def test_face_landmarks_sit_on_the_dark_features():
+    """Eyes and nose are drawn at a quarter of the face colour: the pixel under
+    each landmark is a quarter of the forehead's, and the three landmarks sit
+    where the face's geometry puts them."""
     rng = np.random.default_rng(0)
-    face = CLASSES.index("face")
-    for _ in range(10):
+    face, checked = CLASSES.index("face"), 0
+    for _ in range(12):
         image, landmarks = render_image(face, 96, rng)
         assert np.isfinite(landmarks).all()
-        for x, y in landmarks:  # eyes and nose are drawn at a quarter of the face colour
-            xi, yi = int(x), int(y)
-            assert 0 <= xi < 96 and 0 <= yi < 96
-        other, none = render_image(0, 96, rng)
+        left, right, nose = landmarks
+        s = np.hypot(*(right - left)) / 0.66  # the face's scale in pixels (eyes 0.66 apart)
+        assert 0.17 * 96 - 1e-6 <= s <= 0.32 * 96 + 1e-6, s
+        u = (right - left) / np.hypot(*(right - left))
+        v = np.array([-u[1], u[0]])
+        centre = (left + right) / 2 + 0.22 * s * v
+        np.testing.assert_allclose(nose, centre + 0.12 * s * v, atol=1e-6)
+        head = _pixel(image, centre - 0.6 * s * v)  # the forehead: face colour, no feature
+        c = int(head.argmax())
+        if head[c] < 100:  # too dark for a quarter of it to stand out from the noise
+            continue
+        checked += 1
+        for point in landmarks:
+            assert abs(_pixel(image, point)[c] - 0.25 * head[c]) < 25, (point, head)
+        none = render_image(0, 96, rng)[1]
         assert np.isnan(none).all()
+    assert checked >= 5, checked
     data = generate("test", 0, 48, 2)
     faces = data["labels"] == face
     assert np.isfinite(data["landmarks"][faces]).all() and np.isnan(data["landmarks"][~faces]).all()
 
 
-def test_landmark_masks_change_the_face_where_the_part_is():
+def test_landmark_geometry():
     rng = np.random.default_rng(5)
     image, landmarks = render_image(CLASSES.index("face"), 96, rng)
     left, right, nose = landmarks
-    assert abs(np.hypot(*(left - right)) - 0.66 * 96 * 0.17) < 0.66 * 96 * 0.32  # eye distance ~ 0.66 x scale
-    assert np.hypot(*(nose - (left + right) / 2)) > 1  # the nose is off the eye line
+    eyes = np.hypot(*(left - right))
+    assert 0.66 * 96 * 0.17 - 1e-6 <= eyes <= 0.66 * 96 * 0.32 + 1e-6, eyes  # 0.66 x the face's scale
+    assert np.hypot(*(nose - (left + right) / 2)) > 0.3 * eyes  # the nose is well off the eye line
 
 
 @pytest.mark.parametrize("kwargs, message", [

@@ -14,7 +14,8 @@ import pytest
 import torch
 from torch import nn
 
-from zfcore.train import TrainConfig, latest_checkpoint, load_checkpoint, renormalize_filters, save_checkpoint
+from zfcore.train import (TrainConfig, latest_checkpoint, load_checkpoint, renormalize_filters, save_checkpoint,
+                          train)
 from zfcore.train import checkpoint as checkpoint_module
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -82,39 +83,106 @@ def test_training_writes_metrics_snapshots_and_model(tmp_path):
     assert (out / "model.pt").exists()
 
 
-def test_sigkill_at_random_moments_then_resume_gives_identical_weights(tmp_path):
+def _metrics(out):
+    """metrics.jsonl without its wall-clock seconds."""
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in row.items() if k != "seconds"} for row in rows]
+
+
+def test_sigkill_at_random_moments_then_resume_gives_identical_weights_and_metrics(tmp_path):
+    """Killed at seeded random moments (after some commits, in the middle of a
+    save, or at any time), resumed until done: the same weights bit for bit and
+    the same metrics.jsonl (every epoch's train loss included) as a run never
+    interrupted."""
     args = ("--epochs", "8", "--checkpoint-every", "1")
     env = _env(tmp_path)
     reference = tmp_path / "uninterrupted"
     done = subprocess.run(_cli(reference, *args), env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
     assert done.returncode == 0, done.stderr
 
-    out, rng, kills = tmp_path / "killed", random.Random(), 0
+    rows = [json.loads(line) for line in (reference / "metrics.jsonl").read_text().splitlines()]
+    step_s = sum(r["seconds"] for r in rows) / 40  # 8 epochs of 5 steps: kills land within a few steps
+    seed = int(os.environ.get("ZFCORE_TEST_SEED", random.randrange(2**32)))
+    out, rng, kills = tmp_path / "killed", random.Random(seed), []
     marker = out / "LATEST"
     read_marker = lambda: marker.read_bytes() if marker.exists() else b""  # noqa: E731
+
+    def saving() -> set[str]:  # the temporary files of checkpoints being written
+        try:
+            return {e.name for e in os.scandir(out) if e.name.startswith(".checkpoint-")}
+        except FileNotFoundError:
+            return set()
+
     for attempt in range(40):
         process = subprocess.Popen(_cli(out, *args, "--resume"), env=env, cwd=REPO,
                                    stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-        if attempt < 6:
-            # Let 1-4 checkpoints commit, then kill within the next step or save.
-            commits, last, deadline = rng.randint(1, 4), read_marker(), time.time() + 120
-            while commits and process.poll() is None and time.time() < deadline:
-                time.sleep(0.005)
-                if (now := read_marker()) != last:
-                    commits, last = commits - 1, now
-            time.sleep(rng.uniform(0.0, 0.15))
-            if process.poll() is None:
-                process.send_signal(signal.SIGKILL)
-                kills += 1
+        how = rng.choice(["after commits", "during a save", "any time"]) if attempt < 10 else None
+        deadline, last = time.time() + 120, read_marker()
+        # Every kind waits until training runs (a checkpoint committed by this process).
+        commits = rng.randint(1, 4) if how == "after commits" else 1
+        while how and commits and process.poll() is None and time.time() < deadline:
+            time.sleep(0.002)
+            if (now := read_marker()) != last:
+                commits, last = commits - 1, now
+        if how == "after commits":  # then kill within the next step or save
+            time.sleep(rng.uniform(0.0, 1.5 * step_s))
+        elif how == "during a save":  # the n-th save seen from here on
+            seen, known = rng.randint(1, 3), saving()
+            while seen and process.poll() is None and time.time() < deadline:
+                if new := saving() - known:
+                    seen, known = seen - 1, known | new
+        elif how == "any time":
+            time.sleep(rng.uniform(0.0, 4 * step_s))
+        if how and process.poll() is None:
+            process.send_signal(signal.SIGKILL)
+            process.wait()
+            kills.append(how + (" (a save was cut short)" if saving() else ""))
         _, stderr = process.communicate(timeout=300)
         if process.returncode == 0:
             break
         assert process.returncode == -signal.SIGKILL, stderr.decode()
-    assert kills >= 3, kills
+    assert len(kills) >= 4, (kills, f"ZFCORE_TEST_SEED={seed}")
+    assert not saving(), "the finished run left the temporary files of killed saves behind"
     expected, got = _weights(reference), _weights(out)
     assert expected.keys() == got.keys()
     for name in expected:
-        assert torch.equal(expected[name], got[name]), name
+        assert torch.equal(expected[name], got[name]), (name, kills, f"ZFCORE_TEST_SEED={seed}")
+    assert _metrics(out) == _metrics(reference), (kills, f"ZFCORE_TEST_SEED={seed}")
+
+
+class _Interrupt(BaseException):
+    pass
+
+
+def test_a_resumed_epoch_reports_the_loss_of_all_its_steps(tmp_path, monkeypatch):
+    """Interrupted in the middle of its second epoch and resumed, a run writes
+    the metrics.jsonl of the uninterrupted one: train_loss is the mean over all
+    of the epoch's steps (found from outside: 0.92 resumed vs 2.33)."""
+    from zfcore.train import loop
+
+    def config(out, **extra):
+        return TrainConfig(out=str(out), image_size=48, per_class=4, width=0.125, fc_width=32, batch_size=8,
+                           threads=1, progress=False, epochs=2, checkpoint_every=1, **extra)
+
+    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
+    train(config(tmp_path / "whole"))
+    calls, renormalize = [0], loop.renormalize_filters
+
+    def interrupted(model, radius):  # after the optimizer step of the 3rd step of epoch 2
+        renormalize(model, radius)
+        calls[0] += 1
+        if calls[0] == steps + 3:
+            raise _Interrupt
+
+    steps = len(loop.SyntheticData(config(tmp_path / "x"))) // 8
+    monkeypatch.setattr(loop, "renormalize_filters", interrupted)
+    with pytest.raises(_Interrupt):
+        train(config(tmp_path / "resumed"))
+    monkeypatch.setattr(loop, "renormalize_filters", renormalize)
+    state = load_checkpoint(latest_checkpoint(tmp_path / "resumed")[0])
+    assert (state["epoch"], state["step"]) == (1, 2), "the run was to stop in the middle of epoch 2"
+    train(config(tmp_path / "resumed", resume=True))
+    assert _metrics(tmp_path / "resumed") == _metrics(tmp_path / "whole")
 
 
 def test_two_processes_with_gloo_equal_one_process(tmp_path):
@@ -255,3 +323,35 @@ def test_demo_recipe_warms_up_and_decays(tmp_path):
     lrs = [step_lr(config, config.lr, s, 100) for s in range(1000)]
     assert lrs[0] == pytest.approx(1e-4, rel=0.02) and max(lrs) <= 1e-2 and lrs[-1] < 1e-5
     assert lrs.index(max(lrs)) < 110
+
+
+class _RunsCode:
+    """Unpickling this runs code: it creates the file named by ``path``."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.parametrize("how", ["--resume", "--resume-from"])
+def test_a_checkpoint_that_would_run_code_is_refused(tmp_path, how):
+    """Found from outside: a checkpoint-*.pt that runs code when unpickled did run
+    it on --resume and --resume-from. Now: refused, exit 2, the file named, no
+    traceback, and the code never runs."""
+    env = _env(tmp_path)
+    out = tmp_path / "run"
+    first = subprocess.run(_cli(out, "--epochs", "1"), env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert first.returncode == 0, first.stderr
+    path, state = latest_checkpoint(out)
+    ran = tmp_path / "code-ran"
+    torch.save({**state, "history": [_RunsCode(ran)]}, path)  # the committed checkpoint, replaced
+    target = ("--resume",) if how == "--resume" else ("--resume-from", str(path))
+    result = subprocess.run(_cli(out if how == "--resume" else tmp_path / "other", "--epochs", "2", *target),
+                            env=env, capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert not ran.exists(), "unpickling the checkpoint ran code"
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith("zfcore train: ") and path.name in result.stderr, result.stderr
+    assert "never unpickled" in result.stderr, result.stderr

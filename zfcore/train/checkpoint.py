@@ -13,12 +13,17 @@ from __future__ import annotations
 import io
 import json
 import os
+import pickle
 import tempfile
 from pathlib import Path
 
 import torch
 
 MARKER = "LATEST"
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint that only arbitrary unpickling could load: refused."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -64,6 +69,8 @@ def save_checkpoint(folder: Path, state: dict, step: int, keep: int = 2) -> Path
     for stray in folder.glob("checkpoint-*.pt"):  # files of saves killed before their commit
         if stray.name not in history[-keep:]:
             stray.unlink(missing_ok=True)
+    for stray in folder.glob(".checkpoint-*.tmp"):  # and of saves killed while writing (one writer: not ours)
+        stray.unlink(missing_ok=True)
     return path
 
 
@@ -81,6 +88,12 @@ def load_checkpoint(path: Path) -> dict:
         state = torch.load(path, map_location="cpu", weights_only=True)  # untrusted: never unpickle code
     except FileNotFoundError:
         raise FileNotFoundError(f"checkpoint {path} does not exist") from None
+    except pickle.UnpicklingError as error:
+        if "weights_only" not in str(error).lower().replace(" ", "_"):
+            raise ValueError(f"checkpoint {path} is truncated or not a zfcore checkpoint") from None
+        raise UnsafeCheckpointError(
+            f"checkpoint {path} holds objects other than tensors, numbers and strings (loading it would run code "
+            f"from the file); it was refused and never unpickled") from None
     except Exception as error:  # torch raises several types for damaged files
         first = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
         raise ValueError(f"checkpoint {path} is truncated, not a zfcore checkpoint, or holds objects other than "
@@ -91,10 +104,14 @@ def load_checkpoint(path: Path) -> dict:
 
 
 def latest_checkpoint(folder: Path) -> tuple[Path, dict] | None:
-    """The newest committed checkpoint of a run folder that loads, or None."""
+    """The newest committed checkpoint of a run folder that loads, or None. A
+    committed checkpoint that would need arbitrary unpickling is not skipped: it
+    stops the resume (UnsafeCheckpointError), since zfcore never writes one."""
     for name in reversed(_committed(folder)):
         try:
             return Path(folder) / name, load_checkpoint(Path(folder) / name)
+        except UnsafeCheckpointError:
+            raise
         except (FileNotFoundError, ValueError):
             continue
     return None

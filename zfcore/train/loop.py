@@ -256,7 +256,7 @@ def _train(config: TrainConfig, out: Path, world: int, rank: int, distributed: b
                                 weight_decay=config.weight_decay)
     scheduler = torch.optim.lr_scheduler.ReduceLROnPlateau(optimizer, mode="min", factor=config.plateau_factor,
                                                            patience=config.plateau_patience)
-    epoch, step, history = 0, 0, []
+    epoch, step, history, running = 0, 0, [], 0.0
     resumed = load_checkpoint(Path(config.resume_from)) if config.resume_from else None
     source = Path(config.resume_from) if config.resume_from else None
     if resumed is None and config.resume:
@@ -272,15 +272,18 @@ def _train(config: TrainConfig, out: Path, world: int, rank: int, distributed: b
         scheduler.load_state_dict(resumed["scheduler"])
         torch.set_rng_state(resumed["rng"])
         epoch, step, history = resumed["epoch"], resumed["step"], resumed["history"]
+        # The loss summed over the epoch's steps before the checkpoint: an
+        # epoch's train_loss is the mean over all its steps, interrupted or not.
+        running = float(resumed.get("running_loss", 0.0))
     net = nn.parallel.DistributedDataParallel(model) if distributed else model
     snapshots = set(config.snapshots())
     local = config.batch_size // world
 
-    def checkpoint(epoch_: int, step_: int) -> None:
+    def checkpoint(epoch_: int, step_: int, running_: float) -> None:
         if rank == 0:
             state = {**_saved(config, data, model), "optimizer": optimizer.state_dict(),
                      "scheduler": scheduler.state_dict(), "rng": torch.get_rng_state(), "epoch": epoch_,
-                     "step": step_, "history": history}
+                     "step": step_, "running_loss": running_, "history": history}
             save_checkpoint(out, state, epoch_ * steps + step_)
         if distributed:
             dist.barrier()
@@ -292,7 +295,7 @@ def _train(config: TrainConfig, out: Path, world: int, rank: int, distributed: b
         order = torch.randperm(len(data), generator=_seeded(config.seed, epoch))
         bar = tqdm(range(step, steps), desc=f"epoch {epoch + 1}/{config.epochs}", unit="batch",
                    disable=not config.progress or rank != 0, leave=False)
-        running = 0.0
+        running = running if step else 0.0
         for step in bar:
             batch = order[step * config.batch_size:(step + 1) * config.batch_size]
             flips = torch.rand(len(batch), generator=_seeded(config.seed, epoch, step)) < 0.5
@@ -312,7 +315,7 @@ def _train(config: TrainConfig, out: Path, world: int, rank: int, distributed: b
             bar.set_postfix(loss=f"{loss.item():.3f}")
             done = step + 1
             if config.checkpoint_every and (epoch * steps + done) % config.checkpoint_every == 0 and done < steps:
-                checkpoint(epoch, done)
+                checkpoint(epoch, done, running)
         metrics = evaluate(model, data.val_batches(256), device)
         if config.schedule == "plateau":
             scheduler.step(metrics["val_top1_error"])
@@ -324,7 +327,7 @@ def _train(config: TrainConfig, out: Path, world: int, rank: int, distributed: b
             (out / "snapshots").mkdir(exist_ok=True)
             atomic_torch_save({**_saved(config, data, model), "epoch": epoch},
                               out / "snapshots" / f"epoch-{epoch:03d}.pt")
-        checkpoint(epoch, 0)
+        checkpoint(epoch, 0, 0.0)
         if rank == 0:
             _write_metrics(out, history)
             print(f"epoch {epoch}: train loss {result['train_loss']:.3f}, val top-1 error "

@@ -82,8 +82,7 @@ def make_timer(smoke: bool):
     def timed(fn) -> Timing:
         fn()
         torch.cuda.synchronize()
-        med, p20, p80 = do_bench(fn, warmup=25, rep=100, quantiles=[0.5, 0.2, 0.8])
-        return Timing(float(med), float(p20), float(p80))
+        return Timing.of(do_bench(fn, warmup=25, rep=100, return_mode="all"))  # every timed run
 
     return timed
 

@@ -40,9 +40,9 @@ from zfcore.models import zfnet, zfnet_small
 LAYERS = ("conv1", "conv2", "conv3", "conv4", "conv5")
 
 
-def repeated(sides: dict, repeats: int) -> dict[str, Timing]:
+def repeated(sides: dict, repeats: int) -> dict[str, list[float]]:
     """Run each side ``repeats`` times, interleaved (a b a b ...), after one
-    untimed warm-up each; median and 20th/80th percentiles of the wall times."""
+    untimed warm-up each; the wall times in ms, per side."""
     for fn in sides.values():
         fn()
     samples = {name: [] for name in sides}
@@ -51,8 +51,7 @@ def repeated(sides: dict, repeats: int) -> dict[str, Timing]:
             start = time.perf_counter()
             fn()
             samples[name].append((time.perf_counter() - start) * 1e3)
-    return {name: Timing(float(np.median(t)), float(np.percentile(t, 20)), float(np.percentile(t, 80)))
-            for name, t in samples.items()}
+    return samples
 
 
 def main() -> int:
@@ -87,7 +86,8 @@ def main() -> int:
     def streaming():
         top_k(model, dataset, LAYERS, k=9, batch_size=args.batch_size, progress=False)
 
-    t = repeated({"zfcore": streaming, "pytorch": plain_forward}, args.repeats)
+    t = {side: Timing.of(v) for side, v in repeated({"zfcore": streaming, "pytorch": plain_forward},
+                                                       args.repeats).items()}
     rows.append(Row("streaming top-k", f"conv1-5, k=9, {n} images, batch {args.batch_size}",
                     f"[{n},3,{size},{size}]", "float32", "nchw",
                     "plain forward to conv5 over the same batches (no top-k)", t["zfcore"], t["pytorch"]))
@@ -122,10 +122,10 @@ def main() -> int:
                     for key in picked if key[0] == layer]
         return run
 
-    times = {}
+    times, samples = {}, {}
     for layer in LAYERS:
-        t = repeated({"zfcore": zfcore_layer(layer), "pytorch": baseline_layer(layer)}, args.repeats)
-        times[layer] = t
+        samples[layer] = repeated({"zfcore": zfcore_layer(layer), "pytorch": baseline_layer(layer)}, args.repeats)
+        times[layer] = t = {side: Timing.of(v) for side, v in samples[layer].items()}
         got = net.project_many(pool, requests[layer])
         expected = torch.cat(baseline_layer(layer)())
         worst = ((got - expected).abs().amax(dim=(1, 2, 3)) / expected.abs().amax(dim=(1, 2, 3)).clamp_min(1e-30)).max()
@@ -134,11 +134,12 @@ def main() -> int:
                         "autograd-hook deconvnet, 1 forward + 1 backward per map", t["zfcore"], t["pytorch"]))
         notes.append(f"{layer}: crop work ratio {net.crop_work_ratio(layer):.1f}x; max relative difference from "
                      f"the baseline {float(worst):.1e}")
-    whole = {side: Timing(*(sum(getattr(times[l][side], f) for l in LAYERS) for f in ("median_ms", "p20_ms", "p80_ms")))
+    # The whole job's time in repeat i: the sum of every layer's i-th run.
+    whole = {side: Timing.of([sum(samples[l][side][i] for l in LAYERS) for i in range(args.repeats)])
              for side in ("zfcore", "pytorch")}
     rows.append(Row("top-9 projections", f"conv1-5, whole job ({total} projections)",
                     f"[{len(pool)},3,{size},{size}]", "float32", "nchw",
-                    "autograd-hook deconvnet (sum of the layers' medians and quantiles)",
+                    "autograd-hook deconvnet (each repeat: the sum of the layers' runs)",
                     whole["zfcore"], whole["pytorch"]))
     share = {l: times[l]["zfcore"].median_ms / whole["zfcore"].median_ms for l in LAYERS}
     notes.insert(0, f"{'zfnet_small' if args.quick else 'ZFNet (paper Fig. 3)'} with its initial weights, embedded "

@@ -69,13 +69,28 @@ class Timing:
     median_ms: float
     p20_ms: float
     p80_ms: float
+    runs: int  # how many timed measurements the quantiles are of
+
+    @classmethod
+    def of(cls, times_ms) -> "Timing":
+        t = np.asarray(times_ms, dtype=float)
+        return cls(float(np.median(t)), float(np.percentile(t, 20)), float(np.percentile(t, 80)), len(t))
+
+
+MIN_MEASUREMENTS = 5
 
 
 def time_cpu(fn, threads: int, min_run_time: float) -> Timing:
+    """Median and 20th/80th percentiles of at least MIN_MEASUREMENTS timed blocks
+    (blocked_autorange alone takes one block of a call longer than min_run_time,
+    and its quantiles would then all be that one time)."""
     fn()  # warm-up (and first-touch of anything cached)
-    m = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads).blocked_autorange(min_run_time=min_run_time)
-    times = np.array(m.times) * 1e3
-    return Timing(float(np.median(times)), float(np.percentile(times, 20)), float(np.percentile(times, 80)))
+    timer = benchmark.Timer("fn()", globals={"fn": fn}, num_threads=threads)
+    m = timer.blocked_autorange(min_run_time=min_run_time)
+    times = list(m.times)
+    while len(times) < MIN_MEASUREMENTS:
+        times.append(timer.timeit(number=m.number_per_run).median)
+    return Timing.of(np.array(times) * 1e3)
 
 
 @dataclass

@@ -52,3 +52,21 @@ def test_bench_gpu_smoke_run_writes_results_and_preference(tmp_path):
     assert set(preference) == {"max_pool2d_switches", "unpool2d", "gather_switches", "relu_conv_transpose2d",
                                "deconv_step"}
     assert "| vs eager |" in (tmp_path / "smoke.md").read_text()
+
+
+def test_committed_results_are_real_measurements_of_a_clean_commit():
+    """Every committed table: measured at a clean commit (no -dirty), with its
+    command, and with real quantiles on both sides (found from outside: p20 and
+    p80 that were copies of the median, from a single timed run)."""
+    results = os.path.join(REPO, "benchmarks", "results")
+    for name in sorted(os.listdir(results)):
+        if not name.endswith(".json") or name == "gpu_preference.json":
+            continue
+        data = json.load(open(os.path.join(results, name)))
+        env = data["environment"]
+        assert env["command"] and env["commit"] and not env["commit"].endswith("-dirty"), (name, env)
+        for row in data["rows"]:
+            for side in ("zfcore", "pytorch"):
+                t = row[side]
+                assert t["p20_ms"] <= t["median_ms"] <= t["p80_ms"], (name, row["case"], side, t)
+                assert t.get("runs", 0) >= 3, f"{name} {row['op']} {row['case']} {side}: {t.get('runs')} runs {t}"

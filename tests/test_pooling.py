@@ -93,6 +93,19 @@ def test_unpool_half_sums_in_float32_in_window_order_and_rounds_once(backend, dt
             e["y"].float().contiguous(), sample.x.float().contiguous(), list(k), list(s), list(p), [1, 1],
             sample.ceil_mode, indices.contiguous())
         assert_close_verbose(got, wide.to(dtype), what=sample.describe())
+    # Peaks chosen by all nine overlapping 3x3/s1 windows: sums of up to nine terms
+    # of mixed magnitudes, where rounding at every addition would give other bits
+    # (measured: 22 of 288 positions in float16, 16 in bfloat16).
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 2, 12, 12, generator=g)
+    x[..., ::4, ::4] += 10
+    _, switches = max_pool2d_switches(x, 3, 1, padding=1)
+    y = (torch.randn(switches.shape, generator=g) * torch.logspace(-3, 3, switches.shape[-1])).to(dtype)
+    got = unpool2d(on(backend, y), on(backend, switches), 3, 1, 1, output_size=x.shape, backend=backend)
+    _, indices = F.max_pool2d(x, 3, 1, 1, return_indices=True)
+    wide = torch.ops.aten.max_pool2d_with_indices_backward(y.float(), x, [3, 3], [1, 1], [1, 1], [1, 1], False,
+                                                            indices)
+    assert_close_verbose(got, wide.to(dtype), what=f"nine-window peaks, {dtype}")
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -32,7 +32,7 @@ def _env(tmp_path):
 
 
 def _weights(out):
-    return torch.load(out / "model.pt", weights_only=False)["model"]
+    return torch.load(out / "model.pt", weights_only=True)["model"]
 
 
 def test_filter_renormalization_caps_the_rms_of_each_filter():

@@ -134,7 +134,9 @@ at::Tensor deconv_step_cpu(const at::Tensor& y, const at::Tensor& switches, cons
   // The sparse kernel skips the zeros of the rectified map, so a NaN or an
   // infinity in the weight would not reach the outputs those zeros touch
   // (0 * NaN is NaN): such a weight takes the composition, as on every backend.
-  const bool finite_weight = at::isfinite(weight).all().item<bool>();
+  // A finite double-precision sum means every element is finite (one NaN or
+  // infinity makes it NaN or infinite); it costs a fraction of isfinite().all().
+  const bool finite_weight = weight.sum(at::kDouble).isfinite().item<bool>();
   if (2 * OH * OW > H * W || (reduced && !few_outputs) || !finite_weight) {
     const at::Tensor rectified =
         unpool2d_cpu_impl(y, switches, pool_kernel_size, pool_stride, pool_padding, unpooled_size, true);

@@ -167,3 +167,21 @@ def test_two_processes_equal_one(tmp_path):
         for field in ("values", "images", "positions"):
             assert torch.equal(sharded[layer][field], getattr(t, field)), (layer, field)
     assert (tmp_path / "state.pt.rank0").exists() and (tmp_path / "state.pt.rank1").exists()
+
+
+def test_nan_maps_rank_first_whatever_the_batch_size():
+    """A NaN in a late image makes its maps' maxima NaN, which count as the
+    largest: with one batch every map's position is searched; with small batches
+    only the maps that can still enter the top-k are, NaN ones included."""
+    data = Images()
+    data.x[20, 0, 5, 6] = float("nan")
+    model = tiny_model()
+    layers = ["conv1", "conv2", "fc"]
+    whole = top_k(model, data, layers, k=3, batch_size=len(data), progress=False)
+    assert bool((whole["conv1"].images[:, 0] == 20).all()) and bool(whole["conv1"].values[:, 0].isnan().all())
+    for batch_size in (1, 4, 7):
+        got = top_k(model, data, layers, k=3, batch_size=batch_size, progress=False)
+        for layer in layers:
+            torch.testing.assert_close(got[layer].values, whole[layer].values, equal_nan=True, rtol=0, atol=0)
+            assert torch.equal(got[layer].images, whole[layer].images), (layer, batch_size)
+            assert torch.equal(got[layer].positions, whole[layer].positions), (layer, batch_size)

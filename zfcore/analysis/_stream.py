@@ -42,9 +42,10 @@ class LayerTap:
     """Context manager: during ``tap(x)`` the outputs of ``layers`` are captured
     (detached) and the forward stops after the last of them has run.
 
-    With ``reduce``, what is kept of a layer's output is ``reduce(output)``,
-    computed in the hook: the output itself can then be freed as soon as the
-    next layer has read it (a streaming pass holds no layer's maps)."""
+    With ``reduce`` (a function, or a dict of one per layer), what is kept of a
+    layer's output is ``reduce(output)``, computed in the hook: the output
+    itself can then be freed as soon as the next layer has read it (a streaming
+    pass holds no layer's maps)."""
 
     def __init__(self, model: nn.Module, layers: Sequence[str], reduce=None):
         self.model, self.layers, self.reduce = model, list(layers), reduce
@@ -68,7 +69,8 @@ class LayerTap:
             if not isinstance(output, Tensor):
                 raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a Tensor")
             output = output.detach()
-            self.outputs[name] = output if self.reduce is None else self.reduce(output)
+            reduce = self.reduce.get(name) if isinstance(self.reduce, dict) else self.reduce
+            self.outputs[name] = output if reduce is None else reduce(output)
             if len(self.outputs) == len(self.layers):
                 raise _Stop
         return hook

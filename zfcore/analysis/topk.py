@@ -72,6 +72,30 @@ def map_maxima(activations: Tensor) -> tuple[Tensor, Tensor]:
     return values, torch.stack((where // w, where % w), dim=-1)
 
 
+def candidate_maxima(activations: Tensor, floor: Tensor | None) -> tuple[Tensor, Tensor]:
+    """``map_maxima`` for a running top-k whose k-th value per channel is
+    ``floor[C]`` (None while fewer than k are held): every maximum, but the
+    position only where the map can still enter the top-k (value >= floor, or
+    NaN, which sorts first); other positions are (0, 0) and are never kept.
+    The maxima are one fast reduction (amax); the position search (max with
+    indices, several times slower) runs on the few candidate maps only."""
+    if floor is None:
+        return map_maxima(activations)
+    if activations.dim() == 2:
+        activations = activations[:, :, None, None]
+    if activations.dim() != 4:
+        raise ValueError(f"top_k: a layer's output must be [B, C, H, W] or [B, F] (got {list(activations.shape)})")
+    b, c, h, w = activations.shape
+    flat = activations.reshape(b, c, h * w)
+    values = flat.amax(dim=2)
+    positions = torch.zeros(b, c, 2, dtype=torch.long, device=values.device)
+    rows, cols = ((values >= floor[None]) | values.isnan()).nonzero(as_tuple=True)
+    if len(rows):
+        where = flat[rows, cols].max(dim=1).indices  # the first maximum on ties, as map_maxima
+        positions[rows, cols] = torch.stack((where // w, where % w), dim=-1)
+    return values, positions
+
+
 def merge_top_k(k: int, values: Tensor, images: Tensor, positions: Tensor) -> tuple[Tensor, Tensor, Tensor]:
     """Top-``k`` per row of candidates ``values[C, M]`` with dataset indices
     ``images[C, M]``: value descending, then index ascending."""
@@ -103,6 +127,10 @@ class _Running:
         order = torch.argsort(values, dim=1, descending=True, stable=True)[:, :self.k]
         self.values, self.images = values.gather(1, order), images.gather(1, order)
         self.positions = positions.gather(1, order[..., None].expand(-1, -1, 2))
+
+    def floor(self) -> Tensor | None:
+        """The k-th value held per channel, once k are held."""
+        return None if self.values is None or self.values.shape[1] < self.k else self.values[:, -1]
 
     def state(self) -> dict:
         return {"values": self.values.cpu(), "images": self.images.cpu(), "positions": self.positions.cpu()}
@@ -205,7 +233,9 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
     bar = tqdm(total=len(shard), initial=done, desc="top-k", unit="img", disable=not progress or rank != 0,
                leave=False)
     try:
-        with LayerTap(model, layers, reduce=map_maxima) as tap:   # maxima taken in the hooks
+        # Maxima taken in the hooks, positions only for maps that can still enter the top-k.
+        reducers = {name: (lambda out, r=running[name]: candidate_maxima(out, r.floor())) for name in layers}
+        with LayerTap(model, layers, reduce=reducers) as tap:
             for i, (images, _labels, indices) in enumerate(batches(dataset, shard[done:], batch_size, num_workers)):
                 outputs = tap(images.to(device))
                 for name in layers:

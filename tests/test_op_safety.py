@@ -50,8 +50,11 @@ class Worker:
         self.crashes: list[tuple[dict, str]] = []
 
     def start(self):
+        # The worker imports the zfcore this test imports (the checkout's), installed or not.
+        env = dict(os.environ if self.env is None else self.env)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (REPO, env.get("PYTHONPATH")) if p)
         self.process = subprocess.Popen(
-            [sys.executable, os.path.join(REPO, "tests", "fuzz_worker.py")], cwd=REPO, env=self.env,
+            [sys.executable, os.path.join(REPO, "tests", "fuzz_worker.py")], cwd=REPO, env=env,
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, bufsize=1)
 
     def run(self, case: dict, timeout: float = 120.0) -> dict:

@@ -8,3 +8,23 @@ import torch
 
 if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "1"
+
+
+import subprocess  # noqa: E402
+import sys  # noqa: E402
+
+import pytest  # noqa: E402
+
+DEMO_EPOCHS = 12
+
+
+@pytest.fixture(scope="session")
+def demo_folder(tmp_path_factory):
+    """One reduced `zfcore demo` (12 of its 30 epochs, about a minute and a half
+    here) shared by every test that needs a model that has learned: its
+    ``run/`` holds model.pt and the snapshots of epochs 1, 2, 4, 6, 8, 12."""
+    out = tmp_path_factory.mktemp("demo")
+    result = subprocess.run([sys.executable, "-m", "zfcore", "demo", "--out", str(out), "--epochs", str(DEMO_EPOCHS),
+                             "--no-progress"], capture_output=True, text=True, timeout=1200)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return out, result.stdout

@@ -26,16 +26,7 @@ def chance_share(all_labels: torch.Tensor, k: int, maps: int, seed: int = 0) -> 
     return majority_share(draws)
 
 
-EPOCHS = 12
-
-
-@pytest.fixture(scope="module")
-def demo_folder(tmp_path_factory):
-    out = tmp_path_factory.mktemp("demo")
-    result = subprocess.run([sys.executable, "-m", "zfcore", "demo", "--out", str(out), "--epochs", str(EPOCHS),
-                             "--no-progress"], capture_output=True, text=True, timeout=1200)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return out, result.stdout
+from tests.conftest import DEMO_EPOCHS as EPOCHS
 
 
 def test_demo_trains_visualizes_and_prints_the_report(demo_folder):

@@ -1,0 +1,62 @@
+"""Occlusion (Fig. 7): the incremental inference equals the plain loop
+(occlude, forward, softmax) on awkward geometries, and bad arguments are named."""
+
+from collections import OrderedDict
+
+import pytest
+import torch
+from torch import nn
+
+from zfcore.analysis.occlusion import grid_size, occlusion, occlusion_plain
+from zfcore.models import zfnet_small
+from zfcore.nn import MaxPool2dSwitches
+
+
+def awkward_model() -> nn.Sequential:
+    """Padded and ceil-mode pools, a dilated conv, stride > kernel, LRN, an in-place ReLU."""
+    torch.manual_seed(1)
+    return nn.Sequential(OrderedDict([
+        ("conv1", nn.Conv2d(3, 6, 5, 2, 2)), ("relu1", nn.ReLU(inplace=True)),
+        ("pool1", MaxPool2dSwitches(3, 2, padding=1, ceil_mode=True)), ("norm1", nn.LocalResponseNorm(3)),
+        ("conv2", nn.Conv2d(6, 8, 3, 1, 2, dilation=2)), ("relu2", nn.ReLU()),
+        ("pool2", nn.MaxPool2d(2, 3, ceil_mode=True)),
+        ("conv3", nn.Conv2d(8, 8, 3, 1, 1)), ("relu3", nn.ReLU()),
+        ("flatten", nn.Flatten()), ("fc", nn.Linear(8 * 4 * 4, 5))])).eval()
+
+
+@pytest.mark.parametrize("patch_size,stride", [(8, 4), (13, 5), (5, 9), (1, 3), (37, 1), (37, 37)])
+@pytest.mark.parametrize("which", ["zfnet_small", "awkward"])
+def test_incremental_equals_the_plain_loop(which, patch_size, stride):
+    torch.manual_seed(0)
+    if which == "zfnet_small":
+        model, size, layer = zfnet_small(init_std=None).eval(), 64, "conv5"
+    else:
+        model, size, layer = awkward_model(), 37, "relu2"
+    images = torch.randn(2, 3, size, size)
+    labels = torch.tensor([1, 3])
+    fast = occlusion(model, images, labels, layer=layer, patch_size=patch_size, stride=stride, fill=0.3,
+                     batch_size=7, method="incremental", progress=False)
+    plain = occlusion_plain(model, images, labels, layer=layer, patch_size=patch_size, stride=stride, fill=0.3,
+                            batch_size=5, progress=False)
+    assert fast.activation.shape == (2, *grid_size(size, size, patch_size, stride))
+    assert torch.equal(fast.channel, plain.channel)
+    scale = plain.activation.abs().max()
+    torch.testing.assert_close(fast.activation, plain.activation, rtol=0, atol=1e-5 * float(scale))
+    torch.testing.assert_close(fast.true_prob, plain.true_prob, rtol=0, atol=1e-5)
+    assert (fast.top_class == plain.top_class).float().mean() > 0.99
+    # the occlusion changes something: the test would see a wrong window
+    assert (plain.true_prob - plain.base_prob[:, None, None]).abs().max() > 0
+
+
+def test_bad_arguments_are_named():
+    model = zfnet_small(init_std=None).eval()
+    images, labels = torch.randn(1, 3, 64, 64), torch.tensor([0])
+    for kwargs, text in [(dict(patch_size=65, stride=1), "patch_size 65 is larger"),
+                         (dict(patch_size=8, stride=0), "stride must be a positive int"),
+                         (dict(patch_size=0, stride=1), "patch_size must be a positive int")]:
+        with pytest.raises(ValueError, match=text):
+            occlusion(model, images, labels, layer="conv5", progress=False, **kwargs)
+    with pytest.raises(ValueError, match="no layer named 'conv9'"):
+        occlusion(model, images, labels, layer="conv9", patch_size=8, stride=4, progress=False)
+    with pytest.raises(ValueError, match="labels must be"):
+        occlusion(model, images, torch.tensor([0.5]), layer="conv5", patch_size=8, stride=4, progress=False)

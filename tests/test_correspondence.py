@@ -208,3 +208,19 @@ def test_result_round_trips_and_renders(tmp_path):
     table = page["tables"][0]
     assert len(table["rows"]) == 4 and all(len(row) == len(table["header"]) for row in table["rows"])
     assert page["claims"] == []  # neither layer is one of the paper's
+
+
+def test_parts_have_lower_delta_than_random_positions_at_layer5(demo_folder, tmp_path):
+    out, _ = demo_folder
+    loaded = zfcore.load(out / "run" / "model.pt")
+    val = open_dataset(loaded, "synthetic").base
+    face = val.labels == CLASSES.index("face")
+    result = correspondence(loaded.model, loaded.preprocess(val.images[face]), val.landmarks[face],
+                            display=val.images[face], progress=False)
+    assert result.layers == ["pool5", "relu7"] and result.patch_size == 7 and result.images == int(face.sum())
+    parts, mean, std = result.delta[:, 0], float(result.random_mean[0]), float(result.random_std[0])
+    print(f"\npool5: parts {parts.tolist()}, random {mean:.4f} +- {std:.4f}; relu7: parts "
+          f"{result.delta[:, 1].tolist()}, random {float(result.random_mean[1]):.4f}")
+    assert (parts < mean).all(), (parts.tolist(), mean, std)
+    page = render(result, tmp_path)
+    assert page["claims"][0]["holds"]

@@ -40,9 +40,9 @@ Where the paper is silent, this module chooses (and the docstrings repeat):
   other reading of layer 5.
 * Patch size: the embedded faces are small (their scale is 0.17-0.32 of the
   image side, eyes ``0.66 * scale`` apart, the head ``1.56 * scale`` wide), so
-  the default square is ``round(0.11 * side)`` pixels (7 at 64 px): about a
-  face's eye spacing, close to the paper's proportion of a mask to a dog's
-  head, and small enough that an eye's square leaves the other eye alone.
+  the default square is ``round(0.11 * side)`` pixels (7 at 64 px): it covers
+  a whole eye (3-5 px across at 64 px) and stays below the eye spacing (7-13
+  px), so an eye's square leaves the other eye alone.
 """
 
 from __future__ import annotations
@@ -202,7 +202,8 @@ def sign_disagreement(eps: Tensor) -> float:
     return _delta_from_counts(_sign_counts(flat), flat.shape[0])
 
 
-def _check(images, landmarks, patch_size, random_trials, fill, batch_size, landmark_size) -> tuple[Tensor, int]:
+def _check(images, landmarks, patch_size, random_trials, fill, batch_size, landmark_size) -> Tensor:
+    """The validated landmarks, float64, scaled to the images' pixels."""
     if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
         got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"correspondence: images must be a float Tensor[N, 3, H, W] in the model's input space "
@@ -229,10 +230,10 @@ def _check(images, landmarks, patch_size, random_trials, fill, batch_size, landm
     if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
         raise ValueError(f"correspondence: batch_size must be a positive int (got {batch_size!r})")
     if landmark_size is None:
-        return landmarks.double(), w
+        return landmarks.double()
     if not isinstance(landmark_size, int) or isinstance(landmark_size, bool) or landmark_size < 1:
         raise ValueError(f"correspondence: landmark_size must be a positive int or None (got {landmark_size!r})")
-    return landmarks.double() * torch.tensor([w / landmark_size, h / landmark_size], dtype=torch.float64), w
+    return landmarks.double() * torch.tensor([w / landmark_size, h / landmark_size], dtype=torch.float64)
 
 
 def _display(images: Tensor, display) -> Tensor:
@@ -302,7 +303,7 @@ def correspondence(model: nn.Module, images: Tensor, landmarks: Tensor, *,
     n, _, h, w = images.shape if isinstance(images, Tensor) and images.dim() == 4 else (0, 0, 0, 0)
     if patch_size is None and w:
         patch_size = max(1, round(0.11 * min(h, w)))
-    landmarks, _ = _check(images, landmarks, patch_size, random_trials, fill, batch_size, landmark_size)
+    landmarks = _check(images, landmarks, patch_size, random_trials, fill, batch_size, landmark_size)
     shown = _display(images[:_EXAMPLES], display[:_EXAMPLES] if isinstance(display, Tensor) else display)
 
     part_boxes = occlusion_boxes(landmarks, patch_size, h, w)                          # [N, P, 4]

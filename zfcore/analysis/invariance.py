@@ -13,7 +13,8 @@ Choices the paper leaves open:
 * **Distance.** The Euclidean distance *normalized by the original's feature
   norm*, ``||f(T x) - f(x)|| / ||f(x)||`` (the paper plots raw distances, whose
   scale differs between layers by orders of magnitude; the relative distance
-  makes layer 1 and layer 7 comparable). NaN where ``f(x)`` is all zero.
+  makes layer 1 and layer 7 comparable). NaN where ``f(x)`` is all zero and
+  ``f(T x)`` is not (0 where both are).
 * **Transforms.** Applied to the images in the space they are given in (the
   display space, uint8 or float 0..255, for ``preprocess=loaded.preprocess``),
   then ``preprocess`` maps them to the model's input. A vertical translation by
@@ -134,7 +135,8 @@ def _check_value(kind: str, value) -> float:
 def transform_images(images: Tensor, kind: str, value: float, fill: str | float = "image_mean") -> Tensor:
     """``images[N, C, H, W]`` (any dtype) translated vertically by ``value``
     pixels, scaled by ``value`` or rotated by ``value`` degrees (``kind``), as
-    float32 in the same space; see the module docstring for the conventions."""
+    float32 in the same space (the identity returns the images exactly); see the
+    module docstring for the conventions."""
     if not isinstance(images, Tensor) or images.dim() != 4:
         got = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"invariance: images must be a Tensor[N, C, H, W] (got {got})")
@@ -142,6 +144,8 @@ def transform_images(images: Tensor, kind: str, value: float, fill: str | float 
     x = images.float()
     background = _fill_value(x, fill).expand_as(x)
     n, _, h, w = x.shape
+    if value == IDENTITY[kind]:
+        return x.clone()
     if kind == "translation":
         k = int(value)
         out = background.clone()
@@ -322,7 +326,8 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
                     features, p, top = forward(transform_images(images, kind, value, fill))
                 for name in layers:
                     d = (features[name] - original[name]).norm(dim=1)
-                    distances[kind][name][j] = torch.where(norms[name] > 0, d / norms[name], math.nan)
+                    relative = torch.where(norms[name] > 0, d / norms[name], math.nan)
+                    distances[kind][name][j] = torch.where(d == 0, 0.0, relative)
                 probabilities[kind][j], predictions[kind][j] = p, top
                 bar.update(1)
     finally:

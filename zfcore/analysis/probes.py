@@ -193,8 +193,15 @@ def fit_softmax(features: Tensor, labels: Tensor, num_classes: int, *, l2: float
         loss.backward()
         return loss
 
-    with torch.enable_grad():
-        optimizer.step(closure)
+    # The problem is small (N x D x K); intra-op threads cost more in synchronization than they save
+    # (3-4x slower with 2 threads on a busy 2-core machine).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        with torch.enable_grad():
+            optimizer.step(closure)
+    finally:
+        torch.set_num_threads(threads)
     return weight.detach(), bias.detach()
 
 

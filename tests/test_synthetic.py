@@ -83,3 +83,41 @@ def test_landmark_geometry():
 def test_bad_arguments(kwargs, message):
     with pytest.raises(ValueError, match=message):
         SyntheticShapes(**kwargs)
+
+
+def test_box_is_the_extent_of_a_mask_by_brute_force():
+    from zfcore.data.synthetic import _box
+    rng = np.random.default_rng(11)
+    for density in (0.0, 0.001, 0.02, 0.5):
+        mask = rng.uniform(size=(37, 23)) < density
+        pixels = np.argwhere(mask)
+        expected = [-1] * 4 if not len(pixels) else [pixels[:, 1].min(), pixels[:, 0].min(),
+                                                     pixels[:, 1].max() + 1, pixels[:, 0].max() + 1]
+        assert _box(mask).tolist() == list(expected)
+
+
+def test_boxes_leave_the_images_unchanged_and_frame_the_object():
+    """Asking for the box consumes no randomness (the images are those of
+    ``with_box=False``); a circle touches its box at the middle of each side,
+    and those four pixels have the colour of the circle's centre; a face's
+    landmarks lie in its box."""
+    circle, face = CLASSES.index("circle"), CLASSES.index("face")
+    for seed in range(6):
+        for label in (circle, face):
+            image, landmarks = render_image(label, 64, np.random.default_rng(seed))
+            again, landmarks2, box = render_image(label, 64, np.random.default_rng(seed), with_box=True)
+            assert np.array_equal(image, again) and np.array_equal(landmarks, landmarks2, equal_nan=True)
+            x0, y0, x1, y1 = box.tolist()
+            assert 0 <= x0 < x1 <= 64 and 0 <= y0 < y1 <= 64
+            if label == face:
+                assert ((landmarks[:, 0] >= x0) & (landmarks[:, 0] < x1)
+                        & (landmarks[:, 1] >= y0) & (landmarks[:, 1] < y1)).all(), (box, landmarks)
+                continue
+            assert abs((x1 - x0) - (y1 - y0)) <= 1 and x1 - x0 >= 0.17 * 1.8 * 64 - 2
+            cx, cy = (x0 + x1 - 1) // 2, (y0 + y1 - 1) // 2
+            centre = image[:, cy - 1:cy + 2, cx - 1:cx + 2].reshape(3, -1).astype(float).mean(1)
+            for x, y in ((x0, cy), (x1 - 1, cy), (cx, y0), (cx, y1 - 1)):
+                assert np.abs(image[:, y, x].astype(float) - centre).max() < 30, (seed, box, (x, y))
+    data = SyntheticShapes("val", size=48, per_class=2, cache=False)
+    assert data.boxes.shape == (20, 4) and data.boxes.dtype == torch.int64
+    assert ((data.boxes[:, 2] > data.boxes[:, 0]) & (data.boxes[:, 3] > data.boxes[:, 1])).all()

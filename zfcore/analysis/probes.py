@@ -16,10 +16,9 @@ Caltech-101/256 and PASCAL features of layers 1-7, without details):
   features get the same shift and scale.
 * **Classifier.** Multinomial logistic regression (the paper's "softmax"):
   ``mean cross-entropy + l2 / 2 * ||W||^2`` (bias not penalized), minimized in
-  float64 by full-batch L-BFGS with a strong-Wolfe line search, from zeros, so
-  the fit is deterministic. ``l2 = 1e-3`` is scikit-learn's default ``C = 1``
-  at 1000 training images (``l2 = 1 / (C N)``). Implemented in torch rather
-  than with scikit-learn, which is not one of zfcore's dependencies.
+  float64 by scikit-learn's ``LogisticRegression`` (L-BFGS, deterministic);
+  ``l2 = 1e-3`` is its default ``C = 1`` at 1000 training images
+  (``C = 1 / (l2 N)``).
 
 Example:
     >>> loaded = zfcore.load("runs/demo/run/model.pt")
@@ -30,7 +29,9 @@ Example:
 
 from __future__ import annotations
 
+import math
 import time
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -167,7 +168,8 @@ def fit_softmax(features: Tensor, labels: Tensor, num_classes: int, *, l2: float
                 max_iter: int = 200) -> tuple[Tensor, Tensor]:
     """Multinomial logistic regression on ``features[N, D]`` and ``labels[N]``:
     the minimizer ``(weight[K, D], bias[K])`` (float64) of ``mean cross-entropy
-    + l2 / 2 * ||weight||^2``, by full-batch L-BFGS from zeros."""
+    + l2 / 2 * ||weight||^2`` (scikit-learn's ``LogisticRegression``, L-BFGS).
+    A class absent from ``labels`` gets bias ``-inf``."""
     if not isinstance(features, Tensor) or features.dim() != 2:
         got = list(features.shape) if isinstance(features, Tensor) else type(features).__name__
         raise ValueError(f"fit_softmax: features must be a Tensor[N, D] (got {got})")
@@ -181,28 +183,29 @@ def fit_softmax(features: Tensor, labels: Tensor, num_classes: int, *, l2: float
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"fit_softmax: labels must lie in [0, {num_classes}) (got {int(labels.min())}.."
                          f"{int(labels.max())})")
-    x = features.double()
-    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64, requires_grad=True)
-    bias = torch.zeros(num_classes, dtype=torch.float64, requires_grad=True)
-    optimizer = torch.optim.LBFGS([weight, bias], lr=1, max_iter=max_iter, tolerance_grad=1e-7,
-                                  tolerance_change=1e-12, history_size=20, line_search_fn="strong_wolfe")
+    from sklearn.exceptions import ConvergenceWarning  # imported here: only the probes need scikit-learn
+    from sklearn.linear_model import LogisticRegression
 
-    def closure():
-        optimizer.zero_grad()
-        loss = F.cross_entropy(x @ weight.T + bias, labels) + 0.5 * l2 * weight.pow(2).sum()
-        loss.backward()
-        return loss
-
-    # The problem is small (N x D x K); intra-op threads cost more in synchronization than they save
-    # (3-4x slower with 2 threads on a busy 2-core machine).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        with torch.enable_grad():
-            optimizer.step(closure)
-    finally:
-        torch.set_num_threads(threads)
-    return weight.detach(), bias.detach()
+    x = features.double().numpy()
+    present = torch.unique(labels)
+    weight = torch.zeros(num_classes, x.shape[1], dtype=torch.float64)
+    bias = torch.full((num_classes,), -math.inf, dtype=torch.float64)  # a class never seen is never predicted
+    if len(present) == 1:
+        bias[present] = 0.0
+        return weight, bias
+    # scikit-learn minimizes C * sum(loss) + ||W||^2 / 2, i.e. mean(loss) + ||W||^2 / (2 C N): C = 1 / (l2 N).
+    c = 1.0 / (l2 * len(x)) if l2 > 0 else math.inf
+    clf = LogisticRegression(C=c, solver="lbfgs", max_iter=max_iter, tol=1e-10)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", category=ConvergenceWarning)
+        clf.fit(x, labels.numpy())
+    coef, intercept = torch.from_numpy(clf.coef_).double(), torch.from_numpy(clf.intercept_).double()
+    rows = torch.as_tensor(clf.classes_)
+    if len(rows) == 2:  # a binary fit gives one row (class 1 against class 0): logits (0, w x + b)
+        weight[rows[1]], bias[rows[0]], bias[rows[1]] = coef[0], 0.0, intercept[0]
+    else:
+        weight[rows], bias[rows] = coef, intercept
+    return weight, bias
 
 
 def _accuracy(features: Tensor, labels: Tensor, weight: Tensor, bias: Tensor) -> float:

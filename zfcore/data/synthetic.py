@@ -24,7 +24,7 @@ CLASSES = ("circle", "square", "triangle", "star", "cross", "ring", "stripes", "
 LANDMARKS = ("left_eye", "right_eye", "nose")
 SPLITS = {"train": 0, "val": 1, "test": 2}
 DEFAULT_PER_CLASS = {"train": 500, "val": 100, "test": 100}
-_VERSION = 1  # bump when the renderer changes, so caches are not reused
+_VERSION = 2  # bump when the renderer or the stored arrays change, so caches are not reused
 
 
 def _shape_mask(label: str, u: np.ndarray, v: np.ndarray, rng: np.random.Generator) -> np.ndarray:
@@ -68,9 +68,22 @@ def _face(u, v):
     return head, eyes[0] | eyes[1] | nose | mouth
 
 
-def render_image(label: int, size: int, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+def _box(mask: np.ndarray) -> np.ndarray:
+    """``(x0, y0, x1, y1)`` of a mask's pixels, ``x1``/``y1`` exclusive; all -1 if empty."""
+    rows, cols = np.flatnonzero(mask.any(axis=1)), np.flatnonzero(mask.any(axis=0))
+    if not len(rows):
+        return np.full(4, -1, np.int64)
+    return np.array([cols[0], rows[0], cols[-1] + 1, rows[-1] + 1], np.int64)
+
+
+def render_image(label: int, size: int, rng: np.random.Generator,
+                 with_box: bool = False) -> tuple[np.ndarray, ...]:
     """One image of class ``label``: ``(uint8 [3, size, size], landmarks [3, 2])``,
-    landmarks as (x, y) pixel coordinates for faces, NaN otherwise."""
+    landmarks as (x, y) pixel coordinates for faces, NaN otherwise; with
+    ``with_box`` also the object's box ``int64 [4]`` (x0, y0, x1, y1; exclusive
+    ends): the bounding box of the pixels the object paints (the head for a
+    face; for textured classes the painted texture, not its square). The box is
+    read from the mask, so the images do not depend on ``with_box``."""
     grid = (np.arange(size) + 0.5) / size
     yy, xx = np.meshgrid(grid, grid, indexing="ij")
     # Background: smooth colour noise (bilinear upsampling of a coarse grid) and strokes.
@@ -99,6 +112,7 @@ def render_image(label: int, size: int, rng: np.random.Generator) -> tuple[np.nd
     name = CLASSES[label]
     if name == "face":
         head, features = _face(u, v)
+        painted = head
         image[:, head] = colour
         image[:, features] = np.clip(colour * 0.25, 0, 1)
         for i, part in enumerate(LANDMARKS):
@@ -106,9 +120,11 @@ def render_image(label: int, size: int, rng: np.random.Generator) -> tuple[np.nd
             landmarks[i] = ((centre[0] + scale * (pu * cos - pv * sin)) * size,
                             (centre[1] + scale * (pu * sin + pv * cos)) * size)
     else:
-        image[:, _shape_mask(name, u, v, rng)] = colour
+        painted = _shape_mask(name, u, v, rng)
+        image[:, painted] = colour
     image += rng.normal(0, 0.03, image.shape)
-    return (np.clip(image, 0, 1) * 255).round().astype(np.uint8), landmarks
+    image = (np.clip(image, 0, 1) * 255).round().astype(np.uint8)
+    return (image, landmarks, _box(painted)) if with_box else (image, landmarks)
 
 
 def generate(split: str, seed: int, size: int, per_class: int) -> dict[str, np.ndarray]:
@@ -117,9 +133,10 @@ def generate(split: str, seed: int, size: int, per_class: int) -> dict[str, np.n
     labels = np.tile(np.arange(len(CLASSES)), per_class)
     images = np.empty((len(labels), 3, size, size), np.uint8)
     landmarks = np.empty((len(labels), 3, 2))
+    boxes = np.empty((len(labels), 4), np.int64)
     for i, label in enumerate(labels):
-        images[i], landmarks[i] = render_image(int(label), size, rng)
-    return {"images": images, "labels": labels.astype(np.int64), "landmarks": landmarks}
+        images[i], landmarks[i], boxes[i] = render_image(int(label), size, rng, with_box=True)
+    return {"images": images, "labels": labels.astype(np.int64), "landmarks": landmarks, "boxes": boxes}
 
 
 def _cache_dir() -> Path:
@@ -137,8 +154,9 @@ class SyntheticShapes(Dataset):
         cache: cache generated splits on disk.
 
     Items are ``(uint8 Tensor[3, size, size], label)``; ``images``, ``labels``
-    and ``landmarks`` (``Tensor[N, 3, 2]``, (x, y) of left eye, right eye, nose;
-    NaN for non-faces) hold the whole split.
+    ``landmarks`` (``Tensor[N, 3, 2]``, (x, y) of left eye, right eye, nose;
+    NaN for non-faces) and ``boxes`` (int64 ``Tensor[N, 4]``, the object's
+    x0, y0, x1, y1 in pixels, ends exclusive) hold the whole split.
 
     Example:
         >>> train = SyntheticShapes("train", size=64)
@@ -162,6 +180,7 @@ class SyntheticShapes(Dataset):
         self.images = torch.from_numpy(data["images"])
         self.labels = torch.from_numpy(data["labels"])
         self.landmarks = torch.from_numpy(data["landmarks"]).float()
+        self.boxes = torch.from_numpy(data["boxes"])
 
     @staticmethod
     def _load_or_generate(split, seed, size, per_class, cache):
@@ -169,7 +188,7 @@ class SyntheticShapes(Dataset):
         if cache and path.exists():
             try:
                 with np.load(path) as f:
-                    return {k: f[k] for k in ("images", "labels", "landmarks")}
+                    return {k: f[k] for k in ("images", "labels", "landmarks", "boxes")}
             except (OSError, ValueError, KeyError):
                 pass  # a damaged cache file is regenerated
         data = generate(split, seed, size, per_class)

@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 # import name:pip name of what zfcore, its tests and its build need besides torch
-PY_DEPS := numpy:numpy tqdm:tqdm PIL:pillow jinja2:jinja2 matplotlib:matplotlib setuptools:setuptools \
+PY_DEPS := numpy:numpy tqdm:tqdm PIL:pillow jinja2:jinja2 matplotlib:matplotlib sklearn:scikit-learn setuptools:setuptools \
 	pytest:pytest pytest_benchmark:pytest-benchmark hypothesis:hypothesis playwright:playwright
 
 .PHONY: setup test demo bench native-check cuda-launcher-check browser fresh-install-check clean

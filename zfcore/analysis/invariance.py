@@ -226,7 +226,7 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
                layers: Sequence[str] | str = ("relu1", "relu7"), translations: Sequence[int] | None = None,
                scales: Sequence[float] | None = None, rotations: Sequence[float] | None = None,
                fill: str | float = "image_mean", classes: Sequence[str] | None = None,
-               rotation_symmetric: Sequence[int] = (), batch_size: int = 64, progress: bool = True) -> Invariance:
+               rotation_symmetric: Sequence[int | str] = (), batch_size: int = 64, progress: bool = True) -> Invariance:
     """Fig. 5 of the paper: feature distances and true-class probability under
     vertical translation, scaling and rotation.
 
@@ -244,7 +244,7 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
             (factors > 0) and ``rotations`` (degrees).
         fill: what uncovered pixels get: ``"image_mean"`` or a number.
         classes: class names, for the report (untrusted text).
-        rotation_symmetric: labels of classes that look the same at any angle
+        rotation_symmetric: labels (or names in ``classes``) of classes that look the same at any angle
             (the embedded data: ``EMBEDDED_ROTATION_SYMMETRIC``).
         batch_size: images per forward.
         progress: show a tqdm bar.
@@ -284,6 +284,15 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
             sweeps[kind] = values
     if not sweeps:
         raise ValueError("invariance: every sweep is empty; give translations, scales or rotations")
+    symmetric = []
+    for c in rotation_symmetric:
+        if isinstance(c, str) and classes is not None and c in list(classes):
+            symmetric.append(list(classes).index(c))
+        elif isinstance(c, int | Tensor) and not isinstance(c, bool):
+            symmetric.append(int(c))
+        else:
+            raise ValueError(f"invariance: rotation_symmetric must hold class labels (ints) or names found in "
+                             f"classes (got {c!r})")
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -338,7 +347,7 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
                       distances=distances, probabilities=probabilities, predictions=predictions, labels=labels,
                       original_probabilities=original_p, images=images.detach().cpu().clone(), fill=fill,
                       classes=[str(c) for c in classes] if classes is not None else None,
-                      rotation_symmetric=[int(c) for c in rotation_symmetric],
+                      rotation_symmetric=symmetric,
                       seconds=time.perf_counter() - start)
 
 

@@ -47,7 +47,6 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..nn import MaxPool2dSwitches
-from ..ops import max_pool2d_switches
 from ._stream import check_layers, model_device
 
 __all__ = ["Occlusion", "occlusion", "occlusion_plain", "grid_size", "object_share"]
@@ -225,9 +224,7 @@ class _Layer:
                 x[k, :, r0 - r:r1 - r, c0 - c:c1 - c] = win.values[k, :, r0 - wr:r1 - wr, c0 - wc:c1 - wc]
         if isinstance(self.module, nn.Conv2d):
             y = F.conv2d(x, self.module.weight, self.module.bias, (sh, sw), 0, (dh, dw), self.module.groups)
-        elif isinstance(self.module, MaxPool2dSwitches):
-            y = max_pool2d_switches(x, (kh, kw), (sh, sw))[0]   # zfcore's pooling, as the model's forward
-        else:
+        else:  # the maxima equal zfcore's pooling exactly; the switches are not needed here
             y = F.max_pool2d(x, (kh, kw), (sh, sw))
         return _Window(top, left, oh, ow, y)
 

@@ -63,7 +63,7 @@ def test_top9_of_the_last_conv_layer_share_a_class(demo_folder):
 def test_demo_reuses_a_finished_run(demo_folder):
     out, _ = demo_folder
     before = (out / "run" / "model.pt").stat().st_mtime_ns
-    result = subprocess.run([sys.executable, "-m", "zfcore", "demo", "--out", str(out), "--no-progress"],
+    result = subprocess.run([sys.executable, "-m", "zfcore", "demo", "--out", str(out), "--no-progress", "--no-analyses"],
                             capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert (out / "run" / "model.pt").stat().st_mtime_ns == before

@@ -62,10 +62,19 @@ def _report(args) -> int:
     return 0
 
 
+def _analyze(args) -> int:
+    from .analyze import analyze
+
+    page = analyze(args.name, args.checkpoint, args.out, quick=args.quick, progress=args.progress)
+    print(f"page: {page}")
+    return 0
+
+
 def _demo(args) -> int:
     from .visualize import demo
 
     index, timings = demo(args.out, checkpoint=args.checkpoint, epochs=args.epochs, seed=args.seed,
+                          analyses=args.analyses,
                           progress=args.progress)
     print("stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in timings.items()))
     print(f"open {index}")
@@ -87,6 +96,9 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--epochs", type=_positive("epochs"), default=None,
                       help="training epochs (default: the demo recipe's)")
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
+    demo.add_argument("--analyses", action=argparse.BooleanOptionalAction, default=True,
+                      help="add the quick versions of the paper's analyses (occlusion, invariance, "
+                           "correspondence, probes, evolution) to the report")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     demo.set_defaults(run=_demo)
 
@@ -116,13 +128,25 @@ def main(argv: list[str] | None = None) -> int:
     rep.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     rep.set_defaults(run=_report)
 
+    from .analyze import ANALYSES
+
+    ana = commands.add_parser("analyze", help="one of the paper's analyses, added to a report folder",
+                              formatter_class=defaults,
+                              epilog="analyses: " + "; ".join(f"{k}: {v}" for k, v in ANALYSES.items()))
+    ana.add_argument("name", choices=list(ANALYSES), help="the analysis")
+    ana.add_argument("--checkpoint", required=True, help="a model.pt written by zfcore train (embedded data)")
+    ana.add_argument("--out", default="report", help="the report folder its page is added to")
+    ana.add_argument("--quick", action="store_true", help="fewer images: seconds instead of minutes")
+    ana.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
+    ana.set_defaults(run=_analyze)
+
     commands.add_parser("info", help="backends and versions").set_defaults(run=_info)
     args = parser.parse_args(argv)
     try:
         return args.run(args)
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError, NotADirectoryError) as error:
         text = str(error)
-        for prefix in (f"{args.command}: ", "report: ", "visualize: "):  # said once, by the line's own prefix
+        for prefix in (f"{args.command}: ", "report: ", "visualize: ", "analyze: "):  # said once, by the line's own prefix
             text = text.removeprefix(prefix)
         print(f"zfcore {args.command}: {text}", file=sys.stderr)
         return 2

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 import time
 from pathlib import Path
 
@@ -229,10 +230,11 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
 
 
 def demo(out: str | os.PathLike = "demo", *, checkpoint: str | os.PathLike | None = None, epochs: int | None = None,
-         seed: int = 0, progress: bool = True) -> tuple[Path, dict[str, float]]:
+         seed: int = 0, progress: bool = True, analyses: bool = True) -> tuple[Path, dict[str, float]]:
     """Train ``zfnet_small`` on the embedded data into ``out/run/`` (unless
     ``checkpoint`` is given; a finished run there is reused, an interrupted one
-    resumed), then ``visualize`` its validation images into ``out/report/``.
+    resumed), then ``visualize`` its validation images into ``out/report/`` and
+    (``analyses``) add the quick versions of the paper's analyses to it.
     Returns the report's ``index.html`` and the wall time of each stage."""
     from .train import demo_config, train
 
@@ -250,4 +252,18 @@ def demo(out: str | os.PathLike = "demo", *, checkpoint: str | os.PathLike | Non
     index = visualize(checkpoint, "synthetic", out / "report", progress=progress)
     meta = json.loads((out / "report" / "results" / "meta.json").read_text())
     timings.update(meta["timings"])
+    if analyses:
+        from .analyze import DEMO_ANALYSES, analyze, rerender
+
+        for name in DEMO_ANALYSES:
+            mark = time.perf_counter()
+            try:
+                analyze(name, checkpoint, out / "report", quick=True, progress=progress, render=False)
+            except ValueError as error:  # e.g. evolution of a checkpoint without snapshots
+                print(f"zfcore demo: analysis {name} skipped: {error}", file=sys.stderr)
+                continue
+            timings[f"analysis {name}"] = time.perf_counter() - mark
+        mark = time.perf_counter()
+        rerender(out / "report", progress=progress)
+        timings["analysis pages"] = time.perf_counter() - mark
     return index, timings

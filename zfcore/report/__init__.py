@@ -231,6 +231,7 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
     from tqdm import tqdm
 
     from .. import __version__
+    from ..analyze import render_analyses, saved_analyses
 
     meta, tensors = load_results(source)
     out = Path(out) if out is not None else Path(source)
@@ -257,7 +258,8 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
     common = {"layer_pages": layer_pages, "has_activations": "activations" in tensors,
               "has_filters": "filters" in tensors, "has_dead": "dead_units" in tensors, "version": __version__,
               "model_name": meta.get("model", "model"), "generated": time.strftime("%Y-%m-%d %H:%M"),
-              "k": meta.get("k", 9), "mode": meta.get("mode", "deconvnet")}
+              "k": meta.get("k", 9), "mode": meta.get("mode", "deconvnet"),
+              "analyses": [{"name": n, "file": f"analysis-{n}.html"} for n in saved_analyses(source)]}
 
     def page(template: str, file: str, **values) -> None:
         html = env.get_template(template).render(**common, current=file, **values)
@@ -341,4 +343,5 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
          classes=classes, input_shape=meta.get("input_shape", []), checkpoint=meta.get("checkpoint", ""),
          accuracy=accuracy, data=meta.get("data", ""), images=meta.get("images", 0), skipped=meta.get("skipped", 0),
          curve=curve, epochs=len(history), timings=meta.get("timings", {}))
+    render_analyses(source, out)
     return out / "index.html"

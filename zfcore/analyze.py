@@ -26,8 +26,6 @@ ANALYSES = {
     "evolution": "feature evolution over the run's snapshots (Fig. 4)",
 }
 DEMO_ANALYSES = ("occlusion", "invariance", "correspondence", "probes", "evolution")
-_MODULES = {"occlusion": "occlusion", "invariance": "invariance", "correspondence": "correspondence",
-            "probes": "probes", "evolution": "evolution"}
 
 
 def _embedded_val(loaded):
@@ -137,7 +135,7 @@ def render_analyses(source: str | os.PathLike, out: str | os.PathLike | None = N
     written = []
     for name in names:
         saved = torch.load(source / "results" / f"analysis-{name}.pt", weights_only=True)
-        module = importlib.import_module(f".analysis.{_MODULES[name]}", __package__)
+        module = importlib.import_module(f".analysis.{name}", __package__)
         cls = next(v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "from_dict")
                    and v.__module__ == module.__name__)
         result = cls.from_dict(saved["result"])

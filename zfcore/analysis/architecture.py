@@ -233,8 +233,9 @@ class FrequencyCoverage:
     def as_dict(self) -> dict:
         return {"edges": self.edges, "energy": self.energy, "alias": self.alias, "power": self.power,
                 "stride": self.stride, "size": self.size, "spectrum": self.spectrum,
-                "noise_spectrum": self.noise_spectrum, "noise_alias": self.noise_alias, "mid_coverage": self.mid_coverage,
-                "extreme_fraction": self.extreme_fraction, "low_filters": self.low_filters, "high_filters": self.high_filters, "layer_alias": self.layer_alias}
+                "noise_spectrum": self.noise_spectrum, "noise_alias": self.noise_alias,
+                "mid_coverage": self.mid_coverage, "extreme_fraction": self.extreme_fraction,
+                "low_filters": self.low_filters, "high_filters": self.high_filters, "layer_alias": self.layer_alias}
 
     @classmethod
     def from_dict(cls, d: dict) -> FrequencyCoverage:
@@ -909,8 +910,9 @@ def render(result: Architecture | dict, assets: Path) -> dict:
     for ax, v, grid in zip(axes, variants, grids):
         ax.imshow(grid, interpolation="nearest")
         ax.set_ylim(height, 0)
-        ax.set_title(f"{_LABELS.get(v, v)}: {result.conv1[v]}\n{len(result.dead[v].dead)} dead "
-                     f"(marked red)", fontsize=9)
+        n_dead = len(result.dead[v].dead)
+        ax.set_title(f"{_LABELS.get(v, v)}: {result.conv1[v]}\n{n_dead} dead" + (" (framed in red)" if n_dead else ""),
+                     fontsize=9)
         ax.axis("off")
         o = result.weights[v].shape[0]
         cols = math.ceil(math.sqrt(o))

@@ -154,8 +154,10 @@ def _made(pre, scratch, shots=(1, 5, 25)) -> Generalization:
 def test_claims_follow_the_numbers(tmp_path):
     holds = [c["holds"] for c in render(_made([0.8, 0.85, 0.9], [0.3, 0.5, 0.8]), tmp_path)["claims"]]
     assert holds == [True, True, True]
-    holds = [c["holds"] for c in render(_made([0.6, 0.5, 0.9], [0.7, 0.5, 0.8]), tmp_path)["claims"]]
+    holds = [c["holds"] for c in render(_made([0.6, 0.5, 0.55], [0.7, 0.5, 0.4]), tmp_path)["claims"]]
     assert holds == [False, False, False]
+    holds = [c["holds"] for c in render(_made([0.6, 0.5, 0.9], [0.5, 0.5, 0.85]), tmp_path)["claims"]]
+    assert holds == [False, True, True]  # level at n = 5; the gap 0.1 -> 0.05; 0.9 above 0.6
     detail = render(_made([0.8, 0.85, 0.9], [0.3, 0.5, 0.8]), tmp_path)["claims"][0]["detail"]
     assert "n = 1: 80.0% against 30.0%" in detail and "n = 5: 85.0% against 50.0%" in detail
     assert set(PAPER_CALTECH) == {"Caltech-101 (Table 4)", "Caltech-256 (Table 5)"}

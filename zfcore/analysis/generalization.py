@@ -41,11 +41,14 @@ Choices the paper leaves open, or that a CPU budget forces:
 * **Draws** pick ``n`` images per class uniformly without replacement from the
   first ``pool`` training images of each new class (``pool`` = the run's
   images per class, at least ``max(shots)``), seeded by ``(seed, n, draw)``.
-* **Budgets**: default pretraining ``demo_config`` (500 images per class, 30
-  epochs) on the 5 pretraining classes (~1 minute here), shots 1, 2, 5, 10, 25,
-  50 with 3 draws (~5 minutes of scratch training). ``quick=True``: pretraining
-  300 images per class for 10 epochs, shots 1, 5, 25, 2 draws, 150 steps, 50
-  validation images per class (about a minute here).
+* **Budgets** (measured here, 2 shared CPU cores, ``threads=1``): default
+  pretraining ``demo_config`` (500 images per class, 30 epochs) on the 5
+  pretraining classes (2.5 minutes), shots 1, 2, 5, 10, 25, 50 with 3 draws and
+  400 steps (5.5 minutes of scratch training), 100 validation images per class:
+  about 8 minutes. ``quick=True``: pretraining 300 images per class for 10
+  epochs, shots 1, 5, 25, 2 draws, 150 steps, 50 validation images per class:
+  about 70 s, but its pretrained network is weak (~72% top-1 error on its 5
+  classes) and its features barely beat chance: it checks the pipeline.
 
 Example:
     >>> result = generalization(None, Path("runs/generalization"), quick=True)
@@ -482,8 +485,10 @@ def _claims(result: Generalization) -> list[dict]:
                        "detail": f"pretrained minus scratch: {100 * first:+.1f} points at n = {result.shots[0]}, "
                                  f"{100 * last:+.1f} at n = {result.shots[-1]}; paper, Caltech-101: +61.0 at 15, "
                                  f"+40.0 at 30; Caltech-256: +56.7 at 15, +35.4 at 60"})
-        claims.append({"claim": "With the pretrained features, accuracy does not fall as n grows",
-                       "holds": all(b >= a - 1e-9 for a, b in zip(pre, pre[1:])),
+        claims.append({"claim": f"With the pretrained features, more training images help: accuracy at "
+                                f"n = {result.shots[-1]} is above that at n = {result.shots[0]} (Table 5: 65.7% at "
+                                f"15 per class, 74.2% at 60)",
+                       "holds": pre[-1] > pre[0] + 1e-9,
                        "detail": ", ".join(f"n = {n}: {100 * p:.1f}%" for n, p in zip(result.shots, pre))})
     return claims
 

@@ -4,7 +4,8 @@
 Loading never unpickles arbitrary objects: the file is read with
 ``torch.load(weights_only=True)``, which admits only tensors, numbers, strings
 and plain containers, and the model is rebuilt from its preset name and sizes
-(``zfcore.models.PRESETS``), then given the saved weights.
+(``zfcore.models.PRESETS``) with the run's variant (``conv1``, ``remove``;
+``classes`` is already in the saved class list), then given the saved weights.
 
 Example:
     >>> loaded = zfcore.load("runs/small/model.pt")
@@ -124,6 +125,7 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
         ValueError: the file is not a zfcore model (naming it and why).
     """
     from .models import PRESETS
+    from .train.config import parse_conv1, parse_remove
 
     state = read_state(path)
     path = Path(path)
@@ -143,6 +145,11 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
         kwargs["width"] = float(config["width"])
     if config.get("fc_width") is not None:
         kwargs["fc_width"] = int(config["fc_width"])
+    try:  # the variant (absent from runs saved before variants existed: the preset)
+        kwargs["conv1"] = parse_conv1(str(config.get("conv1") or ""))
+        kwargs["remove"] = parse_remove(str(config.get("remove") or ""))
+    except ValueError as error:
+        raise _fail(path, f"its model variant is invalid: {error}") from None
     try:
         model = PRESETS[config["model"]](len(classes), **kwargs)
         model.load_state_dict(state["model"])

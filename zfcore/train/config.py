@@ -7,6 +7,46 @@ import dataclasses
 from dataclasses import dataclass, field
 
 PAPER_SNAPSHOTS = (1, 2, 5, 10, 20, 30, 40, 64)  # epochs of Fig. 4, out of ~70
+REMOVABLE = ("conv3", "conv4", "fc6", "fc7")  # as zfcore.models.convnets.REMOVABLE (not imported: no torch here)
+SYNTHETIC_CLASSES = 10  # the embedded data's classes (zfcore.data.CLASSES)
+
+
+def parse_conv1(text: str) -> tuple[int, int] | None:
+    """``--conv1``: ``""`` (the preset's) or ``"KxS"`` -> ``(kernel, stride)``."""
+    if not text:
+        return None
+    parts = str(text).lower().split("x")
+    ok = len(parts) == 2 and all(p.strip().isdigit() for p in parts)
+    kernel, stride = (int(p) for p in parts) if ok else (0, 0)
+    if not ok or kernel < 1 or stride < 1 or stride > kernel:
+        raise ValueError(f"--conv1 must be KxS, the first layer's kernel and stride as positive integers with "
+                         f"stride <= kernel, e.g. 11x4 or 7x2 (got {text!r})")
+    return kernel, stride
+
+
+def parse_remove(text: str) -> tuple[str, ...]:
+    """``--remove``: comma-separated layers among conv3, conv4, fc6, fc7 -> a tuple in that order."""
+    names = [n.strip() for n in str(text).split(",") if n.strip()]
+    if any(n not in REMOVABLE for n in names) or len(set(names)) != len(names):
+        raise ValueError(f"--remove must be comma-separated layers among {', '.join(REMOVABLE)}, each at most "
+                         f"once (got {text!r})")
+    return tuple(n for n in REMOVABLE if n in names)
+
+
+def parse_classes(text: str, available: int | None = None) -> tuple[int, ...] | None:
+    """``--classes``: ``""`` (all) or comma-separated distinct class indices, at
+    least two, each below ``available`` when given -> a tuple in the given order."""
+    if not text:
+        return None
+    parts = [p.strip() for p in str(text).split(",") if p.strip()]
+    if not parts or not all(p.isdigit() for p in parts) or len(set(map(int, parts))) != len(parts) or len(parts) < 2:
+        raise ValueError(f"--classes must be at least two distinct class indices, comma-separated, e.g. 0,1,2 "
+                         f"(got {text!r})")
+    indices = tuple(int(p) for p in parts)
+    if available is not None and max(indices) >= available:
+        raise ValueError(f"--classes must be indices in 0..{available - 1} of the data's {available} classes "
+                         f"(got {text!r})")
+    return indices
 
 
 def _help(text: str, **kwargs):
@@ -21,6 +61,12 @@ class TrainConfig:
     model: str = _help("zfnet, alexnet or zfnet_small", default="zfnet_small")
     width: float = _help("scale of the conv channels (None: the preset's)", default=None)
     fc_width: int = _help("fc6/fc7 width (None: the preset's)", default=None)
+    conv1: str = _help("first layer's kernel and stride as KxS, e.g. 11x4 (AlexNet-style) or 7x2 (ZFNet-style); "
+                       "padding max(0, (K - S) // 2 - 1); '' = the preset's", default="")
+    remove: str = _help("comma-separated layers to leave out, among conv3, conv4, fc6, fc7 (with their ReLU and "
+                        "dropout; the other layers keep their names)", default="")
+    classes: str = _help("comma-separated class indices of the data to train and validate on, relabelled "
+                         "0..k-1 in the given order (the model has k outputs); '' = all", default="")
     image_size: int = _help("input side in pixels (synthetic images, or crops of image folders)", default=64)
     per_class: int = _help("synthetic training images per class (val/test: a fifth)", default=500)
     seed: int = _help("seed of the data, the initialization, the data order and dropout", default=0)
@@ -80,6 +126,10 @@ class TrainConfig:
             if not ok:
                 value = getattr(self, name.replace("-", "_"))
                 raise ValueError(f"--{name} must be {expected} (got {value!r})")
+        conv1 = parse_conv1(self.conv1)
+        self.conv1 = f"{conv1[0]}x{conv1[1]}" if conv1 else ""  # one spelling per variant: resume compares them
+        self.remove = ",".join(parse_remove(self.remove))
+        parse_classes(self.classes, SYNTHETIC_CLASSES if self.data == "synthetic" else None)
 
     def snapshots(self) -> list[int]:
         if self.snapshot_epochs:
@@ -87,8 +137,10 @@ class TrainConfig:
         return sorted({max(1, min(self.epochs, round(e * self.epochs / 64))) for e in PAPER_SNAPSHOTS})
 
     def model_fingerprint(self) -> dict:
-        """What a checkpoint must share with this run to be resumed by it."""
-        return {k: getattr(self, k) for k in ("model", "width", "fc_width", "image_size", "data")}
+        """What a checkpoint must share with this run to be resumed by it (the
+        variant fields only when set, so runs saved before they existed still match)."""
+        base = {k: getattr(self, k) for k in ("model", "width", "fc_width", "image_size", "data")}
+        return {**base, **{k: getattr(self, k) for k in ("conv1", "remove", "classes") if getattr(self, k)}}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -30,19 +30,24 @@ from tqdm import tqdm
 from .. import models
 from ..data import SyntheticShapes
 from .checkpoint import atomic_torch_save, atomic_write_bytes, latest_checkpoint, load_checkpoint, save_checkpoint
-from .config import TrainConfig
+from .config import TrainConfig, parse_classes, parse_conv1, parse_remove
 
 
 def build_model(config: TrainConfig, num_classes: int) -> nn.Module:
     if config.model not in models.PRESETS:
         raise ValueError(f"train: model must be one of {', '.join(models.PRESETS)} (got {config.model!r})")
     init_std = config.init_std if config.init == "paper" else None
-    kwargs = {"input_size": config.image_size, "dropout": config.dropout, "init_std": init_std}
+    kwargs = {"input_size": config.image_size, "dropout": config.dropout, "init_std": init_std,
+              "conv1": parse_conv1(config.conv1), "remove": parse_remove(config.remove)}
     if config.width is not None:
         kwargs["width"] = config.width
     if config.fc_width is not None:
         kwargs["fc_width"] = config.fc_width
-    model = models.PRESETS[config.model](num_classes, **kwargs)
+    try:
+        model = models.PRESETS[config.model](num_classes, **kwargs)
+    except ValueError as error:
+        raise ValueError(f"train: --image-size {config.image_size} with --conv1 {config.conv1 or '(preset)'} "
+                         f"and --remove {config.remove or '(none)'}: {error}") from None
     if config.init == "he":
         for module in model.modules():
             if isinstance(module, nn.Conv2d | nn.Linear):
@@ -77,15 +82,47 @@ def renormalize_filters(model: nn.Module, radius: float) -> None:
             module.weight.mul_((radius / rms).clamp(max=1.0))
 
 
+def select_classes(labels: torch.Tensor, classes: tuple[int, ...] | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """The positions of the images of ``classes`` (in data order) and their labels
+    renumbered 0..k-1 in the order ``classes`` gives (``None``: all, unchanged)."""
+    labels = torch.as_tensor(labels)
+    if classes is None:
+        return torch.arange(len(labels)), labels
+    remap = torch.full((int(max(int(labels.max()), *classes)) + 1,), -1, dtype=torch.int64)
+    remap[list(classes)] = torch.arange(len(classes))
+    new = remap[labels]
+    keep = torch.nonzero(new >= 0).flatten()
+    return keep, new[keep]
+
+
+class _Split:
+    """Images and labels of one split of the embedded data, restricted to some classes."""
+
+    def __init__(self, dataset: SyntheticShapes, classes: tuple[int, ...] | None):
+        if classes is None:
+            self.images, self.labels = dataset.images, dataset.labels
+        else:
+            keep, self.labels = select_classes(dataset.labels, classes)
+            self.images = dataset.images[keep]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
 class SyntheticData:
-    """The embedded dataset as mean-subtracted float batches."""
+    """The embedded dataset as mean-subtracted float batches (``--classes``: only
+    those classes' images, relabelled 0..k-1; the mean is theirs)."""
 
     def __init__(self, config: TrainConfig):
         val_per_class = max(1, config.per_class // 5)
-        self.train = SyntheticShapes("train", seed=config.seed, size=config.image_size, per_class=config.per_class)
-        self.val = SyntheticShapes("val", seed=config.seed, size=config.image_size, per_class=val_per_class)
-        self.num_classes = len(SyntheticShapes.classes)
-        self.classes = list(SyntheticShapes.classes)
+        chosen = parse_classes(config.classes, len(SyntheticShapes.classes))
+        self.train = _Split(SyntheticShapes("train", seed=config.seed, size=config.image_size,
+                                            per_class=config.per_class), chosen)
+        self.val = _Split(SyntheticShapes("val", seed=config.seed, size=config.image_size,
+                                          per_class=val_per_class), chosen)
+        indices = chosen if chosen is not None else range(len(SyntheticShapes.classes))
+        self.classes = [SyntheticShapes.classes[i] for i in indices]
+        self.num_classes = len(self.classes)
         self.mean = self.train.images.double().mean(0).float()
         self.scale = config.input_scale
         self.resize = None
@@ -122,6 +159,14 @@ class FolderData:
         self.val = ImageFolderDataset(root / "val", resize=resize)
         if self.train.classes != self.val.classes:
             raise ValueError(f"train: {root}/train and {root}/val have different class folders")
+        chosen = parse_classes(config.classes, len(self.train.classes))
+        if chosen is not None:
+            for split in (self.train, self.val):  # keep only those classes' files, relabelled 0..k-1
+                keep, labels = select_classes(torch.tensor(split.targets), chosen)
+                split.samples = [(split.samples[i][0], int(label)) for i, label in zip(keep.tolist(), labels.tolist())]
+                split.targets = labels.tolist()
+                split.classes = [split.classes[i] for i in chosen]
+                split.class_to_idx = {name: i for i, name in enumerate(split.classes)}
         self.num_classes = len(self.train.classes)
         self.classes = list(self.train.classes)
         self.resize = resize

@@ -4,7 +4,8 @@ network was not trained on?
 The paper keeps layers 1-7 of its ImageNet model fixed and trains only a new
 softmax on Caltech-101/256 with n training images per class, against the same
 architecture trained from scratch on those images; the pretrained features win
-by far (Caltech-101, 30 images per class: 86.5% against 46.5%), most at small n.
+by far (the pretrained ZFNet reaches 86.5% on Caltech-101 with 30 images per
+class, 74.2% on Caltech-256 with 60), most at small n.
 
 Here the split is by class of the embedded data: a network is trained on
 ``pretrain_classes`` only (by ``zfcore.train.train`` with ``classes``), and
@@ -81,16 +82,12 @@ QUICK = {"per_class": 300, "epochs": 10, "shots": (1, 5, 25), "draws": 2, "steps
 FULL = {"draws": 3, "steps": 400, "eval_per_class": 100}
 NUM_CLASSES = 10  # of the embedded data
 
-# The paper's Tables 4 and 5 (accuracy %, mean and std over 5 draws of the training images) and Table 6:
-# ImageNet-pretrained ZFNet with a new softmax against the same network trained from scratch on Caltech.
-# PAPER.md gives 86.5 (Caltech-101, 30/class), 74.2 (Caltech-256, 60/class) and 79.0 (PASCAL 2012 mean AP);
-# the other numbers are copied from the paper (arXiv 1311.2901v3).
+# The paper's headline numbers of Tables 4 and 5 (accuracy %, ImageNet-pretrained ZFNet with a new softmax)
+# and Table 6, as the project's method summary (PAPER.md) states them; only these are shown, so no number
+# in the report is one we could not check against it.
 PAPER_CALTECH = {
-    "Caltech-101 (Table 4)": {"classes": 101, "shots": [15, 30], "pretrained": [83.8, 86.5],
-                              "pretrained_std": [0.5, 0.5], "scratch": [22.8, 46.5], "scratch_std": [1.5, 1.7]},
-    "Caltech-256 (Table 5)": {"classes": 256, "shots": [15, 30, 45, 60], "pretrained": [65.7, 70.6, 72.7, 74.2],
-                              "pretrained_std": [0.2, 0.2, 0.4, 0.3], "scratch": [9.0, 22.5, 31.2, 38.8],
-                              "scratch_std": [1.4, 0.7, 0.5, 1.4]},
+    "Caltech-101 (Table 4)": {"classes": 101, "shots": [30], "pretrained": [86.5]},
+    "Caltech-256 (Table 5)": {"classes": 256, "shots": [60], "pretrained": [74.2]},
 }
 PAPER_PASCAL_MEAN_AP = 79.0  # Table 6, PASCAL VOC 2012, ImageNet-pretrained features
 
@@ -477,17 +474,15 @@ def _claims(result: Generalization) -> list[dict]:
                "detail": f"accuracy on the {result.eval_images} validation images of the new classes, mean of "
                          f"{result.draws} draws, pretrained features + new softmax against scratch: {per_n}; chance "
                          f"{100 * result.chance:.0f}%; a binomial standard error of such a mean is about "
-                         f"{se:.1f} points; paper, Caltech-101 at 15 per class: 83.8% against 22.8%"}]
+                         f"{se:.1f} points; paper: the pretrained features win by far on Caltech-101/256"}]
     if len(result.shots) > 1:
         first, last = pre[0] - scr[0], pre[-1] - scr[-1]
         claims.append({"claim": "The advantage of the pretrained features shrinks as n grows (Tables 4-5)",
                        "holds": last < first - 1e-9,  # means of a few draws: equal ones are not "shrinks"
                        "detail": f"pretrained minus scratch: {100 * first:+.1f} points at n = {result.shots[0]}, "
-                                 f"{100 * last:+.1f} at n = {result.shots[-1]}; paper, Caltech-101: +61.0 at 15, "
-                                 f"+40.0 at 30; Caltech-256: +56.7 at 15, +35.4 at 60"})
+                                 f"{100 * last:+.1f} at n = {result.shots[-1]}"})
         claims.append({"claim": f"With the pretrained features, more training images help: accuracy at "
-                                f"n = {result.shots[-1]} is above that at n = {result.shots[0]} (Table 5: 65.7% at "
-                                f"15 per class, 74.2% at 60)",
+                                f"n = {result.shots[-1]} is above that at n = {result.shots[0]}",
                        "holds": pre[-1] > pre[0] + 1e-9,
                        "detail": ", ".join(f"n = {n}: {100 * p:.1f}%" for n, p in zip(result.shots, pre))})
     return claims
@@ -523,10 +518,8 @@ def render(result: Generalization | dict, assets: Path) -> dict:
     ours.set_ylim(0, 100)
     ours.set_title(f"ours: {len(result.new_classes)} new classes of the embedded data", fontsize=10)
     for (name, row), marker in zip(result.paper.items(), ("o", "s")):
-        theirs.errorbar(row["shots"], row["pretrained"], yerr=row["pretrained_std"], marker=marker, capsize=3,
-                        color="tab:blue", label=f"{name}: ImageNet-pretrained")
-        theirs.errorbar(row["shots"], row["scratch"], yerr=row["scratch_std"], marker=marker, capsize=3,
-                        color="tab:orange", linestyle="--", label=f"{name}: from scratch")
+        theirs.plot(row["shots"], row["pretrained"], marker=marker, linestyle="none", markersize=8,
+                    color="tab:blue", label=f"{name}: ImageNet-pretrained")
     theirs.set_xlabel("training images per class")
     theirs.set_ylabel("accuracy (%)")
     theirs.set_ylim(0, 100)
@@ -545,10 +538,8 @@ def render(result: Generalization | dict, assets: Path) -> dict:
     rows = [[n, cell(result.pretrained, i), cell(result.scratch, i),
              f"{100 * (result.pretrained_mean[i] - result.scratch_mean[i]).item():+.1f}"]
             for i, n in enumerate(result.shots)]
-    paper_rows = [[name, n, f"{p:.1f} ± {ps:.1f}", f"{s:.1f} ± {ss:.1f}", f"{p - s:+.1f}"]
-                  for name, row in result.paper.items()
-                  for n, p, ps, s, ss in zip(row["shots"], row["pretrained"], row["pretrained_std"], row["scratch"],
-                                             row["scratch_std"])]
+    paper_rows = [[name, n, f"{p:.1f}"] for name, row in result.paper.items()
+                  for n, p in zip(row["shots"], row["pretrained"])]
     names = ", ".join(result.new_class_names)
     tables = [{"caption": f"Accuracy (%) on {result.eval_images} validation images of the new classes ({names}), "
                           f"mean ± std over {result.draws} draws of the training images; chance "
@@ -556,9 +547,8 @@ def render(result: Generalization | dict, assets: Path) -> dict:
                "header": ["images per class", "pretrained + new softmax", "from scratch", "difference"],
                "rows": rows},
               {"caption": f"The paper's numbers, on Caltech (not our data): ImageNet-pretrained ZFNet with a new "
-                          f"softmax against the same network trained from scratch, accuracy % (mean ± std over 5 "
-                          f"draws). Table 6: PASCAL 2012, {PAPER_PASCAL_MEAN_AP:.1f}% mean AP.",
-               "header": ["dataset", "images per class", "pretrained", "from scratch", "difference"],
+                          f"softmax, accuracy %. Table 6: PASCAL 2012, {PAPER_PASCAL_MEAN_AP:.1f}% mean AP.",
+               "header": ["dataset", "images per class", "pretrained"],
                "rows": paper_rows}]
     pretrained_classes = ", ".join(map(str, result.pretrain_classes))
     intro = (f"The paper's Tables 4-6: features learned on one set of classes, reused for others. A network "

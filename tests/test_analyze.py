@@ -71,3 +71,63 @@ def test_bad_arguments_are_named(demo_folder, tmp_path):
     result = subprocess.run(run + ["evolution", "--checkpoint", str(lone / "model.pt"), "--out", str(tmp_path / "r")],
                             capture_output=True, text=True)
     assert result.returncode == 2 and "snapshot" in result.stderr and "Traceback" not in result.stderr, result.stderr
+
+
+def _tiny_recipe(out, *, seed=0, epochs=None, progress=True):
+    """The demo's recipe shrunk to seconds: the wiring, not the numbers, is tested here (the modules' own
+    tests check the measures; their run times at the real budgets are in the README)."""
+    from zfcore.train import TrainConfig
+
+    return TrainConfig(out=out, model="zfnet_small", seed=seed, epochs=1 if epochs is None else min(epochs, 1),
+                       per_class=10, batch_size=16, schedule="cosine", warmup_epochs=0.0, last_init_std=0.01,
+                       progress=progress, threads=1)
+
+
+def test_training_analyses_run_from_the_command_line_into_pages_and_reuse_their_runs(tmp_path, monkeypatch):
+    import zfcore.train
+    from zfcore.analysis import architecture, generalization
+    from zfcore.cli import main
+
+    monkeypatch.setattr(zfcore.train, "demo_config", _tiny_recipe)
+    monkeypatch.setattr(architecture, "QUICK_EPOCHS", 1)
+    monkeypatch.setitem(generalization.QUICK, "shots", (1, 2))
+    for key, value in (("draws", 1), ("steps", 3), ("eval_per_class", 4)):
+        monkeypatch.setitem(generalization.QUICK, key, value)
+    out = tmp_path / "report"
+    common = ["--out", str(out), "--quick", "--no-progress"]
+    assert main(["analyze", "architecture", *common]) == 0
+    assert main(["analyze", "ablation", *common, "--variants", "full,no-fc6-fc7,wide-fc"]) == 0
+    assert main(["analyze", "generalization", *common, "--seed", "3"]) == 0
+    for name, run in (("architecture", "zfnet_conv1"), ("ablation", "no-fc6-fc7"), ("generalization", "pretrain")):
+        page = (out / f"analysis-{name}.html").read_text()
+        assert "holds" in page or "does not hold" in page, name
+        saved = torch.load(out / "results" / f"analysis-{name}.pt", weights_only=True)
+        assert saved["checkpoint"] == "" and saved["seconds"] > 0
+        assert (out / "runs" / name / run / "model.pt").is_file(), name
+    saved = torch.load(out / "results" / "analysis-ablation.pt", weights_only=True)["result"]
+    assert saved["variants"] == ["full", "no-fc6-fc7", "wide-fc"] and saved["reused"] == [False] * 3
+    no_fc = torch.load(out / "runs" / "ablation" / "no-fc6-fc7" / "model.pt", weights_only=True)
+    assert "fc6.weight" not in no_fc["model"] and "fc8.weight" in no_fc["model"]
+    assert torch.load(out / "runs" / "generalization" / "pretrain" / "model.pt",
+                      weights_only=True)["config"]["seed"] == 3
+    assert main(["analyze", "ablation", *common, "--variants", "full,no-fc6-fc7,wide-fc"]) == 0  # finished runs reused
+    saved = torch.load(out / "results" / "analysis-ablation.pt", weights_only=True)["result"]
+    assert saved["reused"] == [True] * 3
+    assert sorted(p.name for p in out.glob("analysis-*.html")) == [
+        "analysis-ablation.html", "analysis-architecture.html", "analysis-generalization.html"]
+    if browser.available() is None:
+        found = browser.check_report(out, screenshot=tmp_path / "ablation.png")
+        assert {page: p for page, p in found["pages"].items() if p} == {} and found["dialogs"] == []
+
+
+def test_training_analysis_arguments_are_checked(tmp_path, capsys):
+    from zfcore.cli import main
+
+    assert main(["analyze", "ablation", "--out", str(tmp_path), "--variants", "full,bogus", "--no-progress"]) == 2
+    assert "unknown variant 'bogus'" in capsys.readouterr().err
+    assert main(["analyze", "architecture", "--out", str(tmp_path), "--variants", "full"]) == 2
+    assert "variants are ablation's" in capsys.readouterr().err
+    assert main(["analyze", "occlusion", "--out", str(tmp_path)]) == 2
+    assert "occlusion needs --checkpoint" in capsys.readouterr().err
+    assert main(["analyze", "architecture", "--out", str(tmp_path), "--seed", "-1"]) == 2
+    assert "seed must be a non-negative int" in capsys.readouterr().err

@@ -24,7 +24,14 @@ ANALYSES = {
     "correspondence": "correspondence of face parts (Fig. 8, Table 1)",
     "probes": "linear probes per layer (Table 7)",
     "evolution": "feature evolution over the run's snapshots (Fig. 4)",
+    "architecture": "first-layer choices compared: 11x11 stride 4 against 7x7 stride 2 (Fig. 6; trains 2 models)",
+    "ablation": "layers removed or resized (Tables 2-3; trains a model per variant)",
+    "generalization": "frozen features with a new softmax on new classes against training from scratch "
+                      "(Tables 4-6; trains models)",
 }
+TRAINING = ("architecture", "ablation", "generalization")
+"""The analyses that train their own models (into ``runs``); ``checkpoint`` is
+not needed by them (generalization takes one as its pretrained run)."""
 DEMO_ANALYSES = ("occlusion", "invariance", "correspondence", "probes", "evolution")
 
 
@@ -79,21 +86,65 @@ def _run(name: str, loaded, *, quick: bool, progress: bool):
     raise ValueError(f"analyze: unknown analysis {name!r}; choose one of {', '.join(ANALYSES)}")
 
 
-def analyze(name: str, checkpoint: str | os.PathLike, out: str | os.PathLike, *, quick: bool = False,
-            progress: bool = True, render: bool = True) -> Path:
-    """Run analysis ``name`` on the model at ``checkpoint`` (its run's embedded
-    validation data), save its result in ``out/results/`` and (``render``)
-    write the report's pages; returns the page's path."""
+def _train_and_run(name: str, checkpoint, runs: Path, *, quick: bool, progress: bool, seed: int,
+                   variants: tuple[str, ...] | None):
+    """The analyses that train models, into ``runs`` (finished runs there are
+    reused, interrupted ones resumed)."""
+    if variants is not None and name != "ablation":
+        raise ValueError(f"analyze: variants are ablation's; {name} takes none")
+    if name == "architecture":
+        from .analysis.architecture import architecture
+
+        return architecture(runs, quick=quick, seed=seed, progress=progress), {}
+    if name == "ablation":
+        from .analysis.ablation import DEFAULT, ablation
+
+        return ablation(runs, variants=variants or DEFAULT, quick=quick, progress=progress,
+                        base=_demo_recipe(runs, seed, progress)), {}
+    from .analysis.generalization import generalization
+
+    return generalization(Path(checkpoint) if checkpoint is not None else None, runs, quick=quick, seed=seed,
+                          progress=progress, base=_demo_recipe(runs, seed, progress)), {}
+
+
+def _demo_recipe(runs: Path, seed: int, progress: bool):
+    """The ``zfcore demo`` training recipe with ``seed`` (looked up at call time)."""
+    from . import train
+
+    return train.demo_config(str(runs), seed=seed, progress=progress)
+
+
+def analyze(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathLike, *, quick: bool = False,
+            progress: bool = True, render: bool = True, runs: str | os.PathLike | None = None, seed: int = 0,
+            variants: tuple[str, ...] | None = None) -> Path:
+    """Run analysis ``name`` and save its result in ``out/results/``; with
+    ``render`` write the report's pages; returns the page's path.
+
+    The analyses of a trained model (occlusion, invariance, correspondence,
+    probes, evolution) need ``checkpoint`` (its run's embedded validation data
+    is used). Those in ``TRAINING`` train their own models into ``runs``
+    (default ``out/runs/NAME``): ``seed`` seeds them, ``variants`` chooses
+    ablation's, and generalization takes ``checkpoint`` as its pretrained run
+    when given (else it trains one)."""
     from . import load
     from .train.checkpoint import atomic_torch_save
 
     if name not in ANALYSES:
         raise ValueError(f"analyze: unknown analysis {name!r}; choose one of {', '.join(ANALYSES)}")
-    loaded = load(checkpoint)
+    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"analyze: seed must be a non-negative int (got {seed!r})")
     start = time.perf_counter()
-    result, extra = _run(name, loaded, quick=quick, progress=progress)
+    if name in TRAINING:
+        runs = Path(runs) if runs is not None else Path(out) / "runs" / name
+        result, extra = _train_and_run(name, checkpoint, runs, quick=quick, progress=progress, seed=seed,
+                                       variants=variants)
+    else:
+        if checkpoint is None:
+            raise ValueError(f"analyze: {name} needs --checkpoint, a model.pt written by zfcore train")
+        result, extra = _run(name, load(checkpoint), quick=quick, progress=progress)
     seconds = time.perf_counter() - start
-    saved = {"result": result.as_dict(), "extra": extra, "checkpoint": os.fspath(checkpoint), "seconds": seconds}
+    saved = {"result": result.as_dict(), "extra": extra,
+             "checkpoint": "" if checkpoint is None else os.fspath(checkpoint), "seconds": seconds}
     folder = Path(out) / "results"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(saved, folder / f"analysis-{name}.pt")
@@ -136,14 +187,11 @@ def render_analyses(source: str | os.PathLike, out: str | os.PathLike | None = N
     for name in names:
         saved = torch.load(source / "results" / f"analysis-{name}.pt", weights_only=True)
         module = importlib.import_module(f".analysis.{name}", __package__)
-        cls = next(v for v in vars(module).values() if isinstance(v, type) and hasattr(v, "from_dict")
-                   and v.__module__ == module.__name__)
-        result = cls.from_dict(saved["result"])
         assets = out / "assets" / f"analysis-{name}"
         if assets.exists():
             shutil.rmtree(assets)
         assets.mkdir(parents=True)
-        page = module.render(result, assets, **saved.get("extra", {}))
+        page = module.render(saved["result"], assets, **saved.get("extra", {}))
         for figure in page["figures"]:
             figure["file"] = f"assets/analysis-{name}/{figure['file']}"
         html = env.get_template("analysis.html").render(

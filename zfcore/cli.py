@@ -65,7 +65,9 @@ def _report(args) -> int:
 def _analyze(args) -> int:
     from .analyze import analyze
 
-    page = analyze(args.name, args.checkpoint, args.out, quick=args.quick, progress=args.progress)
+    variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
+    page = analyze(args.name, args.checkpoint, args.out, quick=args.quick, progress=args.progress, runs=args.runs,
+                   seed=args.seed, variants=variants)
     print(f"page: {page}")
     return 0
 
@@ -134,9 +136,20 @@ def main(argv: list[str] | None = None) -> int:
                               formatter_class=defaults,
                               epilog="analyses: " + "; ".join(f"{k}: {v}" for k, v in ANALYSES.items()))
     ana.add_argument("name", choices=list(ANALYSES), help="the analysis")
-    ana.add_argument("--checkpoint", required=True, help="a model.pt written by zfcore train (embedded data)")
+    ana.add_argument("--checkpoint", default=None,
+                     help="a model.pt written by zfcore train on the embedded data (needed by all but "
+                          "architecture, ablation and generalization; generalization takes it as its run "
+                          "pretrained on classes 0-4, else trains one)")
     ana.add_argument("--out", default="report", help="the report folder its page is added to")
-    ana.add_argument("--quick", action="store_true", help="fewer images: seconds instead of minutes")
+    ana.add_argument("--quick", action="store_true",
+                     help="fewer images (and, for the analyses that train, smaller budgets): minutes, not hours")
+    ana.add_argument("--runs", default=None,
+                     help="architecture, ablation, generalization: the folder of the models they train "
+                          "(default OUT/runs/NAME; finished runs are reused, interrupted ones resumed)")
+    ana.add_argument("--seed", type=int, default=0, help="architecture, ablation, generalization: the runs' seed")
+    ana.add_argument("--variants", default=None,
+                     help="ablation: comma-separated variants (default: full, no-fc6-fc7, no-conv3-conv4, "
+                          "no-conv3-conv4-fc6-fc7, wide-conv, wide-fc)")
     ana.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     ana.set_defaults(run=_analyze)
 

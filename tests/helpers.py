@@ -58,3 +58,16 @@ def assert_close_verbose(actual: torch.Tensor, expected: torch.Tensor, *, atol: 
     for index in bad[:8].tolist():
         lines.append(f"  at {tuple(index)}: got {a[tuple(index)].item()!r}, expected {e[tuple(index)].item()!r}")
     raise AssertionError("\n".join(lines))
+
+
+def output_shapes(model, x) -> dict:
+    """Each top-level child's output shape (without the batch) in a forward of ``x``."""
+    shapes = {}
+    hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
+             for name, m in model.named_children()]
+    try:
+        model(x)
+    finally:
+        for h in hooks:
+            h.remove()
+    return shapes

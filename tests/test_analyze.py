@@ -28,6 +28,29 @@ def test_demo_report_has_every_quick_analysis_page_linked_from_the_overview(demo
     assert "assets/analysis-occlusion/occlusion_maps.png" in occlusion
 
 
+def test_occlusion_page_shows_each_images_chosen_map_projected_by_the_deconvnet(demo_folder):
+    import zfcore
+    from zfcore.deconv import Deconvnet
+    from zfcore.report import display_signed
+
+    out, _ = demo_folder
+    report = out / "report"
+    saved = torch.load(report / "results" / "analysis-occlusion.pt", weights_only=True)
+    shown, result = saved["extra"]["projections"], saved["result"]
+    loaded = zfcore.load(out / "run" / "model.pt")
+    images = loaded.preprocess(saved["extra"]["images"])
+    assert shown.dtype == torch.uint8 and shown.shape == images.shape
+    net = Deconvnet(loaded.model, loaded.input_shape)
+    channels = result["channel"].tolist()
+    assert len(set(channels)) > 1  # the map is each image's own
+    for k in (0, len(channels) - 1):  # one image at a time, against the batched projection
+        alone = display_signed(net.project(images[k:k + 1], result["layer"], channels[k], "map"))[0]
+        assert (alone.int() - shown[k].int()).abs().max() <= 1
+        assert shown[k].float().std() > 1  # not a blank grey square
+    page = (report / "analysis-occlusion.html").read_text()
+    assert "Fig. 7 c" in page
+
+
 def test_report_from_re_renders_the_analysis_pages_without_recomputing(demo_folder, tmp_path):
     out, _ = demo_folder
     copy = tmp_path / "copy"

@@ -7,25 +7,14 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import output_shapes
 from zfcore.models import LayerSpec, alexnet, zfnet, zfnet_small
 from zfcore.nn import MaxPool2dSwitches
 
 
-def _output_shapes(model, x):
-    shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
-             for name, m in model.named_children()]
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
-
-
 def test_zfnet_matches_paper_figure_3():
     model = zfnet().eval()
-    shapes = _output_shapes(model, torch.randn(1, 3, 224, 224))
+    shapes = output_shapes(model, torch.randn(1, 3, 224, 224))
     spatial = [shapes[n][1] for n in ("conv1", "pool1", "conv2", "pool2", "conv3", "conv4", "conv5", "pool5")]
     assert spatial == [110, 55, 26, 13, 13, 13, 13, 6]
     assert [shapes[n][0] for n in ("conv1", "conv2", "conv3", "conv4", "conv5")] == [96, 256, 384, 384, 256]
@@ -43,7 +32,7 @@ def test_zfnet_matches_paper_figure_3():
 
 def test_alexnet_is_the_dense_single_tower_model():
     model = alexnet(num_classes=10).eval()
-    shapes = _output_shapes(model, torch.randn(1, 3, 224, 224))
+    shapes = output_shapes(model, torch.randn(1, 3, 224, 224))
     assert model.conv1.kernel_size == (11, 11) and model.conv1.stride == (4, 4) and model.conv2.groups == 1
     assert shapes["conv1"] == (96, 55, 55) and shapes["pool5"] == (256, 6, 6) and shapes["fc8"] == (10,)
 
@@ -63,7 +52,7 @@ def test_layer_spec_shapes_equal_the_forward(factory, size):
     model = factory(input_size=size).eval()
     spec = LayerSpec.of(model, (3, size, size))
     assert spec.names == [name for name, _ in model.named_children()]
-    shapes = _output_shapes(model, torch.randn(2, 3, size, size))
+    shapes = output_shapes(model, torch.randn(2, 3, size, size))
     assert {layer.name: layer.shape for layer in spec.layers} == shapes
 
 

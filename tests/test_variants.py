@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import nn
 
+from tests.helpers import output_shapes
 import zfcore
 from zfcore.data import SyntheticShapes
 from zfcore.models import LayerSpec, alexnet, zfnet, zfnet_small
@@ -25,18 +26,6 @@ COMPANIONS = {"conv3": ["conv3", "relu3"], "conv4": ["conv4", "relu4"], "fc6": [
               "fc7": ["fc7", "relu7", "drop7"]}
 
 
-def _output_shapes(model, x):
-    shapes = {}
-    hooks = [m.register_forward_hook(lambda m, i, o, name=name: shapes.__setitem__(name, tuple(o.shape[1:])))
-             for name, m in model.named_children()]
-    try:
-        model(x)
-    finally:
-        for h in hooks:
-            h.remove()
-    return shapes
-
-
 @pytest.mark.parametrize("remove", [(), ("fc6",), ("fc7",), ("fc6", "fc7"), ("conv3",), ("conv4",),
                                     ("conv3", "conv4"), ("conv3", "conv4", "fc6", "fc7")])
 def test_removed_layers_are_absent_and_the_rest_keep_their_names_and_shapes(remove):
@@ -44,11 +33,11 @@ def test_removed_layers_are_absent_and_the_rest_keep_their_names_and_shapes(remo
     model = zfnet_small(10, remove=remove).eval()
     expected = [n for n in FULL if not any(n in COMPANIONS[r] for r in remove)]
     assert [name for name, _ in model.named_children()] == expected
-    shapes = _output_shapes(model, torch.randn(3, 3, 64, 64))
+    shapes = output_shapes(model, torch.randn(3, 3, 64, 64))
     spec = LayerSpec.of(model, (3, 64, 64))
     for info in spec.layers:  # the layer spec walks the variant as the forward does
         assert tuple(info.shape) == shapes[info.name], info.name
-    full = _output_shapes(zfnet_small(10).eval(), torch.randn(1, 3, 64, 64))
+    full = output_shapes(zfnet_small(10).eval(), torch.randn(1, 3, 64, 64))
     for name in ("conv1", "pool1", "conv2", "pool2", "conv5", "pool5"):  # conv3/4 keep the map: nothing moves
         assert shapes[name] == full[name], name
     convs = [m for m in model.modules() if isinstance(m, nn.Conv2d)]
@@ -70,11 +59,11 @@ def test_conv1_variant_sets_kernel_stride_and_the_documented_padding():
     # AlexNet's 11x4 inside ZFNet: padding 2 as in AlexNet, 224 -> 55
     model = zfnet(10, conv1=(11, 4)).eval()
     assert model.conv1.kernel_size == (11, 11) and model.conv1.stride == (4, 4) and model.conv1.padding == (2, 2)
-    shapes = _output_shapes(model, torch.randn(1, 3, 224, 224))
+    shapes = output_shapes(model, torch.randn(1, 3, 224, 224))
     assert shapes["conv1"][1:] == (55, 55) and shapes["fc8"] == (10,)
     # and ZFNet's 7x2 inside AlexNet
     alex = alexnet(10, conv1=(7, 2)).eval()
-    assert _output_shapes(alex, torch.randn(1, 3, 224, 224))["conv1"][1:] == (110, 110)
+    assert output_shapes(alex, torch.randn(1, 3, 224, 224))["conv1"][1:] == (110, 110)
     small = zfnet_small(10, conv1=(5, 1), remove=("fc7",)).eval()
     assert small.conv1.padding == (1, 1) and small(torch.randn(2, 3, 64, 64)).shape == (2, 10)
 

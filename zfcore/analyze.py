@@ -54,7 +54,8 @@ def _run(name: str, loaded, *, quick: bool, progress: bool):
         layer = [n for n, m in loaded.model.named_modules() if isinstance(m, torch.nn.Conv2d)][-1]
         result = occlusion(loaded.model, images, base.labels[index], layer=layer, patch_size=patch,
                            stride=max(1, patch // 2), progress=progress)
-        return result, {"images": base.images[index], "boxes": base.boxes[index], "classes": loaded.classes}
+        return result, {"images": base.images[index], "boxes": base.boxes[index], "classes": loaded.classes,
+                        "projections": _map_projections(loaded, images, result)}
     if name == "invariance":
         from .analysis.invariance import EMBEDDED_ROTATION_SYMMETRIC, embedded_images, invariance
 
@@ -84,6 +85,17 @@ def _run(name: str, loaded, *, quick: bool, progress: bool):
         data = _embedded_val(loaded)
         return feature_evolution(loaded.run_folder, data, maps_per_layer=4 if quick else 8, progress=progress), {}
     raise ValueError(f"analyze: unknown analysis {name!r}; choose one of {', '.join(ANALYSES)}")
+
+
+def _map_projections(loaded, images, result):
+    """Fig. 7 (c): the deconvnet projection of each image's chosen map (the
+    whole map, all its activations kept), for display (``display_signed``)."""
+    from .deconv import Deconvnet, Request
+    from .report import display_signed
+
+    net = Deconvnet(loaded.model, loaded.input_shape)
+    requests = [Request(i, result.layer, int(c), "map") for i, c in enumerate(result.channel.tolist())]
+    return display_signed(net.project_many(images, requests))
 
 
 def _train_and_run(name: str, checkpoint, runs: Path, *, quick: bool, progress: bool, seed: int,

@@ -65,6 +65,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..train import TrainConfig, demo_config, latest_checkpoint, train
+from ._render import begin
 from ..train.config import parse_classes
 
 __all__ = ["DEFAULT", "PAPER_ROWS", "QUICK", "VARIANTS", "Ablation", "Variant", "ablation", "render", "top_k_error",
@@ -474,15 +475,7 @@ def _claims(result: Ablation) -> list[dict]:
 def render(result: Ablation | dict, assets: Path) -> dict:
     """The table of our variants beside the paper's Tables 2 and 3, a bar chart
     of top-1 error per variant (``ablation-top1.png``) and the claims."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(result, dict):
-        result = Ablation.from_dict(result)
-    assets = Path(assets)
-    assets.mkdir(parents=True, exist_ok=True)
+    plt, result, assets = begin(result, Ablation, assets)
     paper = {row["key"]: row for row in result.paper}
     n = result.error_count()
 

@@ -73,6 +73,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ._render import begin
 from ._stream import LayerTap, _Stop, batches, check_layers, model_device
 
 __all__ = ["VARIANTS", "Aliasing", "Architecture", "DeadFilters", "FrequencyCoverage", "ShiftVariance",
@@ -892,16 +893,9 @@ def render(result: Architecture | dict, assets: Path) -> dict:
     """Fig. 6's comparison: the two first layers' filters side by side, their
     band energy and mean power spectra, a table of the measures and the paper's
     claims checked on them; PNGs written into ``assets``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from matplotlib.patches import Rectangle
 
-    if isinstance(result, dict):
-        result = Architecture.from_dict(result)
-    assets = Path(assets)
-    assets.mkdir(parents=True, exist_ok=True)
+    plt, result, assets = begin(result, Architecture, assets)
     variants = result.variants
 
     grids = [_tiles(result.weights[v]) for v in variants]

@@ -56,6 +56,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ._render import begin
 from ._stream import LayerTap, check_layers, model_device
 
 __all__ = ["PAPER_TABLE1", "PARTS", "Correspondence", "correspondence", "occlusion_boxes", "occlude",
@@ -473,10 +474,7 @@ def _claims(result: Correspondence) -> list[dict]:
 def render(result: Correspondence | dict, assets: Path) -> dict:
     """Fig. 8 (example faces with their occluded squares) and Table 1 (ours
     beside the paper's) as PNGs in ``assets``, with the table and the claims."""
-    if isinstance(result, dict):
-        result = Correspondence.from_dict(result)
-    assets = Path(assets)
-    assets.mkdir(parents=True, exist_ok=True)
+    _, result, assets = begin(result, Correspondence, assets)
     _examples_figure(result, assets / "correspondence-examples.png")
     _table_figure(result, assets / "correspondence-table1.png")
 

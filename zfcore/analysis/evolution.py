@@ -49,6 +49,7 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ._render import begin
 from ._stream import check_layers
 from .projections import top_k_projections
 from .topk import TopK, top_k
@@ -430,15 +431,7 @@ def render(result: Evolution | dict, assets: Path) -> dict:
     """Fig. 4 (one strip of projections per map, epochs as columns, one PNG per
     layer), the filter change and the final-image agreement against epoch, the
     tables and the claims; PNGs written into ``assets``."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(result, dict):
-        result = Evolution.from_dict(result)
-    assets = Path(assets)
-    assets.mkdir(parents=True, exist_ok=True)
+    plt, result, assets = begin(result, Evolution, assets)
     figures = []
     for index, layer in enumerate(result.layers, 1):
         grid, cols, rows = _strip_grid(result, layer)

@@ -72,6 +72,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..train import TrainConfig, demo_config
+from ._render import begin
 from ..train.config import parse_classes
 
 __all__ = ["DEFAULT_SHOTS", "PAPER_CALTECH", "QUICK", "Generalization", "draw_shots", "fit_softmax",
@@ -491,15 +492,7 @@ def _claims(result: Generalization) -> list[dict]:
 def render(result: Generalization | dict, assets: Path) -> dict:
     """The accuracy curves (ours beside the paper's Caltech numbers,
     ``generalization-curve.png``), the tables and the claims."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(result, dict):
-        result = Generalization.from_dict(result)
-    assets = Path(assets)
-    assets.mkdir(parents=True, exist_ok=True)
+    plt, result, assets = begin(result, Generalization, assets)
 
     fig, (ours, theirs) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
     std = {"pretrained": result.pretrained.std(1, unbiased=False) if result.draws > 1 else None,

@@ -50,6 +50,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ._render import begin
 from ._stream import check_layers, model_device
 
 __all__ = ["EMBEDDED_ROTATION_SYMMETRIC", "TRANSFORMS", "Invariance", "default_sweeps", "embedded_images",
@@ -382,15 +383,7 @@ def render(result: Invariance, assets: Path) -> dict:
     (``invariance_curves.png``), the transforms on one image
     (``invariance_examples.png``), a summary table and the paper's claims
     checked on the numbers (medians over images)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(result, dict):
-        result = Invariance.from_dict(result)
-    assets = Path(assets)
-    assets.mkdir(parents=True, exist_ok=True)
+    plt, result, assets = begin(result, Invariance, assets)
     first, top = result.layers[0], result.layers[-1]
     shown = [first] if first == top else [first, top]
     n = len(result.labels)

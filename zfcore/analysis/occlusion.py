@@ -48,6 +48,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..nn import MaxPool2dSwitches
+from ._render import begin
 from ._stream import check_layers, model_device
 
 __all__ = ["Occlusion", "occlusion", "occlusion_plain", "grid_size", "object_share"]
@@ -415,21 +416,16 @@ def object_share(result: Occlusion, boxes: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def render(result: "Occlusion | dict", assets: Path, *, images: Tensor | None = None,
-           boxes: Tensor | None = None, classes: Sequence[str] | None = None) -> dict:
+           boxes: Tensor | None = None, classes: Sequence[str] | None = None,
+           projections: Tensor | None = None) -> dict:
     """Fig. 7 as PNGs in ``assets``: per image (at most 8) the image with its
-    box, the map's total activation and the true-class probability against the
-    square's position, and the most probable class where it changes; a table of
-    the unoccluded and worst-case numbers; with ``boxes``, the claim that
-    covering the object costs more probability than covering background."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(result, dict):
-        result = Occlusion.from_dict(result)
-    assets = Path(assets)
-    assets.mkdir(parents=True, exist_ok=True)
+    box, the chosen map's deconvnet projection (``projections``: uint8
+    ``[N, 3, H, W]`` as ``zfcore.report.display_signed`` gives, Fig. 7 c), the
+    map's total activation and the true-class probability against the square's
+    position, and the most probable class where it changes; a table of the
+    unoccluded and worst-case numbers; with ``boxes``, the claim that covering
+    the object costs more probability than covering background."""
+    plt, result, assets = begin(result, Occlusion, assets)
     names = [str(c) for c in classes] if classes is not None else None
 
     def name(label: int) -> str:
@@ -438,7 +434,7 @@ def render(result: "Occlusion | dict", assets: Path, *, images: Tensor | None = 
     n = min(8, len(result.labels))
     figures = []
     if n:
-        cols = 3 if images is None else 4
+        cols = 3 + (images is not None) + (projections is not None)
         fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.4 * n), squeeze=False)
         for k in range(n):
             row = axes[k]
@@ -451,6 +447,10 @@ def render(result: "Occlusion | dict", assets: Path, *, images: Tensor | None = 
                                                    edgecolor="yellow", linewidth=1.2))
                 row[0].set_title(f"image {k}", fontsize=8)
                 c = 1
+            if projections is not None:
+                row[c].imshow(projections[k].permute(1, 2, 0).numpy())
+                row[c].set_title(f"{result.layer} map {int(result.channel[k])}: projection", fontsize=8)
+                c += 1
             a = row[c].imshow(result.activation[k].numpy(), cmap="viridis")
             row[c].set_title(f"{result.layer} map {int(result.channel[k])}: total", fontsize=8)
             fig.colorbar(a, ax=row[c], fraction=0.046)
@@ -468,7 +468,9 @@ def render(result: "Occlusion | dict", assets: Path, *, images: Tensor | None = 
         figures.append({"file": "occlusion_maps.png",
                         "caption": f"Grey squares of {result.patch_size} px, stride {result.stride}: per position "
                                    f"the strongest {result.layer} map's total activation, the true-class "
-                                   f"probability and whether the true class stays on top (paper Fig. 7 b, d, e)."})
+                                   f"probability and whether the true class stays on top (paper Fig. 7 b, d, e)"
+                                   + (f"; beside the image, that map's deconvnet projection (Fig. 7 c: grey is "
+                                      f"0, each scaled by its own peak)." if projections is not None else ".")})
     rows = []
     for k in range(len(result.labels)):
         rows.append([k, name(int(result.labels[k])), int(result.channel[k]), round(float(result.base_prob[k]), 3),

@@ -41,6 +41,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ._render import begin
 from ._stream import LayerTap, batches, check_layers, model_device
 
 __all__ = ["Probes", "depth_layers", "embedded_splits", "fit_softmax", "layer_features", "linear_probes", "render"]
@@ -279,15 +280,7 @@ def render(result: Probes, assets: Path) -> dict:
     """The report section of ``linear_probes``: accuracy against depth (figure
     ``probes_accuracy.png``), a table per layer, and the paper's claim checked
     on the numbers."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    if isinstance(result, dict):
-        result = Probes.from_dict(result)
-    assets = Path(assets)
-    assets.mkdir(parents=True, exist_ok=True)
+    plt, result, assets = begin(result, Probes, assets)
     train = [float(a) for a in result.train_accuracy]
     test = [float(a) for a in result.test_accuracy]
     positions = list(range(len(result.layers)))

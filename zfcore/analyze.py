@@ -156,7 +156,8 @@ def analyze(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathL
         result, extra = _run(name, load(checkpoint), quick=quick, progress=progress)
     seconds = time.perf_counter() - start
     saved = {"result": result.as_dict(), "extra": extra,
-             "checkpoint": "" if checkpoint is None else os.fspath(checkpoint), "seconds": seconds}
+             "checkpoint": "" if checkpoint is None else os.fspath(checkpoint), "seconds": seconds,
+             "runs": os.fspath(runs) if name in TRAINING else ""}
     folder = Path(out) / "results"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(saved, folder / f"analysis-{name}.pt")
@@ -208,7 +209,8 @@ def render_analyses(source: str | os.PathLike, out: str | os.PathLike | None = N
             figure["file"] = f"assets/analysis-{name}/{figure['file']}"
         html = env.get_template("analysis.html").render(
             page=page, analyses=entries, current=f"analysis-{name}.html", has_index=(out / "index.html").is_file(),
-            checkpoint=saved.get("checkpoint", ""), seconds=float(saved.get("seconds", 0.0)), version=__version__)
+            checkpoint=saved.get("checkpoint", ""), runs=saved.get("runs", ""),
+            seconds=float(saved.get("seconds", 0.0)), version=__version__)
         (out / f"analysis-{name}.html").write_text(html, encoding="utf-8")
         written.append(out / f"analysis-{name}.html")
     return written

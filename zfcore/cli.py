@@ -147,9 +147,11 @@ def main(argv: list[str] | None = None) -> int:
                      help="architecture, ablation, generalization: the folder of the models they train "
                           "(default OUT/runs/NAME; finished runs are reused, interrupted ones resumed)")
     ana.add_argument("--seed", type=int, default=0, help="architecture, ablation, generalization: the runs' seed")
+    from .analysis.ablation import DEFAULT, VARIANTS
+
     ana.add_argument("--variants", default=None,
-                     help="ablation: comma-separated variants (default: full, no-fc6-fc7, no-conv3-conv4, "
-                          "no-conv3-conv4-fc6-fc7, wide-conv, wide-fc)")
+                     help=f"ablation: comma-separated variants among {', '.join(VARIANTS)} (None: "
+                          f"{', '.join(DEFAULT)})")
     ana.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     ana.set_defaults(run=_analyze)
 

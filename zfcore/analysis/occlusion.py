@@ -47,6 +47,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..geometry import pair as _pair
 from ..nn import MaxPool2dSwitches
 from ._render import begin
 from ._stream import check_layers, model_device
@@ -94,10 +95,6 @@ class Occlusion:
 def grid_size(height: int, width: int, patch_size: int, stride: int) -> tuple[int, int]:
     """Positions of the square along each axis: ``(H - patch_size) // stride + 1``."""
     return (height - patch_size) // stride + 1, (width - patch_size) // stride + 1
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 def _check(model, images, labels, layer, patch_size, stride, batch_size, caller):

@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from .. import geometry
 from ..models import LayerSpec
 from ..nn import MaxPool2dSwitches
 from ..ops import checks, deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
@@ -68,8 +69,8 @@ def _pool_geometry(module):
 
 def _output_padding(conv: nn.Conv2d, in_shape: tuple, out_shape: tuple) -> tuple[int, int]:
     """The output_padding that makes conv_transpose2d return the conv's input size."""
-    return tuple(in_shape[-2 + i] - ((out_shape[-2 + i] - 1) * conv.stride[i] - 2 * conv.padding[i]
-                                     + conv.dilation[i] * (conv.kernel_size[i] - 1) + 1) for i in range(2))
+    return tuple(geometry.output_padding(in_shape[-2 + i], out_shape[-2 + i], conv.kernel_size[i], conv.stride[i],
+                                         conv.padding[i], conv.dilation[i]) for i in range(2))
 
 
 def _vjp(module: nn.Module, x: Tensor, signal: Tensor) -> Tensor:

@@ -5,19 +5,7 @@ from __future__ import annotations
 
 import torch
 
-
-def pool_output_size(size: int, kernel: int, stride: int, padding: int, ceil_mode: bool) -> int:
-    """Output extent of one pooled dimension, with PyTorch's floor/ceil rules."""
-    out = (size + 2 * padding - kernel + (stride - 1 if ceil_mode else 0)) // stride + 1
-    if ceil_mode and (out - 1) * stride >= size + padding:
-        out -= 1
-    return out
-
-
-def conv_transpose_output_size(size: int, kernel: int, stride: int, padding: int, output_padding: int,
-                               dilation: int) -> int:
-    """Output extent of one dimension of ``F.conv_transpose2d``."""
-    return (size - 1) * stride - 2 * padding + dilation * (kernel - 1) + output_padding + 1
+from ..geometry import conv_transpose_output_size, pool_output_size  # noqa: F401  (the kernels' shape rules)
 
 
 def memory_format_of(t: torch.Tensor) -> torch.memory_format:

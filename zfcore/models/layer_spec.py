@@ -7,13 +7,11 @@ from dataclasses import dataclass
 
 from torch import nn
 
+from ..geometry import pair as _pair
+from ..geometry import pool_output_size, receptive_field_step
 from ..nn import MaxPool2dSwitches
 
 _POINTWISE = (nn.ReLU, nn.LocalResponseNorm, nn.Dropout, nn.Identity)
-
-
-def _pair(v) -> tuple[int, int]:
-    return (v, v) if isinstance(v, int) else (int(v[0]), int(v[1]))
 
 
 @dataclass(frozen=True)
@@ -87,21 +85,14 @@ class LayerSpec:
                 k, s, p = _pair(module.kernel_size), _pair(module.stride), _pair(module.padding)
                 d = _pair(getattr(module, "dilation", 1))
                 ceil = bool(getattr(module, "ceil_mode", False))
-                k_eff = tuple(d[i] * (k[i] - 1) + 1 for i in range(2))
-                out = []
-                for i, n in enumerate((h, w)):
-                    o = (n + 2 * p[i] - k_eff[i] + (s[i] - 1 if ceil else 0)) // s[i] + 1
-                    if ceil and (o - 1) * s[i] >= n + p[i]:
-                        o -= 1
-                    out.append(o)
+                out = [pool_output_size(n, k[i], s[i], p[i], ceil, d[i]) for i, n in enumerate((h, w))]
                 if min(out) <= 0:
                     raise ValueError(f"LayerSpec: {name} gets a {h}x{w} input, too small for kernel {k}")
                 h, w = out
                 if isinstance(module, nn.Conv2d):
                     c = module.out_channels
-                offset = tuple(offset[i] + ((k_eff[i] - 1) / 2 - p[i]) * jump[i] for i in range(2))
-                size = tuple(size[i] + (k_eff[i] - 1) * jump[i] for i in range(2))
-                jump = tuple(jump[i] * s[i] for i in range(2))
+                steps = [receptive_field_step(size[i], jump[i], offset[i], k[i], s[i], p[i], d[i]) for i in range(2)]
+                size, jump, offset = (tuple(step[j] for step in steps) for j in range(3))
                 kind = "conv" if isinstance(module, nn.Conv2d) else "pool"
             elif isinstance(module, nn.Flatten):
                 flat, kind = c * h * w, "flatten"

@@ -423,7 +423,7 @@ def test_driver_reuses_a_finished_run_resumes_an_interrupted_one_refuses_another
     calls = []
     real_train = training.train
     monkeypatch.setattr("zfcore.train.demo_config", _tiny_recipe)
-    monkeypatch.setattr("zfcore.train.train", lambda config: calls.append(config) or real_train(config))
+    monkeypatch.setattr("zfcore.analysis.ablation.train", lambda config: calls.append(config) or real_train(config))
     folder = out / "alexnet_conv1"
     assert arch._train_variant(folder, "11x4", arch.QUICK_EPOCHS, 0, False) == folder / "model.pt"
     assert calls == []  # finished: reused

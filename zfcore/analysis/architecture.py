@@ -700,41 +700,19 @@ def _run_file(path) -> Path:
     return path / "model.pt" if path.is_dir() else path
 
 
-_NOT_COMPARED = ("out", "progress", "resume", "resume_from", "threads", "device", "checkpoint_every")
-
-
 def _train_variant(folder: Path, conv1: str, epochs: int, seed: int, progress: bool) -> Path:
     """``folder/model.pt`` of the demo recipe with ``conv1``: reused when finished,
     resumed when interrupted, trained otherwise; a folder holding a run of
-    another configuration is an error."""
+    another configuration is an error (``ablation.train_or_reuse``)."""
     from importlib import import_module
 
-    from ..load import read_state
+    from .ablation import train_or_reuse
 
     training = import_module("..train", __package__)  # the package, looked up at call time
-
     config = dataclasses.replace(training.demo_config(os.fspath(folder), seed=seed, epochs=epochs,
                                                       progress=progress), conv1=conv1)
-    wanted = {k: v for k, v in dataclasses.asdict(config).items() if k not in _NOT_COMPARED}
-
-    def check(saved: dict, source: Path) -> None:
-        differ = {k: (saved.get(k), v) for k, v in wanted.items() if saved.get(k) != v}
-        if differ:
-            shown = ", ".join(f"{k} {got!r} (wanted {want!r})" for k, (got, want) in differ.items())
-            raise ValueError(f"architecture: {os.fspath(source)!r} holds a run of another configuration: {shown}; "
-                             f"choose another out folder or delete it")
-
-    model_file = folder / "model.pt"
-    if model_file.is_file():
-        check(read_state(model_file)["config"], model_file)
-        return model_file
-    if folder.is_dir() and (folder / "LATEST").exists():
-        found = training.latest_checkpoint(folder)
-        if found is not None:
-            check(found[1]["config"], found[0])
-            config = dataclasses.replace(config, resume=True)
-    training.train(config)
-    return model_file
+    train_or_reuse(config, "architecture")
+    return folder / "model.pt"
 
 
 def _check_runs(runs) -> dict[str, Path]:

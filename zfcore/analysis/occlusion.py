@@ -48,13 +48,13 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..geometry import pair as _pair
+from ..models.layer_table import POINTWISE, kind_of
 from ..nn import MaxPool2dSwitches
 from ._render import begin
 from ._stream import check_layers, model_device
 
 __all__ = ["Occlusion", "occlusion", "occlusion_plain", "grid_size", "object_share"]
 
-_POINTWISE = (nn.ReLU, nn.LocalResponseNorm, nn.Dropout, nn.Identity)
 
 
 @dataclass
@@ -131,7 +131,7 @@ def _plan(model: nn.Module, layer: str):
         elif isinstance(module, MaxPool2dSwitches):
             if module.return_switches:
                 return None
-        elif isinstance(module, _POINTWISE):
+        elif kind_of(module) in POINTWISE:
             pass
         else:
             break

@@ -16,10 +16,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..nn import MaxPool2dSwitches
-
-SUPPORTED = (nn.Conv2d, nn.ReLU, nn.MaxPool2d, MaxPool2dSwitches, nn.LocalResponseNorm, nn.Dropout, nn.Flatten,
-             nn.Linear, nn.AdaptiveAvgPool2d, nn.Identity)
+from ..models.layer_table import SUPPORTED, kind_of
 
 
 @dataclass(frozen=True)
@@ -43,7 +40,7 @@ def walk(model: nn.Module, example: torch.Tensor) -> list[Step]:
     order: list[nn.Module] = []
     leaves = [m for m in model.modules() if not list(m.children())]
     for module in leaves:
-        if not isinstance(module, SUPPORTED):
+        if kind_of(module) is None:
             raise WalkError(f"Deconvnet: cannot walk {names[module]!r} ({type(module).__name__}); supported layers "
                             f"are {', '.join(t.__name__ for t in SUPPORTED)}")
         if isinstance(module, nn.MaxPool2d) and (module.dilation not in (1, (1, 1)) or module.return_indices):
@@ -67,9 +64,10 @@ def walk(model: nn.Module, example: torch.Tensor) -> list[Step]:
         seen.add(module)
     steps, rank = [], 4
     for module in order:
-        flatten = isinstance(module, nn.Linear) and rank == 4
+        kind = kind_of(module)
+        flatten = kind == "linear" and rank == 4
         steps.append(Step(names[module], module, flatten))
-        if isinstance(module, nn.Flatten) or isinstance(module, nn.Linear):
+        if kind in ("flatten", "linear"):
             rank = 2
     with torch.no_grad():
         replayed = replay(steps, example)

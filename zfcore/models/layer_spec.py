@@ -9,9 +9,7 @@ from torch import nn
 
 from ..geometry import pair as _pair
 from ..geometry import pool_output_size, receptive_field_step
-from ..nn import MaxPool2dSwitches
-
-_POINTWISE = (nn.ReLU, nn.LocalResponseNorm, nn.Dropout, nn.Identity)
+from .layer_table import POINTWISE, kind_of, window_rule
 
 
 @dataclass(frozen=True)
@@ -79,39 +77,37 @@ class LayerSpec:
         flat: int | None = None
         layers = []
         for name, module in named_layers:
-            if isinstance(module, nn.Conv2d | nn.MaxPool2d | MaxPool2dSwitches):
+            kind = kind_of(module)
+            if kind in ("conv", "pool"):
                 if flat is not None:
                     raise ValueError(f"LayerSpec: {name} ({type(module).__name__}) follows a flattening layer")
-                k, s, p = _pair(module.kernel_size), _pair(module.stride), _pair(module.padding)
-                d = _pair(getattr(module, "dilation", 1))
+                k, s, p, d = window_rule(module)
                 ceil = bool(getattr(module, "ceil_mode", False))
                 out = [pool_output_size(n, k[i], s[i], p[i], ceil, d[i]) for i, n in enumerate((h, w))]
                 if min(out) <= 0:
                     raise ValueError(f"LayerSpec: {name} gets a {h}x{w} input, too small for kernel {k}")
                 h, w = out
-                if isinstance(module, nn.Conv2d):
+                if kind == "conv":
                     c = module.out_channels
                 steps = [receptive_field_step(size[i], jump[i], offset[i], k[i], s[i], p[i], d[i]) for i in range(2)]
                 size, jump, offset = (tuple(step[j] for step in steps) for j in range(3))
-                kind = "conv" if isinstance(module, nn.Conv2d) else "pool"
-            elif isinstance(module, nn.Flatten):
-                flat, kind = c * h * w, "flatten"
-            elif isinstance(module, nn.AdaptiveAvgPool2d) and flat is None:
+            elif kind == "flatten":
+                flat = c * h * w
+            elif kind == "adaptiveavgpool2d" and flat is None:
                 out = _pair(module.output_size)
                 out = tuple(o if o is not None else n for o, n in zip(out, (h, w)))
                 if out != (h, w):  # windows of varying size: a unit may see the whole input
                     _, height, width = input_shape
                     size, jump, offset = (height, width), (1, 1), ((height - 1) / 2, (width - 1) / 2)
                 h, w = out
-                kind = "adaptiveavgpool2d"
-            elif isinstance(module, nn.Linear):
+            elif kind == "linear":
                 if flat is None:
                     flat = c * h * w
                 if module.in_features != flat:
                     raise ValueError(f"LayerSpec: {name} expects {module.in_features} inputs, gets {flat}")
-                flat, kind = module.out_features, "linear"
-            elif isinstance(module, _POINTWISE):
-                kind = type(module).__name__.lower()
+                flat = module.out_features
+            elif kind in POINTWISE:
+                pass
             else:
                 raise ValueError(f"LayerSpec: cannot walk {name} ({type(module).__name__})")
             if flat is not None:

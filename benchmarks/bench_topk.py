@@ -13,6 +13,9 @@ side with pure PyTorch on the same work, repeated, with real quantiles.
    ReLU backward replaced by the ReLU of the gradient), one forward and one
    backward per map over its 9 images. Both sides do every projection, forward
    passes included; nothing is extrapolated. The projections are compared.
+   The whole job is timed twice on zfcore's side: as the sum of the layers'
+   calls, and as one call (one forward for every layer).
+   Per-stage times of a job: ``benchmarks/profile_deconv.py``.
 
     python benchmarks/bench_topk.py --results-dir DIR            # ZFNet at 224 px, 2 threads
     python benchmarks/bench_topk.py --quick --results-dir DIR    # zfnet_small at 64 px, seconds
@@ -141,6 +144,13 @@ def main() -> int:
                     f"[{len(pool)},3,{size},{size}]", "float32", "nchw",
                     "autograd-hook deconvnet (each repeat: the sum of the layers' runs)",
                     whole["zfcore"], whole["pytorch"]))
+    # The same job as one project_many call: one forward shared by every layer.
+    everything = [r for layer in LAYERS for r in requests[layer]]
+    one_call = Timing.of(repeated({"zfcore": lambda: net.project_many(pool, everything)}, args.repeats)["zfcore"])
+    rows.append(Row("top-9 projections", f"conv1-5, whole job in one call ({total} projections)",
+                    f"[{len(pool)},3,{size},{size}]", "float32", "nchw",
+                    "autograd-hook deconvnet (each repeat: the sum of the layers' runs, as above)",
+                    one_call, whole["pytorch"]))
     share = {l: times[l]["zfcore"].median_ms / whole["zfcore"].median_ms for l in LAYERS}
     notes.insert(0, f"{'zfnet_small' if args.quick else 'ZFNet (paper Fig. 3)'} with its initial weights, embedded "
                     f"images at {size} px, {args.threads} threads; each side run {args.repeats} times interleaved "

@@ -66,6 +66,10 @@ class Deconvnet:
     Args:
         model: the network, walked once (``zfcore.deconv.walk``); it runs in eval mode.
         input_shape: ``(C, H, W)`` of its inputs.
+        lrn: how deconvnet mode goes down through LocalResponseNorm layers:
+            ``"skip"`` (the paper) or ``"gradient"`` (their vector-Jacobian
+            product, as the guided and gradient modes always do, and as
+            Captum's ``NeuronDeconvolution`` does).
 
     Example:
         >>> net = Deconvnet(zfnet_small(), (3, 64, 64))
@@ -73,7 +77,10 @@ class Deconvnet:
         torch.Size([8, 3, 64, 64])
     """
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int]):
+    def __init__(self, model: nn.Module, input_shape: Sequence[int], lrn: str = "skip"):
+        if lrn not in ("skip", "gradient"):
+            raise ValueError(f"Deconvnet: lrn must be 'skip' or 'gradient' (got {lrn!r})")
+        self.lrn = lrn
         self.model = model.eval()
         self.input_shape = tuple(input_shape)
         parameter = next(model.parameters(), None)
@@ -111,7 +118,7 @@ class Deconvnet:
 
     def _plan(self, top: int, mode: str) -> list[Stage]:
         if (top, mode) not in self._plans:
-            self._plans[(top, mode)] = compile_plan(self.steps, top, mode)
+            self._plans[(top, mode)] = compile_plan(self.steps, top, mode, self.lrn)
         return self._plans[(top, mode)]
 
     @staticmethod
@@ -141,7 +148,8 @@ class Deconvnet:
                     y, rec.switches = max_pool2d_switches(x, *pool_geometry(module), module.ceil_mode)
                 else:
                     y = module(x.clone() if getattr(module, "inplace", False) else x)
-                if mode != "deconvnet" and kind in ("relu", "localresponsenorm"):
+                if (mode != "deconvnet" and kind == "relu") or (
+                        kind == "localresponsenorm" and (mode != "deconvnet" or self.lrn == "gradient")):
                     rec.input = x
                 records.append(rec)
                 if i in keep:
@@ -163,6 +171,34 @@ class Deconvnet:
         return signal
 
     # -------------------------------------------------------------- projections
+
+    @torch.no_grad()
+    def project_signal(self, images: Tensor, layer: str, signal: Tensor, mode: str = "deconvnet") -> Tensor:
+        """Send any ``signal`` at ``layer``'s output down to input space, each row
+        with its own image's switches and masks: the general form of ``project``
+        (which seeds one unit or map at its activation). In gradient mode this is
+        the vector-Jacobian product of the network up to ``layer`` with ``signal``.
+
+        Args:
+            images: ``Tensor[N, C, H, W]``.
+            layer: a layer name (``self.layers``).
+            signal: ``Tensor[N, *shape]``, ``shape`` being ``layer``'s output's
+                (``self.layer_spec()[layer].shape``).
+            mode: as ``project``.
+
+        Returns:
+            ``Tensor[N, C, H, W]`` in input space.
+        """
+        self._check(images, [], mode)
+        top = self._layer_index(layer)
+        expected = (images.shape[0], *self._spec[layer].shape)
+        if not isinstance(signal, Tensor) or tuple(signal.shape) != expected or not signal.is_floating_point():
+            got = f"{signal.dtype} {list(signal.shape)}" if isinstance(signal, Tensor) else type(signal).__name__
+            raise ValueError(f"Deconvnet: signal must be a float Tensor[{', '.join(map(str, expected))}] "
+                             f"(got {got})")
+        records, _ = self._forward(images, top, mode, set())
+        index = torch.arange(images.shape[0], device=images.device)
+        return self._down(signal.to(images.dtype), records, top, mode, index=index)
 
     def project(self, images: Tensor, layer: str, channel: int, position=None, mode: str = "deconvnet") -> Tensor:
         """Project one unit or map of ``layer`` back to input space, for every image.

@@ -151,12 +151,14 @@ class ConvTranspose(Stage):
 
 @dataclass
 class LocalResponseNorm(Stage):
-    """Skipped by the deconvnet; its vector-Jacobian product otherwise."""
+    """Skipped by the deconvnet (unless ``skip`` is False); its vector-Jacobian
+    product otherwise."""
 
     module: nn.Module = None
+    skip: bool = False
 
     def down(self, signal, records, windows, index=None):
-        if self.mode == "deconvnet":
+        if self.skip:
             return signal
         return _vjp(self.module, self.read(records, "input", windows, index), signal)
 
@@ -194,8 +196,9 @@ class Identity(Stage):
         return signal
 
 
-def compile_plan(steps: list[Step], top: int, mode: str) -> list[Stage]:
-    """The stages undoing ``steps[top], ..., steps[0]``, top first."""
+def compile_plan(steps: list[Step], top: int, mode: str, lrn: str = "skip") -> list[Stage]:
+    """The stages undoing ``steps[top], ..., steps[0]``, top first; ``lrn``: how
+    deconvnet mode passes LocalResponseNorm layers (``"skip"`` or ``"gradient"``)."""
     kinds = [kind_of(step.module) for step in steps]
     plan: list[Stage] = []
     i = top
@@ -214,7 +217,7 @@ def compile_plan(steps: list[Step], top: int, mode: str) -> list[Stage]:
         elif kind == "conv":
             stage = ConvTranspose(i, i, mode, conv=module)
         elif kind == "localresponsenorm":
-            stage = LocalResponseNorm(i, i, mode, module=module)
+            stage = LocalResponseNorm(i, i, mode, module=module, skip=mode == "deconvnet" and lrn == "skip")
         elif kind == "linear":
             stage = LinearTranspose(i, i, mode, module=module)
         elif kind == "adaptiveavgpool2d":

@@ -83,6 +83,18 @@ def _demo(args) -> int:
     return 0
 
 
+def _bench(args) -> int:
+    from . import bench
+
+    suites = [s for s in bench.SUITES if getattr(args, s)]
+    try:
+        bench.run(suites, args.device, args.quick, args.out)
+    except RuntimeError as error:
+        print(f"zfcore {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     from .train.config import add_arguments
 
@@ -154,6 +166,18 @@ def main(argv: list[str] | None = None) -> int:
                           f"{', '.join(DEFAULT)})")
     ana.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     ana.set_defaults(run=_analyze)
+
+    from . import bench
+
+    ben = commands.add_parser("bench", help="the op and pipeline benchmarks against pure PyTorch, one ratio table",
+                              description=bench.__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ben.add_argument("--out", required=True, help="results folder (never the committed benchmarks/results)")
+    ben.add_argument("--device", default="cpu", help="cpu or cuda")
+    ben.add_argument("--quick", action="store_true", help="small shapes, seconds per suite (a smoke run)")
+    for suite, what in (("ops", "the four ops at ZFNet's layer shapes"), ("topk", "streaming top-k and top-9 "
+                        "projections"), ("occlusion", "occlusion maps")):
+        ben.add_argument(f"--{suite}", action="store_true", help=what)
+    ben.set_defaults(run=_bench)
 
     commands.add_parser("info", help="backends and versions").set_defaults(run=_info)
     args = parser.parse_args(argv)

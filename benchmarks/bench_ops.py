@@ -4,10 +4,12 @@ Side by side in one process on the same inputs: max pooling with switches vs
 F.max_pool2d(return_indices=True); unpool2d vs ATen's max-pool backward (the
 exact transpose) and F.max_unpool2d; relu_conv_transpose2d vs F.relu +
 F.conv_transpose2d; deconv_step vs unpool + relu + conv_transpose2d. Baselines
-are PyTorch's own ops or zfcore.ops.reference (the pure-PyTorch oracle).
+are PyTorch's own ops or zfcore.ops.reference (the pure-PyTorch oracle), and
+the same PyTorch code under torch.compile (inductor's C++ kernels, compiled
+for each case before timing; compile time is not counted).
 
     python benchmarks/bench_ops.py              # batch 16, fp32 + bf16, NCHW + channels_last
-    python benchmarks/bench_ops.py --quick      # batch 2, fp32 NCHW: a smoke run
+    python benchmarks/bench_ops.py --quick      # batch 2, fp32 NCHW, no torch.compile: a smoke run
 """
 
 from __future__ import annotations
@@ -51,11 +53,15 @@ def main() -> int:
     parser.add_argument("--min-run-time", type=float, default=0.5, help="seconds of timing per measurement")
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--quick", action="store_true", help="batch 2, fp32, NCHW only, short timings")
+    parser.add_argument("--compile", action=argparse.BooleanOptionalAction, default=None,
+                        help="torch.compile baselines (default: on, off with --quick)")
     parser.add_argument("--output", default="cpu", help="results name: <results-dir>/<output>.json and .md")
     parser.add_argument("--results-dir", default=None, help=RESULTS_HELP)
     args = parser.parse_args()
     if args.quick:
         args.batch, args.dtypes, args.min_run_time = 2, "float32", 0.05
+    if args.compile is None:
+        args.compile = not args.quick
     if not zfcore.backends()["cpu"].available:
         print(f"zfcore's native CPU backend is not built: {zfcore.backends()['cpu'].reason}", file=sys.stderr)
         return 1
@@ -81,6 +87,11 @@ def main() -> int:
         add("max_pool2d_switches", pool, shape, "F.max_pool2d(return_indices=True)",
             lambda: max_pool2d_switches(x, K, S, ceil_mode=True),
             lambda: F.max_pool2d(x, K, S, ceil_mode=True, return_indices=True))
+        if args.compile:
+            compiled_pool = torch.compile(lambda t: F.max_pool2d(t, K, S, ceil_mode=True, return_indices=True),
+                                          dynamic=False)
+            add("max_pool2d_switches", pool, shape, "torch.compile(F.max_pool2d(return_indices=True))",
+                lambda: max_pool2d_switches(x, K, S, ceil_mode=True), lambda: compiled_pool(x))
 
         # Unpooling: the exact transpose.
         out, indices = F.max_pool2d(x, K, S, ceil_mode=True, return_indices=True)
@@ -93,6 +104,12 @@ def main() -> int:
             lambda: torch.ops.aten.max_pool2d_with_indices_backward(y, x, K, S, [0, 0], [1, 1], True, indices))
         add("unpool2d", pool, pooled_shape, "F.max_unpool2d (overwrites)", zf_unpool,
             lambda: F.max_unpool2d(y, indices, K, S, output_size=(h, w)))
+        if args.compile:
+            compiled_unpool = torch.compile(
+                lambda g, t, i: torch.ops.aten.max_pool2d_with_indices_backward(g, t, K, S, [0, 0], [1, 1], True, i),
+                dynamic=False)
+            add("unpool2d", pool, pooled_shape, "torch.compile(aten max_pool2d backward)", zf_unpool,
+                lambda: compiled_unpool(y, x, indices))
 
         # ReLU + transposed convolution of the layer below.
         conv = BELOW[pool]
@@ -112,6 +129,13 @@ def main() -> int:
             zf_step,
             lambda: F.conv_transpose2d(F.relu(torch.ops.aten.max_pool2d_with_indices_backward(
                 y, x, K, S, [0, 0], [1, 1], True, indices)), weight, None, cs, cp, cop))
+        if args.compile:
+            compiled_chain = torch.compile(lambda g, t, i, wt: F.conv_transpose2d(F.relu(
+                torch.ops.aten.max_pool2d_with_indices_backward(g, t, K, S, [0, 0], [1, 1], True, i)), wt, None, cs,
+                cp, cop), dynamic=False)
+            add("deconv_step", f"{pool}->{conv}", pooled_shape,
+                "torch.compile(aten max_pool2d backward + relu + conv_transpose2d)", zf_step,
+                lambda: compiled_chain(y, x, indices, weight))
         add("deconv_step", f"{pool}->{conv}", pooled_shape, "zfcore.ops.reference.deconv_step (scatter_add)",
             zf_step,
             lambda: reference.deconv_step(y, switches, weight, None, K, S, (0, 0), (h, w), (cs, cs), (cp, cp),

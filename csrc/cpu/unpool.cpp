@@ -75,17 +75,22 @@ void unpool_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t plan
   });
 }
 
-// Channels-last: one thread owns one image's block of channels that fills a
-// 64-byte cache line, zeroes it at every position and adds the windows in
-// row-major order: straight into the output for float and double, through a
-// float buffer for half types and when the ReLU follows.
+// Channels-last: one thread owns one image's block of channels, zeroes it at
+// every position and adds the windows in row-major order: straight into the
+// output for float and double, through a float buffer for half types and when
+// the ReLU follows. With at least as many images as threads (and a small map)
+// the block is all the channels, so each image is one pass over contiguous
+// rows; otherwise a block fills one 64-byte cache line, so that a few large
+// images still spread over the threads.
 template <typename scalar_t, bool RELU>
 void unpool_nhwc(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t N, int64_t C, int64_t H, int64_t W,
                  int64_t OH, int64_t OW, const PoolGeometry& g, std::atomic<bool>& outside) {
   using acc = acc_t<scalar_t>;
   constexpr bool direct = std::is_same_v<acc, scalar_t> && !RELU;
   const OffsetTable table(g);
-  const int64_t block = std::max<int64_t>(1, 64 / static_cast<int64_t>(sizeof(scalar_t)));
+  const int64_t line = std::max<int64_t>(1, 64 / static_cast<int64_t>(sizeof(scalar_t)));
+  const bool one_pass = N >= at::get_num_threads() && H * W * C * static_cast<int64_t>(sizeof(acc)) <= (int64_t(4) << 20);
+  const int64_t block = one_pass ? C : line;
   const int64_t blocks = (C + block - 1) / block;
   at::parallel_for(0, N * blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc> buffer(direct ? 0 : H * W * block);

@@ -217,8 +217,8 @@ inline ConvShape check_conv_transpose(const char* op, const at::Tensor& y, int64
                      " (got ", bias->scalar_type(), ")");
   }
   // Every factor is at most 2^30: each product at most 2^60, the sum far below 2^63.
-  const int64_t ho = (H - 1) * stride[0] - 2 * padding[0] + dilation[0] * (KH - 1) + output_padding[0] + 1;
-  const int64_t wo = (W - 1) * stride[1] - 2 * padding[1] + dilation[1] * (KW - 1) + output_padding[1] + 1;
+  const int64_t ho = geometry::conv_transpose_output_size(H, KH, stride[0], padding[0], output_padding[0], dilation[0]);
+  const int64_t wo = geometry::conv_transpose_output_size(W, KW, stride[1], padding[1], output_padding[1], dilation[1]);
   TORCH_CHECK_VALUE(ho > 0 && wo > 0, op, ": padding ", padding, " is too large: the output would be [", ho, ", ",
                     wo, "]");
   checks::fits(op, "the output of this weight, stride, padding and dilation", {y.size(0), cout, ho, wo},

@@ -7,19 +7,13 @@
 
 #include <limits>
 
+#include "geometry.h"
+
 namespace zfcore {
 
-// Output extent of one spatial dimension of a max pooling, with PyTorch's rules:
-// floor or ceil division, and in ceil mode the last window must start inside the
-// input or the left padding.
+// Output extent of one spatial dimension of a max pooling (csrc/geometry.h).
 inline int64_t pool_output_size(int64_t in, int64_t k, int64_t s, int64_t p, bool ceil_mode) {
-  const int64_t num = in + 2 * p - k + (ceil_mode ? s - 1 : 0);
-  // Floor division (rounding towards -inf), as PyTorch's div_rtn.
-  int64_t out = (num >= 0 ? num / s : -((-num + s - 1) / s)) + 1;
-  if (ceil_mode && (out - 1) * s >= in + p) {
-    --out;
-  }
-  return out;
+  return geometry::pool_output_size(in, k, s, p, ceil_mode);
 }
 
 struct PoolGeometry {

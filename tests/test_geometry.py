@@ -74,3 +74,59 @@ def test_pair_names_the_argument():
     assert geometry.pair(3) == (3, 3) and geometry.pair((2, 5)) == (2, 5)
     with pytest.raises(ValueError, match="kernel_size must be an int or a pair"):
         geometry.pair("x", "kernel_size")
+
+
+DRIVER = r"""
+#include <cstdio>
+#include "geometry.h"
+using namespace zfcore::geometry;
+int main() {
+  long long size, k, s, p, d, op;
+  while (std::scanf("%lld %lld %lld %lld %lld %lld", &size, &k, &s, &p, &d, &op) == 6) {
+    const int64_t conv = conv_output_size(size, k, s, p, d);
+    const ReceptiveField rf = receptive_field_step({size, s + 1, p / 2.0}, k, s, p, d);
+    std::printf("%lld %lld %lld %lld %lld %lld %lld %lld %.17g\n", (long long)extent(k, d),
+                (long long)pool_output_size(size, k, s, p, false, d), (long long)pool_output_size(size, k, s, p, true, d),
+                (long long)conv, (long long)conv_transpose_output_size(size, k, s, p, op, d),
+                (long long)output_padding(size, conv, k, s, p, d), (long long)rf.size, (long long)rf.jump, rf.offset);
+  }
+}
+"""
+
+
+def test_the_native_geometry_header_agrees_with_the_python_module(tmp_path):
+    """csrc/geometry.h (the C++ and CUDA side) and zfcore/geometry.py give the
+    same sizes, output paddings and receptive fields on 6000 random geometries,
+    padding up to the kernel, ceil mode and dilation included."""
+    import os
+    import shutil
+    import subprocess
+
+    compiler = shutil.which("c++") or shutil.which("g++")
+    if compiler is None:
+        pytest.skip("no C++ compiler")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    (tmp_path / "driver.cpp").write_text(DRIVER)
+    subprocess.run([compiler, "-std=c++17", "-O1", "-I", os.path.join(root, "csrc"), str(tmp_path / "driver.cpp"),
+                    "-o", str(tmp_path / "driver")], check=True)
+    rng = random.Random(7)
+    cases = []
+    for _ in range(6000):
+        kernel, stride, dilation = rng.randint(1, 9), rng.randint(1, 6), rng.randint(1, 4)
+        padding = rng.randint(0, kernel)  # past half the kernel too: the formulas must agree everywhere
+        size = rng.randint(1, 60)
+        cases.append((size, kernel, stride, padding, dilation, rng.randint(0, stride - 1)))
+    out = subprocess.run([str(tmp_path / "driver")], input="\n".join(" ".join(map(str, c)) for c in cases),
+                         capture_output=True, text=True, check=True).stdout.split("\n")
+    for case, line in zip(cases, out, strict=False):
+        size, k, s, p, d, op = case
+        conv = geometry.conv_output_size(size, k, s, p, d)
+        rf = geometry.receptive_field_step(size, s + 1, p / 2, k, s, p, d)
+        want = [geometry.extent(k, d), geometry.pool_output_size(size, k, s, p, False, d),
+                geometry.pool_output_size(size, k, s, p, True, d), conv,
+                geometry.conv_transpose_output_size(size, k, s, p, op, d),
+                geometry.output_padding(size, conv, k, s, p, d), rf[0], rf[1]]
+        got = line.split()
+        assert [int(v) for v in got[:8]] == want and float(got[8]) == rf[2], (case, got, want, rf)
+    assert len([line for line in out if line]) == len(cases)
+    assert sum(1 for c in cases if geometry.pool_output_size(c[0], c[1], c[2], c[3], True, c[4]) <= 0) > 0

@@ -25,6 +25,7 @@ import math
 import os
 import re
 import sys
+import traceback
 from dataclasses import asdict, dataclass
 
 import torch
@@ -149,6 +150,39 @@ def main() -> int:
     copy_gbps = copy_bandwidth(device, timed, args.smoke)
     print(f"copy bandwidth: {copy_gbps:.0f} GB/s (read + write)")
     rows: list[GpuRow] = []
+    checks: list[dict] = []
+    errors: list[dict] = []
+    env = environment(torch.get_num_threads())
+    env["device"] = device_name(device)
+    env["copy_gbps"] = round(copy_gbps, 1)
+    name = args.output or results_name(env["device"])
+    directory = args.results_dir or RESULTS
+    os.makedirs(directory, exist_ok=True)
+
+    def guarded(what: str, fn) -> None:
+        """One backend's rows of one case; a failure is recorded in the results
+        (and printed), not fatal, so one broken kernel loses no other rows."""
+        try:
+            fn()
+        except Exception as e:  # noqa: BLE001 (reported, see above)
+            errors.append({"case": what, "error": f"{type(e).__name__}: {e}"[:2000]})
+            traceback.print_exc()
+
+    def check(what: str, got: torch.Tensor, expected: torch.Tensor, exact: bool, reference=None) -> None:
+        """Whether a timed output equals PyTorch's at the benchmark's shape: bit for
+        bit where the op is exact, else its error against a float64 reference
+        beside PyTorch's own."""
+        entry = {"case": what, "exact_required": exact}
+        if exact:
+            entry["equal"] = bool(torch.equal(got, expected))
+        else:
+            ref = reference()
+            entry["max_error"] = (got.double() - ref).abs().max().item()
+            entry["torch_max_error"] = (expected.double() - ref).abs().max().item()
+            entry["equal"] = entry["max_error"] <= 2 * entry["torch_max_error"] + 1e-6 * ref.abs().max().item()
+        checks.append(entry)
+        if not entry["equal"]:
+            print(f"MISMATCH {entry}", flush=True)
 
     for dtype_name in args.dtypes.split(","):
         dtype = getattr(torch, dtype_name)
@@ -162,6 +196,7 @@ def main() -> int:
                 out, indices = F.max_pool2d(x, K, S, ceil_mode=True, return_indices=True)
                 y = torch.randn(out.shape, device=device, dtype=dtype).contiguous(memory_format=fmt)
                 shape = f"[{n},{c},{h},{w}]"
+                case = f"{dtype_name} {pool} {layout}"
 
                 def pool_eager(x=x):
                     return F.max_pool2d(x, K, S, ceil_mode=True, return_indices=True)
@@ -174,19 +209,34 @@ def main() -> int:
                 eager_pool_t, eager_unpool_t = timed(pool_eager), timed(unpool_eager)
                 comp_pool_t = timed(pool_compiled) if pool_compiled else None
                 comp_unpool_t = timed(unpool_compiled) if unpool_compiled else None
-                for backend in backends:
-                    _, switches = max_pool2d_switches(x, K, S, ceil_mode=True, backend=backend)
+                unpooled = unpool_eager()
+
+                def pool_rows(backend, x=x, y=y, out=out, indices=indices, unpooled=unpooled, shape=shape, h=h,
+                              w=w, case=case, pool=pool, layout=layout, eager_pool_t=eager_pool_t,
+                              comp_pool_t=comp_pool_t, eager_unpool_t=eager_unpool_t, comp_unpool_t=comp_unpool_t):
+                    got, switches = max_pool2d_switches(x, K, S, ceil_mode=True, backend=backend)
+                    check(f"{case} max_pool2d_switches {backend}", got, out, True)
+                    check(f"{case} switches {backend}",
+                          zfcore.ops.switches_to_indices(switches, x.shape, K, S), indices, True)
+                    check(f"{case} unpool2d {backend}",
+                          unpool2d(y, switches, K, S, output_size=(h, w), backend=backend), unpooled,
+                          dtype_name == "float32", lambda: torch.ops.aten.max_pool2d_with_indices_backward(
+                              y.double(), x.double(), K, S, [0, 0], [1, 1], True, indices))
                     rows.append(GpuRow(
                         "max_pool2d_switches", pool, shape, dtype_name, layout, backend,
-                        timed(lambda x=x, b=backend: max_pool2d_switches(x, K, S, ceil_mode=True, backend=b)),
+                        timed(lambda: max_pool2d_switches(x, K, S, ceil_mode=True, backend=backend)),
                         eager_pool_t, comp_pool_t, "F.max_pool2d(return_indices=True)",
                         nbytes(x, out) + switches.numel(), 0))
                     rows.append(GpuRow(
                         "unpool2d", pool, f"[{n},{c},{out.shape[2]},{out.shape[3]}]", dtype_name, layout, backend,
-                        timed(lambda y=y, s=switches, b=backend: unpool2d(y, s, K, S, output_size=(h, w), backend=b)),
+                        timed(lambda: unpool2d(y, switches, K, S, output_size=(h, w), backend=backend)),
                         eager_unpool_t, comp_unpool_t, "aten max_pool2d backward (the exact transpose)",
                         nbytes(y, x) + switches.numel(), 0))
+
+                for backend in backends:
+                    guarded(f"{case} pooling {backend}", lambda backend=backend: pool_rows(backend))
                 if layout != "nchw":
+                    print(f"{case}: done", flush=True)
                     continue
                 # The deconvnet stage below this pooling, and its ReLU + transposed conv alone.
                 conv, wshape, cs, cp, cop = convs[pool]
@@ -210,42 +260,62 @@ def main() -> int:
                 eager_conv_t, eager_step_t = timed(conv_eager), timed(step_eager)
                 comp_conv_t = timed(conv_compiled) if conv_compiled else None
                 comp_step_t = timed(step_compiled) if step_compiled else None
-                for backend in backends:
+
+                def conv_rows(backend, a=a, y=y, x=x, unpooled=unpooled, weight=weight, rec=rec, cs=cs, cp=cp,
+                              cop=cop, h=h, w=w, case=case, pool=pool, conv=conv, shape=shape, flops=flops,
+                              out=out, eager_conv_t=eager_conv_t, comp_conv_t=comp_conv_t,
+                              eager_step_t=eager_step_t, comp_step_t=comp_step_t, conv_eager=conv_eager,
+                              step_eager=step_eager):
                     _, switches = max_pool2d_switches(x, K, S, ceil_mode=True, backend=backend)
+                    check(f"{case} relu_conv_transpose2d {backend}",
+                          relu_conv_transpose2d(a, weight, None, cs, cp, cop, backend=backend), conv_eager(), False,
+                          lambda: F.conv_transpose2d(F.relu(a.double()), weight.double(), None, cs, cp, cop))
+                    check(f"{case} deconv_step {backend}",
+                          deconv_step(y, switches, weight, pool_kernel_size=K, pool_stride=S, unpooled_size=(h, w),
+                                      stride=cs, padding=cp, output_padding=cop, backend=backend), step_eager(),
+                          False, lambda: F.conv_transpose2d(F.relu(unpooled.double()), weight.double(), None, cs, cp,
+                                                            cop))
                     rows.append(GpuRow(
                         "relu_conv_transpose2d", conv, shape, dtype_name, layout, backend,
-                        timed(lambda a=a, wt=weight, b=backend, cs=cs, cp=cp, cop=cop:
-                              relu_conv_transpose2d(a, wt, None, cs, cp, cop, backend=b)),
+                        timed(lambda: relu_conv_transpose2d(a, weight, None, cs, cp, cop, backend=backend)),
                         eager_conv_t, comp_conv_t, "F.conv_transpose2d(F.relu(y))",
                         nbytes(a, weight, rec), flops))
                     rows.append(GpuRow(
                         "deconv_step", f"{pool}->{conv}", f"[{n},{c},{out.shape[2]},{out.shape[3]}]", dtype_name,
                         layout, backend,
-                        timed(lambda y=y, s=switches, wt=weight, b=backend, cs=cs, cp=cp, cop=cop, h=h, w=w:
-                              deconv_step(y, s, wt, pool_kernel_size=K, pool_stride=S, unpooled_size=(h, w),
-                                          stride=cs, padding=cp, output_padding=cop, backend=b)),
+                        timed(lambda: deconv_step(y, switches, weight, pool_kernel_size=K, pool_stride=S,
+                                                  unpooled_size=(h, w), stride=cs, padding=cp, output_padding=cop,
+                                                  backend=backend)),
                         eager_step_t, comp_step_t, "aten max_pool2d backward + relu + conv_transpose2d",
                         nbytes(y, weight, rec) + switches.numel(), flops))
-                print(f"{dtype_name} {pool}: done", flush=True)
 
+                for backend in backends:
+                    guarded(f"{case} deconv {backend}", lambda backend=backend: conv_rows(backend))
+                print(f"{case}: done", flush=True)
+                # Written after every case: a run cut short keeps what it measured.
+                write_results(directory, name, env, rows, checks, errors, backends, copy_gbps, final=False)
+
+    write_results(directory, name, env, rows, checks, errors, backends, copy_gbps, final=True)
+    bad = [c for c in checks if not c["equal"]]
+    print(f"{len(checks) - len(bad)} of {len(checks)} outputs equal PyTorch's; {len(errors)} errors")
+    return 1 if bad or errors else 0
+
+
+def write_results(directory: str, name: str, env: dict, rows: list[GpuRow], checks: list[dict], errors: list[dict],
+                  backends: list[str], copy_gbps: float, final: bool) -> None:
     fastest = choose_fastest(rows, backends)
-    env = environment(torch.get_num_threads())
-    env["device"] = device_name(device)
-    env["copy_gbps"] = round(copy_gbps, 1)
-    name = args.output or results_name(env["device"])
-    directory = args.results_dir or RESULTS
-    os.makedirs(directory, exist_ok=True)
-    data = {"environment": env, "fastest": fastest, "rows": [r.as_dict(copy_gbps) for r in rows]}
+    data = {"environment": env, "complete": final, "fastest": fastest, "errors": errors, "checks": checks,
+            "rows": [r.as_dict(copy_gbps) for r in rows]}
     with open(os.path.join(directory, f"{name}.json"), "w") as f:
         json.dump(data, f, indent=1)
     with open(os.path.join(directory, "gpu_preference.json"), "w") as f:
-        json.dump({"device": env["device"], "commit": env["commit"], "fastest": fastest}, f, indent=1)
-    table = markdown(name, env, rows, copy_gbps, fastest)
+        json.dump({"device": env["device"], "commit": env["commit"], "complete": final, "fastest": fastest}, f,
+                  indent=1)
+    table = markdown(name, env, rows, copy_gbps, fastest, checks, errors, final)
     with open(os.path.join(directory, f"{name}.md"), "w") as f:
         f.write(table)
-    print(table)
-    return 0
-
+    if final:
+        print(table)
 
 def choose_fastest(rows: list[GpuRow], backends: list[str]) -> dict[str, str]:
     """Per op, the backend with the smallest geometric-mean time over its rows."""
@@ -263,7 +333,8 @@ def choose_fastest(rows: list[GpuRow], backends: list[str]) -> dict[str, str]:
     return fastest
 
 
-def markdown(name: str, env: dict, rows: list[GpuRow], copy_gbps: float, fastest: dict) -> str:
+def markdown(name: str, env: dict, rows: list[GpuRow], copy_gbps: float, fastest: dict, checks: list[dict],
+             errors: list[dict], final: bool) -> str:
     fmt = lambda t: f"{t.median_ms:.3f} [{t.p20_ms:.3f}, {t.p80_ms:.3f}]" if t else "-"  # noqa: E731
     lines = [f"# zfcore GPU backends vs PyTorch: {name}", "",
              f"Command: `{env['command']}`  ", f"Device: {env['device']}  ",
@@ -284,6 +355,14 @@ def markdown(name: str, env: dict, rows: list[GpuRow], copy_gbps: float, fastest
     lines += ["", "Eager baselines: " + "; ".join(sorted({f"{r.op}: {r.eager_baseline}" for r in rows})) + ".",
               "", "Fastest backend per op (written to gpu_preference.json): "
               + ", ".join(f"{op} {b}" for op, b in fastest.items()) + "."]
+    bad = [c for c in checks if not c["equal"]]
+    lines += ["", f"Outputs checked against PyTorch at these shapes: {len(checks) - len(bad)} of {len(checks)} equal "
+              "(pooling, switches and float32 unpooling bit for bit; the others within twice PyTorch's own error "
+              "against float64)."]
+    lines += [f"- MISMATCH {c}" for c in bad]
+    lines += [f"- ERROR {e['case']}: {e['error'][:300]}" for e in errors]
+    if not final:
+        lines += ["", "**Incomplete: the run stopped before every case was measured.**"]
     return "\n".join(lines) + "\n"
 
 

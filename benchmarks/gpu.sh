@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The GPU run in one call: on a machine with a CUDA GPU (offline is fine), install
-# zfcore on the torch found there, build the CUDA extension, run the whole test
-# suite (both GPU backends), then the GPU benchmarks; everything lands in $OUT.
+# zfcore on the torch found there, build the CUDA extension, run the tests of the
+# GPU backends (pytest -m gpu, both backends), then the GPU benchmarks; everything
+# lands in $OUT. TEST_LIMIT_S and BENCH_LIMIT_S cap the two long stages (a short
+# device lease); the benchmark writes its tables after every case.
 #
 #   OUT=/tmp/gpu-run bash benchmarks/gpu.sh            # all stages
 #   OUT=/tmp/gpu-run bash benchmarks/gpu.sh build test # some stages: build, test, bench
@@ -42,14 +44,22 @@ for s in $STAGES; do
         | tee -a "$OUT/environment.txt"
       ;;
     test)
-      stage "tests"
-      $PYTHON -m pytest tests -q -rs --durations=15 -p no:cacheprovider >"$OUT/tests.log" 2>&1 || status=1
+      # On a GPU: the tests marked gpu (tests/conftest.py: every test of a GPU
+      # backend), in parallel where pytest-xdist is there; the rest of the suite
+      # runs on the CPU (make test). Without a GPU: the same tests, interpreted.
+      stage "tests (-m gpu)"
+      extra=()
+      $PYTHON -c "import xdist" 2>/dev/null && [ "$HAS_GPU" = 1 ] && extra+=(-n "${TEST_WORKERS:-6}")
+      $PYTHON -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 240)
+      timeout "${TEST_LIMIT_S:-900}" $PYTHON -m pytest tests -m gpu -q -rs --durations=15 -p no:cacheprovider \
+        "${extra[@]}" >"$OUT/tests.log" 2>&1 || status=1
       tail -25 "$OUT/tests.log"
       ;;
     bench)
       stage "benchmarks"
       if [ "$HAS_GPU" = 1 ]; then
-        (cd benchmarks && $PYTHON bench_gpu.py --results-dir "$OUT") >"$OUT/bench.log" 2>&1 || status=1
+        (cd benchmarks && timeout "${BENCH_LIMIT_S:-1200}" $PYTHON bench_gpu.py --results-dir "$OUT") \
+          >"$OUT/bench.log" 2>&1 || status=1
       else
         (cd benchmarks && TRITON_INTERPRET=1 $PYTHON bench_gpu.py --smoke --dtypes float32 --results-dir "$OUT") \
           >"$OUT/bench.log" 2>&1 || status=1

@@ -28,3 +28,26 @@ def demo_folder(tmp_path_factory):
                              "--no-progress"], capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     return out, result.stdout
+
+
+# The tests that exercise a GPU backend: every module of GPU_MODULES, less the
+# parametrizations that pin a CPU-only backend. `pytest -m gpu` runs just these
+# (benchmarks/gpu.sh on a GPU machine, where device time is short); the rest of
+# the suite (training, the report, the interpreter) runs on the CPU.
+GPU_MODULES = {"test_pooling.py", "test_deconv_ops.py", "test_autograd.py", "test_gpu_backends.py",
+               "test_registration.py"}
+CPU_ONLY_BACKENDS = {"cpu", "reference"}
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "gpu: exercises the triton or cuda backend (benchmarks/gpu.sh runs -m gpu)")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if item.path.name not in GPU_MODULES:
+            continue
+        callspec = getattr(item, "callspec", None)
+        if callspec is not None and callspec.params.get("backend") in CPU_ONLY_BACKENDS:
+            continue
+        item.add_marker(pytest.mark.gpu)

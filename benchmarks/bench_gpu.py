@@ -10,7 +10,10 @@ bytes read + written); the GEMM ops report TFLOP/s of the dense transposed
 convolution. torch.compile baselines: pooling and unpooling everywhere, the
 deconvnet stage at layer 1 (a lone transposed convolution compiles to the same
 cuDNN call as eager). About 3 minutes on an H100, most of it compiling. The backend that measures fastest per op is written to
-gpu_preference.json (copy it to zfcore/ops/ to make it the automatic choice).
+gpu_preference.json (copy it to zfcore/ops/ to make it the automatic choice); for
+the two ops that end in a transposed convolution the candidates include the
+"torch" path (zfcore's unpooling, then PyTorch's own transposed convolution),
+which the automatic choice can take (zfcore/ops/backend_choice.py).
 
     python benchmarks/bench_gpu.py                      # on a GPU: writes build/bench-results/<device>.{json,md}
     python benchmarks/bench_gpu.py --results-dir $OUT   # elsewhere (benchmarks/results: the committed ones)
@@ -34,7 +37,7 @@ import torch.nn.functional as F
 from common import RESULTS, RESULTS_HELP, Timing, environment, time_cpu
 
 import zfcore
-from zfcore.ops import deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
+from zfcore.ops import backend_choice, deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
 
 POOLS = {"pool1": (96, 110, 110), "pool2": (256, 26, 26), "pool5": (256, 13, 13)}
 CONVS = {  # below each pool: forward weight shape, stride, padding, output_padding
@@ -123,6 +126,8 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--backends", default="triton,cuda")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    parser.add_argument("--ops", default="pool,conv",
+                        help="pool (max_pool2d_switches, unpool2d), conv (relu_conv_transpose2d, deconv_step)")
     parser.add_argument("--smoke", action="store_true",
                         help="no GPU needed: tiny shapes on CPU tensors (triton under TRITON_INTERPRET=1)")
     parser.add_argument("--output", default=None, help="results name (default: the device's name)")
@@ -143,6 +148,9 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     pools, convs = (SMOKE_POOLS, SMOKE_CONVS) if args.smoke else (POOLS, CONVS)
+    op_groups = set(args.ops.split(","))
+    if not op_groups or not op_groups <= {"pool", "conv"}:
+        parser.error(f"--ops must name pool and/or conv (got {args.ops!r})")
     n = 2 if args.smoke else args.batch
     compile_baselines = not args.no_compile and not args.smoke
     timed = make_timer(args.smoke)
@@ -233,9 +241,9 @@ def main() -> int:
                         eager_unpool_t, comp_unpool_t, "aten max_pool2d backward (the exact transpose)",
                         nbytes(y, x) + switches.numel(), 0))
 
-                for backend in backends:
+                for backend in backends if "pool" in op_groups else ():
                     guarded(f"{case} pooling {backend}", lambda backend=backend: pool_rows(backend))
-                if layout != "nchw":
+                if layout != "nchw" or "conv" not in op_groups:
                     print(f"{case}: done", flush=True)
                     continue
                 # The deconvnet stage below this pooling, and its ReLU + transposed conv alone.
@@ -266,30 +274,40 @@ def main() -> int:
                               out=out, eager_conv_t=eager_conv_t, comp_conv_t=comp_conv_t,
                               eager_step_t=eager_step_t, comp_step_t=comp_step_t, conv_eager=conv_eager,
                               step_eager=step_eager):
-                    _, switches = max_pool2d_switches(x, K, S, ceil_mode=True, backend=backend)
-                    check(f"{case} relu_conv_transpose2d {backend}",
-                          relu_conv_transpose2d(a, weight, None, cs, cp, cop, backend=backend), conv_eager(), False,
+                    # "torch": the automatic choice's PyTorch path (zfcore's unpooling on its
+                    # fastest backend, then PyTorch's transposed convolution).
+                    _, switches = max_pool2d_switches(x, K, S, ceil_mode=True,
+                                                      backend=None if backend == "torch" else backend)
+                    conv_args = ([cs, cs], [cp, cp], [cop, cop], 1, [1, 1])
+
+                    def run_conv():
+                        if backend == "torch":
+                            return backend_choice.torch_path("relu_conv_transpose2d", a, a, weight, None, *conv_args)
+                        return relu_conv_transpose2d(a, weight, None, cs, cp, cop, backend=backend)
+
+                    def run_step():
+                        if backend == "torch":
+                            return backend_choice.torch_path("deconv_step", y, y, switches, weight, None, K, S, [0, 0],
+                                                             [h, w], *conv_args)
+                        return deconv_step(y, switches, weight, pool_kernel_size=K, pool_stride=S,
+                                           unpooled_size=(h, w), stride=cs, padding=cp, output_padding=cop,
+                                           backend=backend)
+
+                    check(f"{case} relu_conv_transpose2d {backend}", run_conv(), conv_eager(), False,
                           lambda: F.conv_transpose2d(F.relu(a.double()), weight.double(), None, cs, cp, cop))
-                    check(f"{case} deconv_step {backend}",
-                          deconv_step(y, switches, weight, pool_kernel_size=K, pool_stride=S, unpooled_size=(h, w),
-                                      stride=cs, padding=cp, output_padding=cop, backend=backend), step_eager(),
-                          False, lambda: F.conv_transpose2d(F.relu(unpooled.double()), weight.double(), None, cs, cp,
-                                                            cop))
+                    check(f"{case} deconv_step {backend}", run_step(), step_eager(), False,
+                          lambda: F.conv_transpose2d(F.relu(unpooled.double()), weight.double(), None, cs, cp, cop))
                     rows.append(GpuRow(
-                        "relu_conv_transpose2d", conv, shape, dtype_name, layout, backend,
-                        timed(lambda: relu_conv_transpose2d(a, weight, None, cs, cp, cop, backend=backend)),
+                        "relu_conv_transpose2d", conv, shape, dtype_name, layout, backend, timed(run_conv),
                         eager_conv_t, comp_conv_t, "F.conv_transpose2d(F.relu(y))",
                         nbytes(a, weight, rec), flops))
                     rows.append(GpuRow(
                         "deconv_step", f"{pool}->{conv}", f"[{n},{c},{out.shape[2]},{out.shape[3]}]", dtype_name,
-                        layout, backend,
-                        timed(lambda: deconv_step(y, switches, weight, pool_kernel_size=K, pool_stride=S,
-                                                  unpooled_size=(h, w), stride=cs, padding=cp, output_padding=cop,
-                                                  backend=backend)),
+                        layout, backend, timed(run_step),
                         eager_step_t, comp_step_t, "aten max_pool2d backward + relu + conv_transpose2d",
                         nbytes(y, weight, rec) + switches.numel(), flops))
 
-                for backend in backends:
+                for backend in backends + ["torch"]:
                     guarded(f"{case} deconv {backend}", lambda backend=backend: conv_rows(backend))
                 print(f"{case}: done", flush=True)
                 # Written after every case: a run cut short keeps what it measured.
@@ -303,7 +321,7 @@ def main() -> int:
 
 def write_results(directory: str, name: str, env: dict, rows: list[GpuRow], checks: list[dict], errors: list[dict],
                   backends: list[str], copy_gbps: float, final: bool) -> None:
-    fastest = choose_fastest(rows, backends)
+    fastest = choose_fastest(rows, backends + ["torch"])
     data = {"environment": env, "complete": final, "fastest": fastest, "errors": errors, "checks": checks,
             "rows": [r.as_dict(copy_gbps) for r in rows]}
     with open(os.path.join(directory, f"{name}.json"), "w") as f:
@@ -318,7 +336,9 @@ def write_results(directory: str, name: str, env: dict, rows: list[GpuRow], chec
         print(table)
 
 def choose_fastest(rows: list[GpuRow], backends: list[str]) -> dict[str, str]:
-    """Per op, the backend with the smallest geometric-mean time over its rows."""
+    """Per op, the backend (or the PyTorch path "torch", measured for the ops that
+    end in a transposed convolution) with the smallest geometric-mean time over
+    its rows."""
     fastest = {}
     for op in ("max_pool2d_switches", "unpool2d", "relu_conv_transpose2d", "deconv_step"):
         scores = {}

@@ -128,11 +128,51 @@ def test_automatic_choice_follows_the_measured_table():
     x = torch.zeros(1, 1, 2, 2)
     assert backend_choice.resolve("unpool2d", x, None) == ("cpu" if INFO["cpu"].available else "reference")
     assert set(backend_choice.GPU_PREFERENCE) == set(backend_choice.OPS)
-    assert set(backend_choice.GPU_PREFERENCE.values()) <= {"triton", "cuda"}
+    for op, first in backend_choice.GPU_PREFERENCE.items():
+        assert first in ("triton", "cuda") or (first == "torch" and op in backend_choice.TORCH_PATH_OPS), (op, first)
     if torch.cuda.is_available():
         for op, first in backend_choice.GPU_PREFERENCE.items():
             chosen = backend_choice.resolve(op, x.cuda(), None)
-            assert chosen == first if INFO[first].available else chosen in ("triton", "cuda", "reference")
+            if first == "torch":
+                assert chosen == "torch"
+            else:
+                assert chosen == first if INFO[first].available else chosen in ("triton", "cuda", "reference")
+
+
+def test_preference_file_is_read_with_care(tmp_path):
+    path = tmp_path / "gpu_preference.json"
+    path.write_text('{"fastest": {"unpool2d": "triton", "deconv_step": "torch", "max_pool2d_switches": "torch", '
+                    '"relu_conv_transpose2d": "rm -rf", "nonsense": "cuda"}}')
+    table = backend_choice._load_preference(path)
+    assert table["unpool2d"] == "triton" and table["deconv_step"] == "torch"
+    # "torch" only for the ops that end in a transposed convolution; junk ignored.
+    assert table["max_pool2d_switches"] == backend_choice._DEFAULT_PREFERENCE["max_pool2d_switches"]
+    assert table["relu_conv_transpose2d"] == backend_choice._DEFAULT_PREFERENCE["relu_conv_transpose2d"]
+    assert "nonsense" not in table
+    path.write_text("not json")
+    assert backend_choice._load_preference(path) == backend_choice._DEFAULT_PREFERENCE
+
+
+@pytest.mark.parametrize("layout", ["nchw", "channels_last"])
+def test_torch_path_is_the_exact_composition(layout):
+    # deconv_step through PyTorch's transposed convolution: zfcore's unpooling on
+    # the fastest backend for the tensor, then relu + F.conv_transpose2d; equal to
+    # the reference composition bit for bit (the unpooling is exact in float32).
+    g = torch.Generator().manual_seed(3)
+    fmt = torch.channels_last if layout == "channels_last" else torch.contiguous_format
+    a = torch.randn(2, 6, 11, 11, generator=g).contiguous(memory_format=fmt)
+    y, switches = max_pool2d_switches(a, 3, 2, ceil_mode=True)
+    y = torch.randn(y.shape, generator=g).contiguous(memory_format=fmt)
+    weight, bias = torch.randn(6, 3, 5, 5, generator=g), torch.randn(3, generator=g)
+    args = (y, switches, weight, bias, [3, 3], [2, 2], [0, 0], [11, 11], [2, 2], [1, 1], [0, 0], 1, [1, 1])
+    got = backend_choice.torch_path("deconv_step", y, *args)
+    expected = zfcore.ops.reference.deconv_step(*args)
+    assert torch.equal(got, expected) and got.abs().sum() > 0
+    assert got.is_contiguous(memory_format=fmt)
+    conv = backend_choice.torch_path("relu_conv_transpose2d", y, y, weight, bias, [2, 2], [1, 1], [0, 0], 1, [1, 1])
+    assert torch.equal(conv, F.conv_transpose2d(F.relu(y), weight, bias, 2, 1, 0).contiguous(memory_format=fmt))
+    with pytest.raises(ValueError, match="unpool2d has no PyTorch path"):
+        backend_choice.torch_path("unpool2d", y, y)
 
 
 @needs_gpu

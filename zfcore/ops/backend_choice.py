@@ -3,8 +3,15 @@
 Order of precedence: the ``backend=`` argument of a call, then the
 ``ZFCORE_BACKEND`` environment variable (read once, at import), then the fastest
 available backend for the tensor's device. On CUDA tensors "fastest" is the
-measured table ``GPU_PREFERENCE`` (from benchmarks/bench_gpu.py on an H100),
+measured table ``GPU_PREFERENCE`` (from benchmarks/bench_gpu.py on an H200),
 falling back to the other GPU backend, then the reference.
+
+The table may also name ``"torch"`` for the two transposed-convolution ops,
+where PyTorch's own convolution (cuDNN) measured faster than zfcore's kernels:
+``relu_conv_transpose2d`` then runs as ``F.conv_transpose2d(F.relu(y))`` and
+``deconv_step`` as zfcore's unpooling on its fastest GPU backend followed by
+that; both are exact compositions of the ops (``torch`` is a path the automatic
+choice takes, not a backend a caller names).
 """
 
 from __future__ import annotations
@@ -22,6 +29,9 @@ from . import library, reference, triton_ops
 
 NAMES = ("reference", "cpu", "triton", "cuda")
 OPS = ("max_pool2d_switches", "unpool2d", "gather_switches", "relu_conv_transpose2d", "deconv_step")
+# What the GPU table may name per op: the GPU backends, and for the ops that end in
+# a transposed convolution, PyTorch's own (module docstring).
+TORCH_PATH_OPS = ("relu_conv_transpose2d", "deconv_step")
 _ENV_BACKEND = os.environ.get("ZFCORE_BACKEND", "").strip().lower() or None
 
 # The GPU backend that measured fastest per op (benchmarks/bench_gpu.py writes
@@ -37,12 +47,12 @@ _DEFAULT_PREFERENCE = {
 }
 
 
-def _load_preference() -> dict[str, str]:
-    path = Path(__file__).with_name("gpu_preference.json")
+def _load_preference(path: Path = Path(__file__).with_name("gpu_preference.json")) -> dict[str, str]:
     table = dict(_DEFAULT_PREFERENCE)
     try:
         measured = json.loads(path.read_text())["fastest"]
-        table.update({op: name for op, name in measured.items() if op in OPS and name in ("triton", "cuda")})
+        table.update({op: name for op, name in measured.items()
+                      if op in OPS and (name in ("triton", "cuda") or (name == "torch" and op in TORCH_PATH_OPS))})
     except (OSError, ValueError, KeyError, TypeError):
         pass
     return table
@@ -144,6 +154,8 @@ def _automatic(op: str, tensor: torch.Tensor) -> str:
     if device == "cuda":
         infos = _backends()
         first = GPU_PREFERENCE.get(op, "cuda")
+        if first == "torch":
+            return "torch"
         for name in (first, "triton" if first == "cuda" else "cuda"):
             if infos[name].available and infos[name].device == "cuda":
                 return name
@@ -155,6 +167,21 @@ def run(op: str, tensor: torch.Tensor, backend: str | None, *args):
     name = resolve(op, tensor, backend)
     if name == "reference":
         return getattr(reference, op)(*args)
+    if name == "torch":
+        return torch_path(op, tensor, *args)
     if name == "triton":
         return getattr(triton_ops.ops, op)(*args)
     return getattr(library.ops, op)(*args)
+
+
+def torch_path(op: str, tensor: torch.Tensor, *args):
+    """``relu_conv_transpose2d`` or ``deconv_step`` with PyTorch's transposed
+    convolution (cuDNN on a GPU); ``deconv_step``'s unpooling runs on the fastest
+    backend for ``tensor`` (normalized arguments ``args``, as ``run``)."""
+    if op == "relu_conv_transpose2d":
+        return reference.relu_conv_transpose2d(*args)
+    if op != "deconv_step":
+        raise ValueError(f"torch_path: {op} has no PyTorch path (only {', '.join(TORCH_PATH_OPS)})")
+    y, switches, weight, bias, k, s, p, size, *conv = args
+    unpooled = run("unpool2d", tensor, None, y, switches, k, s, p, size)
+    return reference.relu_conv_transpose2d(unpooled, weight, bias, *conv)

@@ -33,6 +33,8 @@ for s in $STAGES; do
         $PYTHON -c "import triton; print('triton', triton.__version__)" || true
         command -v nvcc >/dev/null && nvcc --version | tail -1
         command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm --format=csv
+        for cxx in c++ /usr/bin/g++; do command -v $cxx >/dev/null && echo "$cxx: $(command -v $cxx) $($cxx --version | head -1)"; done
+        $PYTHON -c "import torch; print('torch built with:', [l.strip() for l in torch.__config__.show().splitlines() if 'C++ Version' in l or 'GCC' in l][:2])"
       } 2>&1 | tee "$OUT/environment.txt"
       stage "build (pip install -e, no network, the torch that is here)"
       start=$(date +%s)
@@ -42,6 +44,19 @@ for s in $STAGES; do
       echo "built in $(( $(date +%s) - start )) s"
       $PYTHON -c "import zfcore; [print(f'{n:9s} {i.available!s:5s} {i.device:4s} {i.reason}') for n, i in zfcore.backends().items()]" \
         | tee -a "$OUT/environment.txt"
+      # An error raised in zfcore._C must reach Python as an exception. The first
+      # H200 run's build (c++ = /opt/gcc's GCC) segfaulted on every such error:
+      # on a crash, rebuild with the system compiler and probe again.
+      if ! $PYTHON tools/native_error_probe.py 2>&1 | tee -a "$OUT/environment.txt"; then
+        if [ -x /usr/bin/g++ ] && [ "$(command -v c++)" != /usr/bin/g++ ]; then
+          echo "native errors crash this build: rebuilding with CC=/usr/bin/gcc CXX=/usr/bin/g++" | tee -a "$OUT/environment.txt"
+          CC=/usr/bin/gcc CXX=/usr/bin/g++ MAX_JOBS=${MAX_JOBS:-16} $PYTHON -m pip install -v --no-build-isolation \
+            --no-deps --no-index -e . >"$OUT/build.log" 2>&1 || { echo "rebuild failed: see build.log"; exit 1; }
+          $PYTHON tools/native_error_probe.py 2>&1 | tee -a "$OUT/environment.txt" || status=1
+        else
+          status=1
+        fi
+      fi
       ;;
     test)
       # On a GPU: the tests marked gpu (tests/conftest.py: every test of a GPU

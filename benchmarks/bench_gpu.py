@@ -86,7 +86,14 @@ def make_timer(smoke: bool):
     def timed(fn) -> Timing:
         fn()
         torch.cuda.synchronize()
-        return Timing.of(do_bench(fn, warmup=25, rep=100, return_mode="all"))  # every timed run
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        torch.cuda.synchronize()
+        # do_bench times as many runs as fit in `rep` ms: at least 5 for slow calls.
+        rep = max(100.0, 6 * start.elapsed_time(end))
+        return Timing.of(do_bench(fn, warmup=25, rep=rep, return_mode="all"))  # every timed run
 
     return timed
 

@@ -30,7 +30,7 @@ __global__ void conv_transpose_kernel(const T* __restrict__ y, const uint8_t* __
   for (I idx = blockIdx.x * I(blockDim.x) + threadIdx.x; idx < total; idx += I(gridDim.x) * blockDim.x) {
     const Position<I> p = decode<CHANNELS_LAST>(idx, COUT, OH, OW);
     const I group = p.c / I(cv.cout_g), co = p.c % I(cv.cout_g);
-    A acc = bias != nullptr ? to_acc(bias[p.c]) : A(0);
+    double acc = 0.0;
     for (int i = 0; i < cv.kh; ++i) {
       const I th = p.h + cv.ph - I(i) * cv.dh;
       if (th < 0 || th % cv.sh != 0) continue;
@@ -53,11 +53,13 @@ __global__ void conv_transpose_kernel(const T* __restrict__ y, const uint8_t* __
             v = to_acc(y[p.n * ys.n + ci * ys.c + ih * ys.h + iw * ys.w]);
           }
           v = v < A(0) ? A(0) : v;  // relu, keeping NaN as F.relu does
-          acc += v * to_acc(weight[ci * ws.n + co * ws.c + i * ws.h + j * ws.w]);
+          const A wv = to_acc(weight[ci * ws.n + co * ws.c + i * ws.h + j * ws.w]);
+          acc += static_cast<double>(v) * static_cast<double>(wv);
         }
       }
     }
-    out[idx] = from_acc<T>(acc);
+    if (bias != nullptr) acc += static_cast<double>(to_acc(bias[p.c]));
+    out[idx] = from_acc<T>(static_cast<A>(acc));
   }
 }
 

@@ -214,3 +214,42 @@ def test_native_kernels_reject_switches_that_point_outside():
         ops.unpool2d(y, torch.zeros(1, 1, 3, 3, dtype=torch.uint8), [2, 2], [2, 2], [1, 1], [5, 5])
     with pytest.raises(ValueError, match="gather_switches: switches point outside their 2x2 window or into the padding"):
         ops.gather_switches(torch.randn(1, 1, 5, 5), torch.zeros(1, 1, 3, 3, dtype=torch.uint8), [2, 2], [2, 2], [1, 1])
+
+
+@pytest.mark.skipif(not NATIVE, reason="native library not built")
+def test_direct_cpu_calls_only_where_nothing_is_lost():
+    # The Python API calls the native CPU kernel below the dispatcher's autograd
+    # and mode layers only when nothing needs them: no gradient to record, no
+    # Python mode, no subclass, no functorch wrapper.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from zfcore.ops import backend_choice
+
+    x = torch.randn(2, 3, 9, 9)
+    assert backend_choice._direct((x, [3, 3]))
+    w = x.clone().requires_grad_()
+    assert not backend_choice._direct((w,))
+    with torch.no_grad():
+        assert backend_choice._direct((w,))
+
+    seen = []
+
+    class Log(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            seen.append(str(func))
+            return func(*args, **(kwargs or {}))
+
+    with Log():
+        assert not backend_choice._direct((x,))
+        out, switches = max_pool2d_switches(x, 3, 2, ceil_mode=True)
+        unpool2d(out, switches, 3, 2, output_size=x.shape)
+    assert any("zfcore.max_pool2d_switches" in s for s in seen) and any("zfcore.unpool2d" in s for s in seen)
+    # The direct call is the registered op's kernel: the same results, the same errors.
+    out2, switches2 = torch.ops.zfcore.max_pool2d_switches(x, [3, 3], [2, 2], [0, 0], True)
+    assert torch.equal(out, out2) and torch.equal(switches, switches2)
+    with pytest.raises(ValueError, match="outside their 3x3 window"):
+        unpool2d(out, torch.full_like(switches, 200), 3, 2, output_size=x.shape)
+    # And gradients still flow where they are asked for.
+    pooled, s = max_pool2d_switches(w, 3, 2, ceil_mode=True)
+    pooled.sum().backward()
+    assert w.grad is not None and w.grad.sum().item() == pytest.approx(pooled.numel())

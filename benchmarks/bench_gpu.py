@@ -133,6 +133,8 @@ def main() -> int:
     parser.add_argument("--dtypes", default="float32,bfloat16")
     parser.add_argument("--backends", default="triton,cuda")
     parser.add_argument("--no-compile", action="store_true", help="skip the torch.compile baselines")
+    parser.add_argument("--cases", default=None,
+                        help="comma-separated pooling layers to measure (default: all; pool1,pool2,pool5)")
     parser.add_argument("--ops", default="pool,conv",
                         help="pool (max_pool2d_switches, unpool2d), conv (relu_conv_transpose2d, deconv_step)")
     parser.add_argument("--smoke", action="store_true",
@@ -155,6 +157,11 @@ def main() -> int:
         torch.backends.cuda.matmul.allow_tf32 = False
         torch.backends.cudnn.allow_tf32 = False
     pools, convs = (SMOKE_POOLS, SMOKE_CONVS) if args.smoke else (POOLS, CONVS)
+    if args.cases is not None:
+        unknown = set(args.cases.split(",")) - set(pools)
+        if unknown:
+            parser.error(f"--cases: {', '.join(sorted(unknown))} not among {', '.join(pools)}")
+        pools = {name: pools[name] for name in args.cases.split(",")}
     op_groups = set(args.ops.split(","))
     if not op_groups or not op_groups <= {"pool", "conv"}:
         parser.error(f"--ops must name pool and/or conv (got {args.ops!r})")

@@ -259,6 +259,7 @@ def main() -> int:
                     guarded(f"{case} pooling {backend}", lambda backend=backend: pool_rows(backend))
                 if layout != "nchw" or "conv" not in op_groups:
                     print(f"{case}: done", flush=True)
+                    write_results(directory, name, env, rows, checks, errors, backends, copy_gbps, final=False)
                     continue
                 # The deconvnet stage below this pooling, and its ReLU + transposed conv alone.
                 conv, wshape, cs, cp, cop = convs[pool]
@@ -327,6 +328,7 @@ def main() -> int:
                 # Written after every case: a run cut short keeps what it measured.
                 write_results(directory, name, env, rows, checks, errors, backends, copy_gbps, final=False)
 
+    env["cases"], env["ops"] = list(pools), sorted(op_groups)
     write_results(directory, name, env, rows, checks, errors, backends, copy_gbps, final=True)
     bad = [c for c in checks if not c["equal"]]
     print(f"{len(checks) - len(bad)} of {len(checks)} outputs equal PyTorch's; {len(errors)} errors")
@@ -335,7 +337,7 @@ def main() -> int:
 
 def write_results(directory: str, name: str, env: dict, rows: list[GpuRow], checks: list[dict], errors: list[dict],
                   backends: list[str], copy_gbps: float, final: bool) -> None:
-    fastest = choose_fastest(rows, backends + ["torch"])
+    fastest = choose_fastest(rows, backends + ["torch"], checks, errors)
     data = {"environment": env, "complete": final, "fastest": fastest, "errors": errors, "checks": checks,
             "rows": [r.as_dict(copy_gbps) for r in rows]}
     with open(os.path.join(directory, f"{name}.json"), "w") as f:
@@ -349,16 +351,23 @@ def write_results(directory: str, name: str, env: dict, rows: list[GpuRow], chec
     if final:
         print(table)
 
-def choose_fastest(rows: list[GpuRow], backends: list[str]) -> dict[str, str]:
+def choose_fastest(rows: list[GpuRow], backends: list[str], checks: list[dict] = (),
+                   errors: list[dict] = ()) -> dict[str, str]:
     """Per op, the backend (or the PyTorch path "torch", measured for the ops that
     end in a transposed convolution) with the smallest geometric-mean time over
-    its rows."""
+    its rows. A backend is not a candidate for an op where one of its outputs
+    that must be exact differed from PyTorch's, or where one of its cases failed
+    (its remaining rows would be a different set from the others')."""
     fastest = {}
     for op in ("max_pool2d_switches", "unpool2d", "relu_conv_transpose2d", "deconv_step"):
+        group = "pooling" if op in ("max_pool2d_switches", "unpool2d") else "deconv"
         scores = {}
         for backend in backends:
+            names = [f" {op} {backend}"] + ([f" switches {backend}"] if op == "max_pool2d_switches" else [])
+            wrong = any(c["exact_required"] and not c["equal"] and c["case"].endswith(tuple(names)) for c in checks)
+            failed = any(e["case"].endswith(f" {group} {backend}") for e in errors)
             times = [r.zfcore.median_ms for r in rows if r.op == op and r.backend == backend]
-            if times:
+            if times and not wrong and not failed:
                 scores[backend] = math.exp(sum(math.log(t) for t in times) / len(times))
         if scores:
             fastest[op] = min(scores, key=scores.get)

@@ -51,7 +51,7 @@ for s in $STAGES; do
         if [ -x /usr/bin/g++ ] && [ "$(command -v c++)" != /usr/bin/g++ ]; then
           echo "native errors crash this build: rebuilding with CC=/usr/bin/gcc CXX=/usr/bin/g++" | tee -a "$OUT/environment.txt"
           CC=/usr/bin/gcc CXX=/usr/bin/g++ MAX_JOBS=${MAX_JOBS:-16} $PYTHON -m pip install -v --no-build-isolation \
-            --no-deps --no-index -e . >"$OUT/build.log" 2>&1 || { echo "rebuild failed: see build.log"; exit 1; }
+            --no-deps --no-index -e . >"$OUT/rebuild.log" 2>&1 || { echo "rebuild failed: see rebuild.log"; exit 1; }
           $PYTHON tools/native_error_probe.py 2>&1 | tee -a "$OUT/environment.txt" || status=1
         else
           status=1
@@ -67,7 +67,7 @@ for s in $STAGES; do
       $PYTHON -c "import xdist" 2>/dev/null && [ "$HAS_GPU" = 1 ] && extra+=(-n "${TEST_WORKERS:-6}")
       $PYTHON -c "import pytest_timeout" 2>/dev/null && extra+=(--timeout 240)
       timeout "${TEST_LIMIT_S:-900}" $PYTHON -m pytest tests -m gpu -q -rs --durations=15 -p no:cacheprovider \
-        "${extra[@]}" >"$OUT/tests.log" 2>&1 || status=1
+        ${extra[@]+"${extra[@]}"} >"$OUT/tests.log" 2>&1 || status=1
       tail -25 "$OUT/tests.log"
       ;;
     bench)

@@ -70,6 +70,7 @@ def test_committed_results_are_real_measurements_of_a_clean_commit():
         data = json.load(open(os.path.join(results, name)))
         env = data["environment"]
         assert env["command"] and env["commit"] and not env["commit"].endswith("-dirty"), (name, env)
+        assert data["rows"], f"{name}: no rows"
         gpu = "eager" in data["rows"][0]  # bench_gpu.py: zfcore, eager and torch.compile sides
         for row in data["rows"]:
             for side in ("zfcore", "eager", "compiled") if gpu else ("zfcore", "pytorch"):
@@ -82,3 +83,22 @@ def test_committed_results_are_real_measurements_of_a_clean_commit():
                 if gpu and side == "zfcore" and row.get("runs_note"):
                     continue
                 assert t.get("runs", 0) >= 3, f"{name} {row['op']} {row['case']} {side}: {t.get('runs')} runs {t}"
+
+
+def test_the_fastest_gpu_backend_is_never_a_wrong_or_failing_one():
+    sys.path.insert(0, os.path.join(REPO, "benchmarks"))
+    try:
+        import bench_gpu
+        from common import Timing
+    finally:
+        sys.path.pop(0)
+    timing = lambda ms: Timing.of([ms] * 5)  # noqa: E731
+    rows = [bench_gpu.GpuRow("max_pool2d_switches", "pool1", "[1]", "float32", "nchw", backend, timing(ms), timing(1.0),
+                             None, "F.max_pool2d", 1, 0) for backend, ms in (("triton", 0.5), ("cuda", 0.9))]
+    assert bench_gpu.choose_fastest(rows, ["triton", "cuda"])["max_pool2d_switches"] == "triton"
+    wrong_switches = [{"case": "float32 pool1 nchw switches triton", "exact_required": True, "equal": False}]
+    assert bench_gpu.choose_fastest(rows, ["triton", "cuda"], wrong_switches)["max_pool2d_switches"] == "cuda"
+    inexact = [{"case": "float32 pool1 nchw max_pool2d_switches triton", "exact_required": False, "equal": False}]
+    assert bench_gpu.choose_fastest(rows, ["triton", "cuda"], inexact)["max_pool2d_switches"] == "triton"
+    failed = [{"case": "float32 pool5 nchw pooling triton", "error": "RuntimeError: ..."}]
+    assert bench_gpu.choose_fastest(rows, ["triton", "cuda"], (), failed)["max_pool2d_switches"] == "cuda"

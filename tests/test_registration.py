@@ -245,8 +245,21 @@ def test_direct_cpu_calls_only_where_nothing_is_lost():
         unpool2d(out, switches, 3, 2, output_size=x.shape)
     assert any("zfcore.max_pool2d_switches" in s for s in seen) and any("zfcore.unpool2d" in s for s in seen)
     # The direct call is the registered op's kernel: the same results, the same errors.
+    direct_out, direct_switches = max_pool2d_switches(x, 3, 2, ceil_mode=True)
     out2, switches2 = torch.ops.zfcore.max_pool2d_switches(x, [3, 3], [2, 2], [0, 0], True)
-    assert torch.equal(out, out2) and torch.equal(switches, switches2)
+    assert torch.equal(direct_out, out2) and torch.equal(direct_switches, switches2) and torch.equal(out, out2)
+    # Tensors the dispatcher must handle (a negative view) and calls it must see
+    # (a jit trace, the profiler) take the registered op.
+    negative = torch._neg_view(x)
+    assert not backend_choice._direct((negative,))
+    assert torch.equal(max_pool2d_switches(negative, 3, 2, ceil_mode=True)[0],
+                       F.max_pool2d(-x, 3, 2, ceil_mode=True))
+    traced = torch.jit.trace(lambda t: max_pool2d_switches(t, 3, 2, ceil_mode=True)[0], x)
+    other = torch.randn(2, 3, 9, 9)
+    assert torch.equal(traced(other), F.max_pool2d(other, 3, 2, ceil_mode=True))
+    with torch.profiler.profile() as prof:
+        max_pool2d_switches(x, 3, 2, ceil_mode=True)
+    assert any("zfcore::max_pool2d_switches" in e.name for e in prof.events())
     with pytest.raises(ValueError, match="outside their 3x3 window"):
         unpool2d(out, torch.full_like(switches, 200), 3, 2, output_size=x.shape)
     # And gradients still flow where they are asked for.

@@ -163,22 +163,26 @@ def _automatic(op: str, tensor: torch.Tensor) -> str:
 
 
 _CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-_is_functorch_wrapped = torch._C._functorch.is_functorch_wrapped_tensor
+# The dispatch keys of a plain dense CPU tensor: a tensor with any other key (a
+# negative or conjugate view, a zero tensor, sparse, a functorch wrapper, a
+# __torch_dispatch__ subclass) needs the dispatcher's handling.
+_PLAIN_CPU_KEYS = torch._C._dispatch_keys(torch.empty(0))
 
 
 def _direct(args) -> bool:
     """Whether a native kernel may be called below the dispatcher's autograd and
     mode layers: nothing to differentiate, no Python mode (fake tensors,
-    opcheck), no tensor subclass or functorch wrapper, not traced by
-    torch.compile. Such a call skips the Python autograd wrapper of the
-    registered op (about 15-30 us a call), what small maps pay most."""
-    if torch.compiler.is_compiling() or torch._C._len_torch_dispatch_stack() \
-            or torch._C._is_torch_function_mode_enabled():
+    opcheck), no jit trace, no profiler, no tensor but plain dense ones (or
+    parameters), not traced by torch.compile. Such a call skips the Python
+    autograd wrapper of the registered op (about 15-30 us a call)."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() \
+            or torch._C._is_torch_function_mode_enabled() or torch._C._autograd._profiler_enabled():
         return False
     grad = torch.is_grad_enabled()
     for a in args:
-        if isinstance(a, torch.Tensor) and (type(a) is not torch.Tensor or (grad and a.requires_grad)
-                                            or _is_functorch_wrapped(a)):
+        if isinstance(a, torch.Tensor) and (type(a) not in (torch.Tensor, torch.nn.Parameter)
+                                            or (grad and a.requires_grad)
+                                            or torch._C._dispatch_keys(a) != _PLAIN_CPU_KEYS):
             return False
     return True
 

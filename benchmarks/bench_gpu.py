@@ -36,6 +36,11 @@ import torch.nn.functional as F
 
 from common import RESULTS, RESULTS_HELP, Timing, environment, time_cpu
 
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir, "tools"))
+import triton_interpreter  # noqa: E402
+
+triton_interpreter.patch()  # only under TRITON_INTERPRET=1 (the --smoke run without a GPU)
+
 import zfcore
 from zfcore.ops import backend_choice, deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
 

@@ -1,17 +1,24 @@
 """Test-session set-up: without a GPU, the Triton kernels run in Triton's CPU
 interpreter, so the triton backend is tested on every machine (small shapes).
-This must happen before zfcore (and Triton) are imported."""
+This must happen before zfcore (and Triton) are imported; tools/triton_interpreter.py
+fixes the interpreter for the NumPy installed."""
 
 import os
+import sys
+from pathlib import Path
 
 import torch
 
 if not torch.cuda.is_available() and "TRITON_INTERPRET" not in os.environ:
     os.environ["TRITON_INTERPRET"] = "1"
 
+TOOLS = Path(__file__).resolve().parents[1] / "tools"
+sys.path.insert(0, str(TOOLS))
+import triton_interpreter  # noqa: E402
+
+triton_interpreter.patch()
 
 import subprocess  # noqa: E402
-import sys  # noqa: E402
 
 import pytest  # noqa: E402
 

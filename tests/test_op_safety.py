@@ -28,8 +28,10 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from zfcore.ops.library import NATIVE
+from zfcore.ops import REGISTRATION
 from zfcore.ops.schemas import SCHEMAS
+
+NATIVE = REGISTRATION.native
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXAMPLES = int(os.environ.get("ZFCORE_FUZZ_EXAMPLES", "1000"))

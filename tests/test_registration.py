@@ -11,11 +11,12 @@ import torch
 import torch.nn.functional as F
 
 import zfcore
-from zfcore.ops import deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
-from zfcore.ops.library import NATIVE
+from zfcore.ops import REGISTRATION, deconv_step, max_pool2d_switches, relu_conv_transpose2d, unpool2d
 from zfcore.ops.schemas import SCHEMAS
 
 from .samples import conv_sample_inputs, deconv_sample_inputs, pool_sample_inputs, unpool_sample_inputs
+
+NATIVE = REGISTRATION.native
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 ops = torch.ops.zfcore
@@ -44,6 +45,50 @@ def test_python_schemas_equal_the_cpp_ones():
 def test_registered_schemas_are_the_native_ones():
     for name, schema in _cpp_schemas().items():
         assert str(getattr(ops, name).default._schema) == str(torch._C.parse_schema(f"zfcore::{schema}")), name
+
+
+def _loose(schema) -> list[tuple[str, str]]:
+    """(name, type) of each argument and return, with the integer types PyTorch
+    infers for Python signatures (int -> SymInt, int[2] -> SymInt[])."""
+    def kind(t):
+        return re.sub(r"\[\d\]", "[]", str(t)).replace("SymInt", "int")
+    return ([(a.name, kind(a.type)) for a in schema.arguments]
+            + [("return", kind(r.type)) for r in schema.returns])
+
+
+@pytest.mark.skipif(not REGISTRATION.triton, reason="Triton not importable")
+def test_triton_ops_are_defined_from_the_same_schemas():
+    for name, schema in SCHEMAS.items():
+        triton = getattr(torch.ops.zfcore_triton, name).default._schema
+        assert _loose(triton) == _loose(torch._C.parse_schema(f"zfcore::{schema}")), name
+
+
+def test_register_is_idempotent_and_says_what_it_registered():
+    again = zfcore.ops.register()
+    assert again is REGISTRATION
+    assert REGISTRATION.native == (REGISTRATION.native_error is None)
+    assert REGISTRATION.triton == (REGISTRATION.triton_error is None)
+    assert zfcore.backends()["cpu"].available == REGISTRATION.native
+    for name in SCHEMAS:  # every op has its fake and autograd kernels, on both namespaces
+        for namespace in ("zfcore", "zfcore_triton") if REGISTRATION.triton else ("zfcore",):
+            qualified = f"{namespace}::{name}"
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "Meta"), qualified
+            assert torch._C._dispatch_has_kernel_for_dispatch_key(qualified, "Autograd"), qualified
+
+
+def test_the_runtime_package_does_not_patch_triton():
+    # The interpreter fix lives in tools/ (the tests load it); importing zfcore
+    # in a fresh process leaves Triton's interpreter as it is.
+    code = ("import os; os.environ['TRITON_INTERPRET'] = '1'\n"
+            "import zfcore, torch\n"
+            "from triton.runtime import interpreter\n"
+            "print(getattr(interpreter._patch_lang_tensor, '_zfcore_patched', False))\n"
+            "print(any(m.startswith('zfcore.') and 'compile_check' in m for m in __import__('sys').modules))")
+    if not REGISTRATION.triton:
+        pytest.skip("Triton not importable")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["False", "False"]
 
 
 def _grad(t):

@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 
 from ..kernels import interpreted
-from . import library, reference, triton_ops
+from . import reference, registry, triton_ops
 
 NAMES = ("reference", "cpu", "triton", "cuda")
 OPS = ("max_pool2d_switches", "unpool2d", "gather_switches", "relu_conv_transpose2d", "deconv_step")
@@ -85,10 +85,11 @@ def backends() -> dict[str, BackendInfo]:
 def _backends() -> dict[str, BackendInfo]:
     # Fixed for the process (the build, Triton's mode and the GPUs are settled at
     # import), so the per-call choice reads it once.
-    cpu_reason = "C++ kernels in zfcore._C" if library.NATIVE else f"native library not loaded: {library.NATIVE_ERROR}"
+    reg = registry.register()
+    cpu_reason = "C++ kernels in zfcore._C" if reg.native else f"native library not loaded: {reg.native_error}"
     has_gpu = torch.cuda.is_available()
-    if not triton_ops.AVAILABLE:
-        triton = BackendInfo("triton", "cuda", False, f"Triton not importable ({triton_ops.ERROR})")
+    if not reg.triton:
+        triton = BackendInfo("triton", "cuda", False, f"Triton not importable ({reg.triton_error})")
     elif interpreted():
         triton = BackendInfo("triton", "cpu", True, "Triton kernels in Triton's CPU interpreter (TRITON_INTERPRET=1)")
     elif has_gpu:
@@ -96,15 +97,15 @@ def _backends() -> dict[str, BackendInfo]:
     else:
         triton = BackendInfo("triton", "cuda", False,
                              "no CUDA device (TRITON_INTERPRET=1 runs the Triton kernels on CPU tensors, slowly)")
-    if not library.CUDA_NATIVE:
-        cuda = BackendInfo("cuda", "cuda", False, library.NATIVE_ERROR or _NO_CUDA_KERNELS_REASON)
+    if not reg.cuda_native:
+        cuda = BackendInfo("cuda", "cuda", False, reg.native_error or _NO_CUDA_KERNELS_REASON)
     elif not has_gpu:
         cuda = BackendInfo("cuda", "cuda", False, "built, but no CUDA device is visible")
     else:
         cuda = BackendInfo("cuda", "cuda", True, "CUDA C++ kernels in zfcore._C (csrc/cuda)")
     return {
         "reference": BackendInfo("reference", "any", True, "pure PyTorch (zfcore/ops/reference.py)"),
-        "cpu": BackendInfo("cpu", "cpu", library.NATIVE, cpu_reason),
+        "cpu": BackendInfo("cpu", "cpu", reg.native, cpu_reason),
         "triton": triton,
         "cuda": cuda,
     }
@@ -150,7 +151,7 @@ def resolve(op: str, tensor: torch.Tensor, backend: str | None) -> str:
 def _automatic(op: str, tensor: torch.Tensor) -> str:
     device = tensor.device.type
     if device == "cpu":
-        return "cpu" if library.NATIVE else "reference"
+        return "cpu" if _backends()["cpu"].available else "reference"
     if device == "cuda":
         infos = _backends()
         first = GPU_PREFERENCE.get(op, "cuda")
@@ -194,14 +195,14 @@ def run(op: str, tensor: torch.Tensor, backend: str | None, *args):
     checks, as ``torch.ops.zfcore.<op>``."""
     name = resolve(op, tensor, backend)
     if name == "cpu" and _direct(args):
-        return getattr(library.ops, op).default.redispatch(_CPU_KEYS, *args)
+        return getattr(registry.ops, op).default.redispatch(_CPU_KEYS, *args)
     if name == "reference":
         return getattr(reference, op)(*args)
     if name == "torch":
         return torch_path(op, tensor, *args)
     if name == "triton":
         return getattr(triton_ops.ops, op)(*args)
-    return getattr(library.ops, op)(*args)
+    return getattr(registry.ops, op)(*args)
 
 
 def torch_path(op: str, tensor: torch.Tensor, *args):

@@ -1,20 +1,27 @@
 """The Triton backend as PyTorch ops: ``torch.ops.zfcore_triton.*``.
 
-Each op is defined with ``torch.library.triton_op`` over its launcher in
-zfcore/kernels, the kernels launched through ``wrap_triton``, so
-``torch.compile`` sees the Triton kernels themselves (and ``opcheck`` the op);
-under TRITON_INTERPRET=1 they are plain custom ops (see below).
-The schemas equal the ``zfcore::`` ones; autograd is registered by
-zfcore/ops/library.py the same way for both namespaces. Without Triton this
-module defines nothing and ``ERROR`` says why.
+``define()`` (called by ``zfcore.ops.registry.register``) defines one op per
+schema of zfcore/ops/schemas.py over its launcher in zfcore/kernels, with
+``torch.library.triton_op``: the kernels are launched through ``wrap_triton``,
+so ``torch.compile`` sees the Triton kernels themselves (and ``opcheck`` the
+op). Under TRITON_INTERPRET=1 they are plain custom ops (``wrap_triton`` hands
+back the plain kernel there, which tracing cannot run), with the fake kernels
+of the registry. The schemas are the ``zfcore::`` ones: each op's Python
+signature is generated from its schema string, which is what ``triton_op``
+reads its schema from. Importing this module defines nothing; without Triton
+``define()`` defines nothing and returns why.
 """
 
 from __future__ import annotations
+
+import inspect
+import re
 
 import torch
 from torch import Tensor
 
 from . import checks
+from .schemas import SCHEMAS
 
 ERROR: str | None = None
 try:
@@ -22,7 +29,7 @@ try:
     from torch.library import triton_op, wrap_triton
 
     from ..kernels import deconv_step as _deconv
-    from ..kernels import interpreted, patch_interpreter
+    from ..kernels import interpreted
     from ..kernels import max_pool_switches as _pool
     from ..kernels import relu_conv_transpose as _conv
     from ..kernels import unpool as _unpool
@@ -30,68 +37,71 @@ except Exception as error:  # noqa: BLE001  (any failure to import Triton means:
     ERROR = f"{type(error).__name__}: {error}"
 
 AVAILABLE = ERROR is None
-if AVAILABLE:
-    patch_interpreter()
-    # In Triton's CPU interpreter wrap_triton hands back the plain kernel, which
-    # tracing (fake and functional tensors) cannot run: there the ops are plain
-    # custom ops, with the fake kernels of zfcore/ops/library.py.
-    _define = torch.library.custom_op if interpreted() else triton_op
 NAMESPACE = "zfcore_triton"
 
 if AVAILABLE:
+    LAUNCHERS = {
+        "max_pool2d_switches": _pool.max_pool2d_switches,
+        "unpool2d": _unpool.unpool2d,
+        "gather_switches": _unpool.gather_switches,
+        "relu_conv_transpose2d": _conv.relu_conv_transpose2d,
+        "deconv_step": _deconv.deconv_step,
+    }
 
-    @_define(f"{NAMESPACE}::max_pool2d_switches", mutates_args=())
-    def max_pool2d_switches(x: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-                            ceil_mode: bool) -> tuple[Tensor, Tensor]:
-        checks.registered("max_pool2d_switches", x, kernel_size, stride, padding, ceil_mode)
-        return _pool.max_pool2d_switches(x, kernel_size, stride, padding, ceil_mode, launch=wrap_triton)
-
-    @_define(f"{NAMESPACE}::unpool2d", mutates_args=())
-    def unpool2d(y: Tensor, switches: Tensor, kernel_size: list[int], stride: list[int], padding: list[int],
-                 output_size: list[int]) -> Tensor:
-        checks.registered("unpool2d", y, switches, kernel_size, stride, padding, output_size)
-        return _unpool.unpool2d(y, switches, kernel_size, stride, padding, output_size, launch=wrap_triton)
-
-    @_define(f"{NAMESPACE}::gather_switches", mutates_args=())
-    def gather_switches(x: Tensor, switches: Tensor, kernel_size: list[int], stride: list[int],
-                        padding: list[int]) -> Tensor:
-        checks.registered("gather_switches", x, switches, kernel_size, stride, padding)
-        return _unpool.gather_switches(x, switches, kernel_size, stride, padding, launch=wrap_triton)
-
-    @_define(f"{NAMESPACE}::relu_conv_transpose2d", mutates_args=())
-    def relu_conv_transpose2d(y: Tensor, weight: Tensor, bias: Tensor | None, stride: list[int],
-                              padding: list[int], output_padding: list[int], groups: int,
-                              dilation: list[int]) -> Tensor:
-        checks.registered("relu_conv_transpose2d", y, weight, bias, stride, padding, output_padding, groups,
-                          dilation)
-        return _conv.relu_conv_transpose2d(y, weight, bias, stride, padding, output_padding, groups, dilation,
-                                           launch=wrap_triton)
-
-    @_define(f"{NAMESPACE}::deconv_step", mutates_args=())
-    def deconv_step(y: Tensor, switches: Tensor, weight: Tensor, bias: Tensor | None,
-                    pool_kernel_size: list[int], pool_stride: list[int], pool_padding: list[int],
-                    unpooled_size: list[int], stride: list[int], padding: list[int],
-                    output_padding: list[int], groups: int, dilation: list[int]) -> Tensor:
-        checks.registered("deconv_step", y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding,
-                          unpooled_size, stride, padding, output_padding, groups, dilation)
-        return _deconv.deconv_step(y, switches, weight, bias, pool_kernel_size, pool_stride, pool_padding,
-                                   unpooled_size, stride, padding, output_padding, groups, dilation,
-                                   launch=wrap_triton)
-
-    ops = getattr(torch.ops, NAMESPACE)
-
-    # Plain launchers (no wrap_triton): the zfcore:: ops' CUDA kernels when the
-    # native library has none of its own.
     def _eager(name, launcher):
         def kernel(*args):
             checks.registered(name, *args)
             return launcher(*args)
         return kernel
 
-    EAGER = {name: _eager(name, launcher) for name, launcher in (
-        ("max_pool2d_switches", _pool.max_pool2d_switches),
-        ("unpool2d", _unpool.unpool2d),
-        ("gather_switches", _unpool.gather_switches),
-        ("relu_conv_transpose2d", _conv.relu_conv_transpose2d),
-        ("deconv_step", _deconv.deconv_step),
-    )}
+    # Plain launchers (no wrap_triton): the zfcore:: ops' CUDA kernels when the
+    # native library has none of its own.
+    EAGER = {name: _eager(name, launcher) for name, launcher in LAUNCHERS.items()}
+
+# Schema types -> the annotations torch.library infers them back from.
+_TYPES = {"Tensor": Tensor, "Tensor?": Tensor | None, "int": int, "bool": bool,
+          "int[2]": list[int], "SymInt[2]": list[int]}
+_RETURNS = {"Tensor": Tensor, "(Tensor, Tensor)": tuple[Tensor, Tensor]}
+_SCHEMA = re.compile(r"^(\w+)\((.*)\) -> (.+)$")
+
+
+def signature(schema: str) -> tuple[str, inspect.Signature]:
+    """The op name and the annotated Python signature of a schema string."""
+    name, arguments, returns = _SCHEMA.match(schema).groups()
+    parameters = []
+    for argument in arguments.split(", "):
+        kind, arg_name = argument.rsplit(" ", 1)
+        parameters.append(inspect.Parameter(arg_name, inspect.Parameter.POSITIONAL_OR_KEYWORD,
+                                            annotation=_TYPES[kind]))
+    return name, inspect.Signature(parameters, return_annotation=_RETURNS[returns])
+
+
+def _op_function(name: str, sig: inspect.Signature):
+    launcher = LAUNCHERS[name]
+
+    def op(*args, **kwargs):
+        args = sig.bind(*args, **kwargs).args
+        checks.registered(name, *args)
+        return launcher(*args, launch=wrap_triton)
+
+    op.__name__ = op.__qualname__ = name
+    op.__signature__ = sig
+    return op
+
+
+_DEFINED = False
+ops = torch.ops.zfcore_triton
+
+
+def define() -> str | None:
+    """Define ``torch.ops.zfcore_triton.*`` (once); None, or why Triton is not usable."""
+    global _DEFINED
+    if not AVAILABLE:
+        return ERROR
+    if not _DEFINED:
+        define_op = torch.library.custom_op if interpreted() else triton_op
+        for schema in SCHEMAS.values():
+            name, sig = signature(schema)
+            define_op(f"{NAMESPACE}::{name}", _op_function(name, sig), mutates_args=())
+        _DEFINED = True
+    return None

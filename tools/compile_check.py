@@ -7,9 +7,10 @@ signature and constants, which ``triton.compile`` turns into PTX and a cubin
 for the target (default sm_90, the H100/H200). Triton's bundled cuobjdump then
 reads registers, spills and shared memory off the cubin. A kernel that does not
 compile for the GPU fails here, on any machine (CI runs it: tests/test_gpu_backends.py).
+A developer's tool: it is not part of zfcore's runtime package.
 
-    python -m zfcore.kernels.compile_check            # every variant, sm_90
-    python -m zfcore.kernels.compile_check --arch 80 --only deconv
+    python tools/compile_check.py            # every variant, sm_90
+    python tools/compile_check.py --arch 80 --only deconv
 
 Must run without TRITON_INTERPRET (the interpreter replaces the kernels).
 """
@@ -109,7 +110,7 @@ def resources(cubin: bytes) -> dict:
 def cases():
     """(name, call) for every kernel variant the launchers can produce: each op in
     each dtype and layout, the GEMM ops with and without bias, tf32 on and off."""
-    from . import deconv_step, max_pool_switches, relu_conv_transpose, unpool
+    from zfcore.kernels import deconv_step, max_pool_switches, relu_conv_transpose, unpool
 
     g = torch.Generator().manual_seed(0)
     for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):

@@ -1,22 +1,31 @@
-"""Registration of the zfcore ops with PyTorch.
+"""The one registration of the zfcore ops with PyTorch: ``register()``.
 
-Loads the native library (zfcore._C: schemas from csrc/registration.cpp, C++ CPU
-kernels, and CUDA kernels when it was built with them). Without it the same
-schemas are defined here and the reference is registered as their CPU kernel,
-with one warning. CUDA tensors without native CUDA kernels run the Triton
-launchers (zfcore/kernels), or the reference without Triton. The Triton backend
-is also its own set of ops, torch.ops.zfcore_triton.* (zfcore/ops/triton_ops.py),
-registered here for fakes and autograd the same way. Python owns what is not
-compute: the fake (meta) kernels that let torch.compile trace the ops, and
-autograd. Max pooling's backward is unpool2d; unpool2d is linear and its
-backward is gather_switches (the gather through the same switches), whose
-backward is unpool2d again, so every order of derivative stays on the ops.
+``register()`` (called once by ``zfcore.ops``; later calls return the same
+``Registration``) does, in this order:
+
+1. the schemas: the native library zfcore._C defines them (csrc/registration.cpp)
+   with its C++ CPU kernels, and CUDA kernels when it was built with them.
+   Without it the same schemas (zfcore/ops/schemas.py) are defined here, with the
+   reference as their CPU kernel, after one warning;
+2. the Triton backend as its own ops, ``torch.ops.zfcore_triton.*``, defined from
+   the same schemas (zfcore/ops/triton_ops.py), when Triton is importable;
+3. the CUDA kernels of the ``zfcore::`` ops the native library has none for: the
+   Triton launchers, else the reference;
+4. the fake (meta) kernels, which let torch.compile trace the ops, each after the
+   op's argument checks;
+5. autograd. Max pooling's backward is unpool2d; unpool2d is linear and its
+   backward is gather_switches (the gather through the same switches), whose
+   backward is unpool2d again, so every order of derivative stays on the ops.
+
+Python owns what is not compute (fakes, autograd); the kernels are C++, CUDA or
+Triton.
 """
 
 from __future__ import annotations
 
 import functools
 import warnings
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -26,36 +35,81 @@ from ..kernels.common import conv_transpose_output_size, memory_format_of
 from . import checks, reference, triton_ops
 from .schemas import SCHEMAS
 
-NATIVE_ERROR: str | None = None
-try:
-    from .. import _C  # noqa: F401  (registers the ops on import)
-except ImportError as error:  # no native build: fall back, say why once
-    NATIVE_ERROR = f"{type(error).__name__}: {error}"
-
-NATIVE = NATIVE_ERROR is None
+NAMESPACE = "zfcore"
 ops = torch.ops.zfcore
 
-_fallback_library = None
-if not NATIVE:
+
+@dataclass(frozen=True)
+class Registration:
+    """What ``register()`` found and registered."""
+
+    native: bool  # zfcore._C loaded: its schemas and C++ CPU kernels
+    native_error: str | None  # why it did not load
+    cuda_native: bool  # zfcore._C has a CUDA kernel for every op
+    triton: bool  # torch.ops.zfcore_triton.* defined
+    triton_error: str | None  # why Triton is not usable
+
+
+_REGISTRATION: Registration | None = None
+_fallback_library = None  # the Python-defined schemas, kept alive while the process runs
+
+
+def register() -> Registration:
+    """Register every zfcore op with PyTorch (module docstring); idempotent."""
+    global _REGISTRATION
+    if _REGISTRATION is not None:
+        return _REGISTRATION
+    native_error = _load_native()
+    if native_error is not None:
+        _define_fallback(native_error)
+    triton_error = triton_ops.define()
+    cuda_native = native_error is None and all(_has_native_cuda_kernel(name) for name in SCHEMAS)
+    for name in SCHEMAS:
+        if native_error is not None:
+            torch.library.register_kernel(f"{NAMESPACE}::{name}", "cpu", _checked_reference(name))
+        if not (native_error is None and _has_native_cuda_kernel(name)):
+            kernel = triton_ops.EAGER[name] if triton_error is None else _checked_reference(name)
+            torch.library.register_kernel(f"{NAMESPACE}::{name}", "cuda", kernel)
+    _register_fakes(NAMESPACE)
+    # torch.library.triton_op makes its launcher the fake kernel, through
+    # wrap_triton; in Triton's CPU interpreter the Triton ops are plain custom ops
+    # and get the fake kernels here.
+    if triton_error is None and interpreted():
+        _register_fakes(triton_ops.NAMESPACE)
+    _register_autograd(NAMESPACE)
+    if triton_error is None:
+        _register_autograd(triton_ops.NAMESPACE)
+    _REGISTRATION = Registration(native_error is None, native_error, cuda_native, triton_error is None,
+                                 triton_error)
+    return _REGISTRATION
+
+
+def _load_native() -> str | None:
+    """Load zfcore._C (it registers its ops on import); None, or why not."""
+    try:
+        from .. import _C  # noqa: F401
+    except ImportError as error:
+        return f"{type(error).__name__}: {error}"
+    return None
+
+
+def _define_fallback(native_error: str) -> None:
+    global _fallback_library
     warnings.warn(
         "zfcore: the native library is not available, ops run on the pure-PyTorch reference backend "
-        f"({NATIVE_ERROR}); build it with `pip install --no-build-isolation -e .`",
+        f"({native_error}); build it with `pip install --no-build-isolation -e .`",
         RuntimeWarning,
-        stacklevel=2,
+        stacklevel=4,
     )
-    _fallback_library = torch.library.Library("zfcore", "DEF")
+    _fallback_library = torch.library.Library(NAMESPACE, "DEF")
     for schema in SCHEMAS.values():
         _fallback_library.define(schema)
 
 
 def _has_native_cuda_kernel(name: str) -> bool:
-    return torch._C._dispatch_has_kernel_for_dispatch_key(f"zfcore::{name}", "CUDA")
+    return torch._C._dispatch_has_kernel_for_dispatch_key(f"{NAMESPACE}::{name}", "CUDA")
 
 
-# CUDA kernels of the zfcore:: ops: the native library's (csrc/cuda) when it was
-# built with them; otherwise the Triton launchers when Triton is installed, else
-# the reference. Without the native library, CPU tensors run the reference too.
-CUDA_NATIVE = NATIVE and all(_has_native_cuda_kernel(name) for name in SCHEMAS)
 def _checked_reference(name: str):
     """The reference as a registered kernel: the op's argument checks first (as
     the native kernels' csrc/checks.h), then the CPU backends' switch rule."""
@@ -72,14 +126,6 @@ def _checked_reference(name: str):
         return compute(*args)
 
     return kernel
-
-
-for _name in SCHEMAS:
-    if not NATIVE:
-        torch.library.register_kernel(f"zfcore::{_name}", "cpu", _checked_reference(_name))
-    if not (NATIVE and _has_native_cuda_kernel(_name)):
-        _kernel = triton_ops.EAGER[_name] if triton_ops.AVAILABLE else _checked_reference(_name)
-        torch.library.register_kernel(f"zfcore::{_name}", "cuda", _kernel)
 
 
 # ---------------------------------------------------------------- fake kernels
@@ -132,7 +178,7 @@ def _checked_fake(name: str):
     return kernel
 
 
-def register_fakes(namespace: str) -> None:
+def _register_fakes(namespace: str) -> None:
     """Fake (meta) kernels of the ops of ``namespace``: output shapes, dtypes and
     layouts without computing, so torch.compile can trace the ops (and meta
     tensors get them), after the ops' argument checks."""
@@ -140,12 +186,6 @@ def register_fakes(namespace: str) -> None:
         torch.library.register_fake(f"{namespace}::{name}", _checked_fake(name))
 
 
-register_fakes("zfcore")
-# torch.library.triton_op makes its launcher the fake kernel, through wrap_triton;
-# in Triton's CPU interpreter the Triton ops are plain custom ops
-# (zfcore/ops/triton_ops.py) and get the fake kernels above.
-if triton_ops.AVAILABLE and interpreted():
-    register_fakes(triton_ops.NAMESPACE)
 
 
 # -------------------------------------------------------------------- autograd
@@ -230,7 +270,7 @@ def _deconv_backward(ops, ctx, grad):
     return (grad_y, None, grad_w, grad_b) + (None,) * 9
 
 
-def register_autograd(namespace: str) -> None:
+def _register_autograd(namespace: str) -> None:
     """Autograd of the ops of ``namespace`` (zfcore, zfcore_triton), each backward
     made of the same namespace's ops."""
     ns_ops = getattr(torch.ops, namespace)
@@ -243,8 +283,3 @@ def register_autograd(namespace: str) -> None:
     ):
         torch.library.register_autograd(f"{namespace}::{name}", functools.partial(backward, ns_ops),
                                         setup_context=setup)
-
-
-register_autograd("zfcore")
-if triton_ops.AVAILABLE:
-    register_autograd(triton_ops.NAMESPACE)

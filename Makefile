@@ -17,7 +17,7 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 # import name:pip name of what zfcore, its tests and its build need besides torch
 PY_DEPS := numpy:numpy tqdm:tqdm PIL:pillow jinja2:jinja2 matplotlib:matplotlib sklearn:scikit-learn setuptools:setuptools \
-	pytest:pytest pytest_benchmark:pytest-benchmark hypothesis:hypothesis playwright:playwright
+	pytest:pytest pytest_benchmark:pytest-benchmark xdist:pytest-xdist hypothesis:hypothesis playwright:playwright
 
 .PHONY: setup test demo bench native-check cuda-launcher-check browser fresh-install-check clean
 
@@ -75,8 +75,12 @@ cuda-launcher-check: setup
 			-c $$f -o build/cuda-check/$$(basename $$f).o || exit 1; \
 	done
 
+# The tests run on TEST_WORKERS pytest-xdist workers (one per core of a CI
+# machine); the tests of the trained demo model stay together on one worker.
+TEST_WORKERS ?= 2
 test: setup browser native-check
-	$(PYTHON) -m pytest tests -q
+	@$(PYTHON) -c "import xdist" 2>/dev/null || $(PIP) install pytest-xdist
+	$(PYTHON) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup
 
 demo: setup
 	$(PYTHON) -m zfcore demo

@@ -128,6 +128,33 @@ def test_project_many_equals_one_at_a_time():
         torch.testing.assert_close(many[row:row + 1], one, rtol=1e-12, atol=1e-14)
 
 
+@pytest.mark.parametrize("mode", ["deconvnet", "guided", "gradient"])
+def test_in_place_relus_overwrite_nothing_the_projection_reads(mode):
+    # Every ReLU of VGGStyle is in place, and the forward lets them overwrite
+    # their input where nothing holds it. Requests on several conv layers in one
+    # call keep those layers' outputs (seeds with negative values: whole maps,
+    # and units picked where the activation is negative), guided and gradient
+    # modes record the ReLUs' inputs, and a leading in-place ReLU meets the
+    # caller's images: none may be overwritten.
+    model, images, net = _setup("vgg")
+    convs = [n for n in net.layers if isinstance(dict(model.named_modules())[n], nn.Conv2d)]
+    with torch.no_grad():
+        first = model.features[0](images)
+    h, w = [int(v) for v in divmod(int(first[1, 2].argmin()), first.shape[-1])]
+    assert first[1, 2, h, w] < 0
+    requests = [Request(0, convs[0], 1, "map"), Request(1, convs[0], 2, (h, w)), Request(2, convs[1], 3, "map"),
+                Request(1, convs[2], 0, None), Request(0, convs[2], 5, "map")]
+    many = net.project_many(images, requests, mode)
+    for row, r in enumerate(requests):
+        expected = autograd_projection(model, images[r.image:r.image + 1], r.layer, r.channel, r.position, mode)
+        torch.testing.assert_close(many[row:row + 1], expected, rtol=1e-9, atol=1e-12, msg=f"{mode} {r}")
+    leading = nn.Sequential(nn.ReLU(inplace=True), nn.Conv2d(3, 4, 3), nn.ReLU(inplace=True)).double().eval()
+    before = images.clone()
+    got = Deconvnet(leading, images.shape[1:]).project(images, "1", 2, "map", mode)
+    assert torch.equal(images, before), "the caller's images were overwritten"
+    torch.testing.assert_close(got, autograd_projection(leading, before, "1", 2, "map", mode), rtol=1e-9, atol=1e-12)
+
+
 def test_receptive_field_of_zfnet_small():
     _, _, net = _setup("zfnet_small")
     field = net.receptive_field("conv2")

@@ -137,6 +137,9 @@ class Deconvnet:
         """One forward through steps ``0..top``: each step's record, and the
         outputs of the steps in ``keep``."""
         records, outputs, x = [], {}, images
+        # The memory of the caller's images, kept outputs and records: an in-place
+        # layer (ReLU(inplace=True)) must not overwrite it, and runs on a copy there.
+        held = {images.untyped_storage().data_ptr()}
         with torch.no_grad():
             for i, step in enumerate(self.steps[: top + 1]):
                 flat_from = None
@@ -144,16 +147,20 @@ class Deconvnet:
                     flat_from, x = tuple(x.shape), torch.flatten(x, 1)
                 module, kind = step.module, kind_of(step.module)
                 rec = Record(tuple(x.shape), flat_from)
-                if kind == "pool":
-                    y, rec.switches = max_pool2d_switches(x, *pool_geometry(module), module.ceil_mode)
-                else:
-                    y = module(x.clone() if getattr(module, "inplace", False) else x)
                 if (mode != "deconvnet" and kind == "relu") or (
                         kind == "localresponsenorm" and (mode != "deconvnet" or self.lrn == "gradient")):
                     rec.input = x
+                    held.add(x.untyped_storage().data_ptr())
+                if kind == "pool":
+                    y, rec.switches = max_pool2d_switches(x, *pool_geometry(module), module.ceil_mode)
+                elif getattr(module, "inplace", False) and x.untyped_storage().data_ptr() in held:
+                    y = module(x.clone())
+                else:
+                    y = module(x)
                 records.append(rec)
                 if i in keep:
                     outputs[i] = y
+                    held.add(y.untyped_storage().data_ptr())
                 x = y
         return records, outputs
 

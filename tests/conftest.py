@@ -67,6 +67,7 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "gpu: exercises the triton or cuda backend (benchmarks/gpu.sh runs -m gpu)")
 
 
+@pytest.hookimpl(tryfirst=True)  # before pytest-xdist reads the xdist_group marks
 def pytest_collection_modifyitems(config, items):
     for item in items:
         if "demo_folder" in getattr(item, "fixturenames", ()):

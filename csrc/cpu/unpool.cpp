@@ -41,6 +41,14 @@ void unpool_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t plan
   const int64_t *dh = table.dh, *dw = table.dw;
   const int64_t sh = g.sh, sw_ = g.sw, ph = g.ph, pw = g.pw;
   const bool exact = std::is_same_v<acc, scalar_t>;
+  const int64_t window = g.kh * g.kw;
+  // Element offset of each in-window switch from its window's corner; offsets
+  // past the window read entry 0 (in bounds) and are reported through `bad`.
+  int64_t delta[256];
+  for (int64_t o = 0; o < 256; ++o) delta[o] = o < window ? dh[o] * W + dw[o] : 0;
+  // Output columns whose window lies inside [0, W).
+  const int64_t ow_lo = std::min<int64_t>(OW, (pw + sw_ - 1) / sw_);
+  const int64_t ow_hi = W + pw < g.kw ? ow_lo : std::max<int64_t>(ow_lo, std::min<int64_t>(OW, (W + pw - g.kw) / sw_ + 1));
   at::parallel_for(0, planes, 1, [&](int64_t p0, int64_t p1) {
     std::vector<acc> wide(exact ? 0 : H * W);
     for (int64_t p = p0; p < p1; ++p) {
@@ -53,14 +61,28 @@ void unpool_nchw(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t plan
         const int64_t hs = oh * sh - ph;
         const scalar_t* yrow = yp + oh * OW;
         const uint8_t* srow = sp + oh * OW;
-        for (int64_t ow = 0; ow < OW; ++ow) {
+        // Columns [lo, hi) have windows wholly inside the plane (when the rows
+        // are): one table lookup a switch, no bounds check (an offset past the
+        // window is still caught, by `window`). The columns stay in row-major
+        // order, so every sum keeps ATen's order.
+        const bool rows_inside = hs >= 0 && hs + g.kh <= H;
+        const int64_t lo = rows_inside ? ow_lo : OW, hi = rows_inside ? ow_hi : OW;
+        auto checked = [&](int64_t ow) {
           const int64_t off = srow[ow];
           const int64_t ih = hs + dh[off], iw = ow * sw_ - pw + dw[off];
           const bool inside = static_cast<uint64_t>(ih) < static_cast<uint64_t>(H) &&
                               static_cast<uint64_t>(iw) < static_cast<uint64_t>(W);
           bad |= !inside;  // a switch outside its window or into the padding
           if (inside) xp[ih * W + iw] += static_cast<acc>(yrow[ow]);
+        };
+        for (int64_t ow = 0; ow < lo; ++ow) checked(ow);
+        const int64_t corner = hs * W - pw;  // + ow * sw_: the window's top-left element
+        for (int64_t ow = lo; ow < hi; ++ow) {
+          const int64_t off = srow[ow];
+          bad |= off >= window;
+          xp[corner + ow * sw_ + delta[off]] += static_cast<acc>(yrow[ow]);
         }
+        for (int64_t ow = hi; ow < OW; ++ow) checked(ow);
       }
       if (bad) outside.store(true, std::memory_order_relaxed);
       if (RELU || !exact) {
@@ -92,6 +114,12 @@ void unpool_nhwc(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t N, i
   const bool one_pass = N >= at::get_num_threads() && H * W * C * static_cast<int64_t>(sizeof(acc)) <= (int64_t(4) << 20);
   const int64_t block = one_pass ? C : line;
   const int64_t blocks = (C + block - 1) / block;
+  const int64_t step_of_block = direct ? C : block;
+  const int64_t window = g.kh * g.kw;
+  // Element offset of each in-window switch from its window's corner (past the
+  // window: entry 0, in bounds, reported through `bad`).
+  int64_t delta[256];
+  for (int64_t o = 0; o < 256; ++o) delta[o] = o < window ? (table.dh[o] * W + table.dw[o]) * step_of_block : 0;
   at::parallel_for(0, N * blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc> buffer(direct ? 0 : H * W * block);
     for (int64_t t = t0; t < t1; ++t) {
@@ -104,6 +132,17 @@ void unpool_nhwc(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t N, i
         const int64_t hs = oh * g.sh - g.ph;
         for (int64_t ow = 0; ow < OW; ++ow) {
           const int64_t ws = ow * g.sw - g.pw, o = ((n * OH + oh) * OW + ow) * C + c0;
+          if (hs >= 0 && hs + g.kh <= H && ws >= 0 && ws + g.kw <= W) {
+            // Inside the map: one table lookup a switch, no bounds check (an
+            // offset past the window is still caught, by `window`).
+            acc* base = sum + (hs * W + ws) * step;
+            for (int64_t c = 0; c < cn; ++c) {
+              const int64_t off = sw[o + c];
+              bad |= off >= window;
+              base[delta[off] + c] += static_cast<acc>(y[o + c]);
+            }
+            continue;
+          }
           for (int64_t c = 0; c < cn; ++c) {
             const int64_t off = sw[o + c];
             const int64_t ih = hs + table.dh[off], iw = ws + table.dw[off];

@@ -71,3 +71,14 @@ def output_shapes(model, x) -> dict:
         for h in hooks:
             h.remove()
     return shapes
+
+
+def layouts_for(backend: str, dtype: torch.dtype) -> tuple[str, ...]:
+    """The input layouts a dtype sweep tests on ``backend``. In Triton's CPU
+    interpreter (seconds a call) only float32 also runs the non-contiguous
+    inputs: the launchers make them contiguous before any kernel runs, the same
+    code for every dtype. Everywhere else (a GPU, the CPU backends): all of them."""
+    from .samples import LAYOUTS
+    if interpreted(backend) and dtype != torch.float32:
+        return tuple(layout for layout in LAYOUTS if layout != "noncontiguous")
+    return LAYOUTS

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 from zfcore.ops import deconv_step, relu_conv_transpose2d, unpool2d
 
-from .helpers import BACKENDS, DTYPES, assert_close_verbose, on
+from .helpers import BACKENDS, DTYPES, assert_close_verbose, layouts_for, on
 from .samples import conv_sample_inputs, deconv_sample_inputs
 
 
@@ -22,7 +22,7 @@ def _rms_error(a, b):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_relu_conv_transpose2d_error_at_most_twice_torch(backend, dtype):
-    for sample in conv_sample_inputs(dtype):
+    for sample in conv_sample_inputs(dtype, layouts_for(backend, dtype)):
         got = relu_conv_transpose2d(on(backend, sample.y), on(backend, sample.weight), on(backend, sample.bias),
                                     *sample.conv, backend=backend).cpu()
         bias64 = sample.bias.double() if sample.bias is not None else None
@@ -39,7 +39,7 @@ def test_relu_conv_transpose2d_error_at_most_twice_torch(backend, dtype):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_deconv_step_equals_unpool_then_relu_conv_transpose(backend, dtype):
-    for sample in deconv_sample_inputs(dtype):
+    for sample in deconv_sample_inputs(dtype, layouts_for(backend, dtype)):
         kw = sample.kwargs
         got = deconv_step(on(backend, sample.y), on(backend, sample.switches), on(backend, sample.weight), **kw,
                           backend=backend).cpu()

@@ -7,7 +7,7 @@ import torch.nn.functional as F
 from zfcore import nn as zfnn
 from zfcore.ops import max_pool2d_switches, switches_to_indices, unpool2d
 
-from .helpers import AVAILABLE, BACKENDS, DTYPES, assert_close_verbose, interpreted, on
+from .helpers import AVAILABLE, BACKENDS, DTYPES, assert_close_verbose, interpreted, layouts_for, on
 from .samples import pool_sample_inputs, unpool_sample_inputs
 
 
@@ -19,7 +19,7 @@ def _torch_pool(sample):
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES)
 def test_pool_is_bit_identical_to_torch(backend, dtype):
-    for sample in pool_sample_inputs(dtype):
+    for sample in pool_sample_inputs(dtype, layouts_for(backend, dtype)):
         out, switches = max_pool2d_switches(on(backend, sample.x), *sample.args, backend=backend)
         expected, indices = _torch_pool(sample)
         what = sample.describe()
@@ -83,7 +83,7 @@ def test_unpool_float64_equals_the_reference(backend):
 def test_unpool_half_sums_in_float32_in_window_order_and_rounds_once(backend, dtype):
     """Half types accumulate in float32, adding the windows in row-major order
     (ATen's max-pool backward order), and round once: bit for bit that."""
-    for sample in unpool_sample_inputs(dtype):
+    for sample in unpool_sample_inputs(dtype, layouts_for(backend, dtype)):
         e = sample.extra
         got = unpool2d(on(backend, e["y"]), on(backend, e["switches"]), sample.kernel_size, sample.stride,
                        sample.padding, e["output_size"], backend=backend)

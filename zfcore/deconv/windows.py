@@ -61,16 +61,21 @@ class Windows:
         return self.sizes[i]
 
     def inside(self, x: Tensor, i: int, extent) -> Tensor:
-        """``x`` (the windows at step ``i``'s output) with the rows and columns
-        outside the map's ``extent`` ``(H, W)`` zeroed."""
+        """``x`` (the windows at step ``i``'s output, a tensor the way down owns)
+        with the rows and columns outside the map's ``extent`` ``(H, W)`` zeroed,
+        in place: only the strips outside are written."""
         corners, size = self.corners[i], self.sizes[i]
-        rows = corners[:, 0, None] + torch.arange(size[0])
-        cols = corners[:, 1, None] + torch.arange(size[1])
-        keep_r = ((rows >= 0) & (rows < extent[0])).to(x.device)
-        keep_c = ((cols >= 0) & (cols < extent[1])).to(x.device)
-        if bool(keep_r.all()) and bool(keep_c.all()):
-            return x
-        return x.masked_fill(~(keep_r[:, None, :, None] & keep_c[:, None, None, :]), 0)
+        before = (-corners).clamp_min(0).clamp_max(torch.tensor(size))            # [R, 2] outside at the top / left
+        after = (corners + torch.tensor(size) - torch.tensor(tuple(extent))).clamp_min(0).clamp_max(
+            torch.tensor(size))                                                    # [R, 2] outside at the bottom / right
+        cuts = torch.cat([before, after], 1)
+        for r in cuts.any(1).nonzero().flatten().tolist():
+            top, left, bottom, right = cuts[r].tolist()
+            x[r, :, :top] = 0
+            x[r, :, size[0] - bottom:] = 0
+            x[r, :, :, :left] = 0
+            x[r, :, :, size[1] - right:] = 0
+        return x
 
     def crop(self, t: Tensor, i: int) -> Tensor:
         """The windows ``[R, C, *size]`` of ``t[image[r]]`` (``t``: ``[N, C, H, W]``,

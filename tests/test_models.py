@@ -5,6 +5,7 @@ import copy
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from tests.helpers import output_shapes
@@ -100,3 +101,27 @@ def _with_sigmoid():
     model.add_module("conv1", nn.Conv2d(3, 4, 3))
     model.add_module("gate", nn.Sigmoid())
     return model
+
+
+@pytest.mark.parametrize("size, channels, layout", [(5, 96, "nchw"), (5, 3, "nchw"), (4, 7, "channels_last"),
+                                                    (1, 5, "noncontiguous"), (3, 16, "nchw")])
+def test_local_response_norm_is_torch_s_within_its_own_rounding(size, channels, layout):
+    from zfcore.nn import local_response_norm
+    g = torch.Generator().manual_seed(size * 100 + channels)
+    x = torch.randn(3, channels, 9, 11, generator=g) * torch.logspace(-2, 3, 11)  # small to large values
+    if layout == "channels_last":
+        x = x.contiguous(memory_format=torch.channels_last)
+    elif layout == "noncontiguous":
+        x = torch.randn(3, channels, 9, 22, generator=g)[..., ::2] * 40
+    args = (size, 1e-4, 0.75, 2.0)
+    exact = F.local_response_norm(x.double(), *args)
+    own = F.local_response_norm(x, *args)
+    got = local_response_norm(x, *args)
+    assert got.dtype == x.dtype and got.shape == x.shape
+    error = lambda t: ((t.double() - exact).abs() / exact.abs().clamp_min(1e-30)).max().item()
+    assert error(got) <= 2 * error(own) + 1e-7, (error(got), error(own))
+    torch.testing.assert_close(local_response_norm(x.double(), *args), exact, rtol=1e-13, atol=0)
+    with pytest.raises(ValueError, match="local_response_norm: size must be an int >= 1"):
+        local_response_norm(x, 0)
+    with pytest.raises(ValueError, match=r"local_response_norm: x must be a Tensor\[N, C, H, W\]"):
+        local_response_norm(x[0], size)

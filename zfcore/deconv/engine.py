@@ -37,6 +37,7 @@ from torch import Tensor, nn
 
 from ..models import LayerSpec
 from ..models.layer_table import POINTWISE, WINDOWED, kind_of
+from ..nn.normalization import local_response_norm
 from ..ops import max_pool2d_switches
 from .plan import Record, Stage, compile_plan, pool_geometry, window_rules
 from .walk import Step, walk
@@ -153,6 +154,8 @@ class Deconvnet:
                     held.add(x.untyped_storage().data_ptr())
                 if kind == "pool":
                     y, rec.switches = max_pool2d_switches(x, *pool_geometry(module), module.ceil_mode)
+                elif type(module) is nn.LocalResponseNorm and x.dim() == 4:  # the same function, faster
+                    y = local_response_norm(x, module.size, module.alpha, module.beta, module.k)
                 elif getattr(module, "inplace", False) and x.untyped_storage().data_ptr() in held:
                     y = module(x.clone())
                 else:

@@ -125,3 +125,15 @@ def test_local_response_norm_is_torch_s_within_its_own_rounding(size, channels, 
         local_response_norm(x, 0)
     with pytest.raises(ValueError, match=r"local_response_norm: x must be a Tensor\[N, C, H, W\]"):
         local_response_norm(x[0], size)
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_local_response_norm_of_half_types_sums_in_float32(dtype):
+    # Five neighbouring channels near 120: their squares sum past float16's range.
+    from zfcore.nn import local_response_norm
+    g = torch.Generator().manual_seed(7)
+    x = (110 + 20 * torch.rand(2, 8, 5, 5, generator=g)).to(dtype)
+    exact = F.local_response_norm(x.double(), 5, 1e-4, 0.75, 2.0)  # (ATen has no half LRN on the CPU)
+    got = local_response_norm(x, 5, 1e-4, 0.75, 2.0)
+    assert got.dtype == dtype and torch.isfinite(got).all() and (got != 0).all()
+    assert ((got.double() - exact).abs() / exact.abs()).max().item() <= torch.finfo(dtype).eps  # one rounding

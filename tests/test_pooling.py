@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 
 from zfcore import nn as zfnn
-from zfcore.ops import max_pool2d_switches, switches_to_indices, unpool2d
+from zfcore.ops import deconv_step, max_pool2d_switches, switches_to_indices, unpool2d
 
 from .helpers import AVAILABLE, BACKENDS, DTYPES, assert_close_verbose, interpreted, layouts_for, on
 from .samples import pool_sample_inputs, unpool_sample_inputs
@@ -166,3 +166,38 @@ def test_modules_match_torch():
     expected = torch.ops.aten.max_pool2d_with_indices_backward(out, x, [3, 3], [2, 2], [0, 0], [1, 1], True, indices)
     assert torch.equal(restored, expected)
     assert "kernel_size=(3, 3)" in repr(pool)
+
+
+@pytest.mark.skipif("cpu" not in AVAILABLE, reason="the C++ CPU backend is not built")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_channels_last_unpool_of_fewer_images_than_threads(dtype):
+    # With fewer images than threads the CPU kernel splits each image's channels
+    # into cache-line blocks (the other branch: one pass per image). The test
+    # workers run one thread each, so two are set here for the call.
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        x = torch.randn(1, 37, 15, 13, dtype=torch.float64)  # 37 channels: a partial last block
+        x[0, :, 4:7, 4:7] = 1.0  # ties
+        x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+        out, switches = max_pool2d_switches(x, 3, 2, 1, True)
+        y = torch.randn_like(out.float()).to(dtype)
+        got = unpool2d(y, switches, 3, 2, 1, x.shape[-2:], backend="cpu")
+        exact = unpool2d(y.double(), switches, 3, 2, 1, x.shape[-2:], backend="reference")
+        assert got.is_contiguous(memory_format=torch.channels_last)
+        if dtype == torch.float32:  # bit for bit ATen's max-pool backward
+            _, indices = F.max_pool2d(x, 3, 2, 1, ceil_mode=True, return_indices=True)
+            expected = torch.ops.aten.max_pool2d_with_indices_backward(y, x, [3, 3], [2, 2], [1, 1], [1, 1], True,
+                                                                       indices)
+            assert torch.equal(got, expected)
+        else:  # summed in float32, rounded once
+            torch.testing.assert_close(got.double(), exact, rtol=torch.finfo(dtype).eps, atol=1e-6)
+        # deconv_step's unpooling (with the ReLU, through the float buffer) takes the same branch.
+        weight = torch.randn(37, 4, 3, 3, dtype=torch.float64).to(dtype)
+        step = deconv_step(y, switches, weight, pool_kernel_size=3, pool_stride=2, pool_padding=1,
+                           unpooled_size=x.shape[-2:], stride=1, padding=1, backend="cpu")
+        expected = F.conv_transpose2d(F.relu(exact), weight.double(), None, 1, 1)
+        scale = expected.abs().max().item()
+        torch.testing.assert_close(step.double(), expected, rtol=0, atol=64 * torch.finfo(dtype).eps * scale)
+    finally:
+        torch.set_num_threads(threads)

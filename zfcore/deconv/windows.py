@@ -63,12 +63,19 @@ class Windows:
     def inside(self, x: Tensor, i: int, extent) -> Tensor:
         """``x`` (the windows at step ``i``'s output, a tensor the way down owns)
         with the rows and columns outside the map's ``extent`` ``(H, W)`` zeroed,
-        in place: only the strips outside are written."""
+        in place: on the CPU only the strips outside are written; on a GPU one
+        masked fill."""
         corners, size = self.corners[i], self.sizes[i]
         before = (-corners).clamp_min(0).clamp_max(torch.tensor(size))            # [R, 2] outside at the top / left
         after = (corners + torch.tensor(size) - torch.tensor(tuple(extent))).clamp_min(0).clamp_max(
             torch.tensor(size))                                                    # [R, 2] outside at the bottom / right
         cuts = torch.cat([before, after], 1)
+        if x.device.type != "cpu":  # one kernel, not four slices per window
+            rows = corners[:, 0, None] + torch.arange(size[0])
+            cols = corners[:, 1, None] + torch.arange(size[1])
+            keep_r = ((rows >= 0) & (rows < extent[0])).to(x.device)
+            keep_c = ((cols >= 0) & (cols < extent[1])).to(x.device)
+            return x.masked_fill_(~(keep_r[:, None, :, None] & keep_c[:, None, None, :]), 0) if bool(cuts.any()) else x
         for r in cuts.any(1).nonzero().flatten().tolist():
             top, left, bottom, right = cuts[r].tolist()
             x[r, :, :top] = 0

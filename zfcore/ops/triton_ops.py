@@ -100,8 +100,12 @@ def define() -> str | None:
         return ERROR
     if not _DEFINED:
         define_op = torch.library.custom_op if interpreted() else triton_op
-        for schema in SCHEMAS.values():
-            name, sig = signature(schema)
-            define_op(f"{NAMESPACE}::{name}", _op_function(name, sig), mutates_args=())
+        schema = None
+        try:
+            for schema in SCHEMAS.values():
+                name, sig = signature(schema)
+                define_op(f"{NAMESPACE}::{name}", _op_function(name, sig), mutates_args=())
+        except Exception as error:  # noqa: BLE001  (this torch cannot define them: no Triton backend)
+            return f"defining {NAMESPACE} from {schema!r} failed: {type(error).__name__}: {error}"
         _DEFINED = True
     return None

@@ -114,18 +114,17 @@ void unpool_nhwc(const scalar_t* y, const uint8_t* sw, scalar_t* x, int64_t N, i
   const bool one_pass = N >= at::get_num_threads() && H * W * C * static_cast<int64_t>(sizeof(acc)) <= (int64_t(4) << 20);
   const int64_t block = one_pass ? C : line;
   const int64_t blocks = (C + block - 1) / block;
-  const int64_t step_of_block = direct ? C : block;
+  const int64_t step = direct ? C : block;  // elements between two positions of a block's sums
   const int64_t window = g.kh * g.kw;
   // Element offset of each in-window switch from its window's corner (past the
   // window: entry 0, in bounds, reported through `bad`).
   int64_t delta[256];
-  for (int64_t o = 0; o < 256; ++o) delta[o] = o < window ? (table.dh[o] * W + table.dw[o]) * step_of_block : 0;
+  for (int64_t o = 0; o < 256; ++o) delta[o] = o < window ? (table.dh[o] * W + table.dw[o]) * step : 0;
   at::parallel_for(0, N * blocks, 1, [&](int64_t t0, int64_t t1) {
     std::vector<acc> buffer(direct ? 0 : H * W * block);
     for (int64_t t = t0; t < t1; ++t) {
       const int64_t n = t / blocks, c0 = (t % blocks) * block, cn = std::min(block, C - c0);
       acc* sum = direct ? reinterpret_cast<acc*>(x + n * H * W * C + c0) : buffer.data();
-      const int64_t step = direct ? C : block;  // elements between two positions
       for (int64_t i = 0; i < H * W; ++i) std::fill(sum + i * step, sum + i * step + cn, acc(0));
       bool bad = false;
       for (int64_t oh = 0; oh < OH; ++oh) {

@@ -66,9 +66,9 @@ class Windows:
         in place: on the CPU only the strips outside are written; on a GPU one
         masked fill."""
         corners, size = self.corners[i], self.sizes[i]
-        before = (-corners).clamp_min(0).clamp_max(torch.tensor(size))            # [R, 2] outside at the top / left
-        after = (corners + torch.tensor(size) - torch.tensor(tuple(extent))).clamp_min(0).clamp_max(
-            torch.tensor(size))                                                    # [R, 2] outside at the bottom / right
+        span = torch.tensor(size)
+        before = (-corners).clamp_min(0).clamp_max(span)                                 # [R, 2] outside at the top / left
+        after = (corners + span - torch.tensor(tuple(extent))).clamp_min(0).clamp_max(span)  # at the bottom / right
         cuts = torch.cat([before, after], 1)
         if x.device.type != "cpu":  # one kernel, not four slices per window
             rows = corners[:, 0, None] + torch.arange(size[0])

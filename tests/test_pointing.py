@@ -8,9 +8,11 @@ from collections import OrderedDict
 
 import pytest
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from zfcore.analysis import pointing
+from zfcore.analysis.gradcam import grad_cam
 from zfcore.analysis.occlusion import occlusion
 from zfcore.analysis.pointing import PointingGame, default_tolerance, hits, pointing_game, render, saliency
 
@@ -128,7 +130,14 @@ def test_points_are_the_first_maxima_of_each_method_map_and_the_page_renders(tmp
     for i, method in enumerate(methods):
         maps = saliency(model, images, labels, method, layer="relu2")
         index = maps.flatten(1).argmax(1)
-        assert result.points[i].tolist() == torch.stack([index // 32, index % 32], 1).tolist(), method
+        if method == "gradcam":  # the centre of the strongest of the 8 x 8 units: pixel 4 * i + 2
+            cam = grad_cam(model, images, "relu2", target=labels, progress=False)
+            unit = cam.flatten(1).argmax(1)
+            want = torch.stack([4 * (unit // 8) + 2, 4 * (unit % 8) + 2], 1)
+            assert torch.allclose(maps, F.interpolate(cam[:, None], size=(32, 32), mode="bilinear")[:, 0])
+        else:
+            want = torch.stack([index // 32, index % 32], 1)
+        assert result.points[i].tolist() == want.tolist(), method
         assert result.hit[i].tolist() == hits(result.points[i], boxes, result.tolerance).tolist()
     assert bool(result.hit[:, 2].all())  # the whole image is the box
     saved = tmp_path / "r.pt"

@@ -29,10 +29,26 @@ ANALYSES = {
     "generalization": "frozen features with a new softmax on new classes against training from scratch "
                       "(Tables 4-6; trains models)",
 }
+TOOLBOX = {
+    "neighbours": "nearest neighbours in feature space against pixel space (the lecture's semantic check)",
+    "embedding": "PCA and t-SNE of a layer's features, coloured by class",
+    "gradcam": "Grad-CAM and guided Grad-CAM (Selvaraju et al.)",
+    "adversarial": "FGSM and PGD adversarial examples, accuracy against epsilon",
+    "inversion": "images reconstructed from a layer's features (Mahendran & Vedaldi)",
+    "class_model": "inputs maximising each class score (Simonyan et al.)",
+    "deepdream": "DeepDream: what a layer detects, amplified over octaves",
+    "style": "texture synthesis and style transfer by Gram matrices (Gatys et al.)",
+    "pointing": "the pointing game: where each saliency method's maximum falls, against the object's box",
+}
+"""The wider toolbox beside the paper (issue 14): each is ``zfcore.analysis.NAME``
+with ``analyze_embedded(loaded, quick=, progress=, seed=)`` and ``render``."""
+ANALYSES.update(TOOLBOX)
 TRAINING = ("architecture", "ablation", "generalization")
 """The analyses that train their own models (into ``runs``); ``checkpoint`` is
 not needed by them (generalization takes one as its pretrained run)."""
-DEMO_ANALYSES = ("occlusion", "invariance", "correspondence", "probes", "evolution")
+DEMO_ANALYSES = ("occlusion", "invariance", "correspondence", "probes", "evolution",
+                 "neighbours", "embedding", "gradcam", "inversion", "class_model", "adversarial")
+"""The quick versions ``zfcore demo`` adds to its report."""
 
 
 def _embedded_val(loaded):
@@ -41,8 +57,11 @@ def _embedded_val(loaded):
     return open_dataset(loaded, "synthetic")
 
 
-def _run(name: str, loaded, *, quick: bool, progress: bool):
+def _run(name: str, loaded, *, quick: bool, progress: bool, seed: int = 0):
     """The analysis ``name`` on the embedded validation data of ``loaded``'s run."""
+    if name in TOOLBOX:
+        module = importlib.import_module(f".analysis.{name}", __package__)
+        return module.analyze_embedded(loaded, quick=quick, progress=progress, seed=seed)
     size = loaded.input_shape[-1]
     if name == "occlusion":
         from .analysis.occlusion import occlusion
@@ -137,7 +156,8 @@ def analyze(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathL
     is used). Those in ``TRAINING`` train their own models into ``runs``
     (default ``out/runs/NAME``): ``seed`` seeds them, ``variants`` chooses
     ablation's, and generalization takes ``checkpoint`` as its pretrained run
-    when given (else it trains one)."""
+    when given (else it trains one). The toolbox analyses (``TOOLBOX``) need
+    ``checkpoint`` too; ``seed`` seeds whatever they draw at random."""
     from . import load
     from .train.checkpoint import atomic_torch_save
 
@@ -153,7 +173,7 @@ def analyze(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathL
     else:
         if checkpoint is None:
             raise ValueError(f"analyze: {name} needs --checkpoint, a model.pt written by zfcore train")
-        result, extra = _run(name, load(checkpoint), quick=quick, progress=progress)
+        result, extra = _run(name, load(checkpoint), quick=quick, progress=progress, seed=seed)
     seconds = time.perf_counter() - start
     saved = {"result": result.as_dict(), "extra": extra,
              "checkpoint": "" if checkpoint is None else os.fspath(checkpoint), "seconds": seconds,
@@ -177,6 +197,16 @@ def rerender(out: str | os.PathLike, *, progress: bool = True) -> None:
         render_analyses(out)
 
 
+def nav_entries(names: list[str]) -> list[dict]:
+    """The report's navigation links to the analysis pages ``names``: the
+    paper's analyses first, then the toolbox's under a label of their own."""
+    paper = [n for n in names if n not in TOOLBOX]
+    tools = [n for n in names if n in TOOLBOX]
+    return ([{"name": n, "file": f"analysis-{n}.html", "group": "paper", "description": ANALYSES[n]} for n in paper]
+            + [{"name": n.replace("_", " "), "file": f"analysis-{n}.html", "group": "toolbox",
+                "description": ANALYSES[n], "first": i == 0} for i, n in enumerate(tools)])
+
+
 def saved_analyses(out: str | os.PathLike) -> list[str]:
     folder = Path(out) / "results"
     return [name for name in ANALYSES if (folder / f"analysis-{name}.pt").is_file()]
@@ -194,7 +224,7 @@ def render_analyses(source: str | os.PathLike, out: str | os.PathLike | None = N
     if not names:
         return []
     shutil.copyfile(_TEMPLATES / "style.css", out / "style.css")
-    entries = [{"name": name, "file": f"analysis-{name}.html"} for name in names]
+    entries = nav_entries(names)
     env = _environment()
     written = []
     for name in names:
@@ -207,6 +237,8 @@ def render_analyses(source: str | os.PathLike, out: str | os.PathLike | None = N
         page = module.render(saved["result"], assets, **saved.get("extra", {}))
         for figure in page["figures"]:
             figure["file"] = f"assets/analysis-{name}/{figure['file']}"
+        page.setdefault("claims_title", "The method's claims, checked on these numbers" if name in TOOLBOX
+                        else "The paper's claims, checked on these numbers")
         html = env.get_template("analysis.html").render(
             page=page, analyses=entries, current=f"analysis-{name}.html", has_index=(out / "index.html").is_file(),
             checkpoint=saved.get("checkpoint", ""), runs=saved.get("runs", ""),

@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> int:
     demo.add_argument("--seed", type=int, default=0, help="seed of the data and the training")
     demo.add_argument("--analyses", action=argparse.BooleanOptionalAction, default=True,
                       help="add the quick versions of the paper's analyses (occlusion, invariance, "
-                           "correspondence, probes, evolution) to the report")
+                           "correspondence, probes, evolution) and of the toolbox's (neighbours, embedding, "
+                           "gradcam, inversion, class_model, adversarial) to the report")
     demo.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True, help="progress bars")
     demo.set_defaults(run=_demo)
 
@@ -144,7 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
     from .analyze import ANALYSES
 
-    ana = commands.add_parser("analyze", help="one of the paper's analyses, added to a report folder",
+    ana = commands.add_parser("analyze", help="one of the paper's analyses or the toolbox's, added to a report "
+                                               "folder",
                               formatter_class=defaults,
                               epilog="analyses: " + "; ".join(f"{k}: {v}" for k, v in ANALYSES.items()))
     ana.add_argument("name", choices=list(ANALYSES), help="the analysis")
@@ -158,7 +160,9 @@ def main(argv: list[str] | None = None) -> int:
     ana.add_argument("--runs", default=None,
                      help="architecture, ablation, generalization: the folder of the models they train "
                           "(default OUT/runs/NAME; finished runs are reused, interrupted ones resumed)")
-    ana.add_argument("--seed", type=int, default=0, help="architecture, ablation, generalization: the runs' seed")
+    ana.add_argument("--seed", type=int, default=0,
+                     help="architecture, ablation, generalization: the runs' seed; the toolbox: the seed of what "
+                          "it draws at random (noise starts, jitter, subsets)")
     from .analysis.ablation import DEFAULT, VARIANTS
 
     ana.add_argument("--variants", default=None,

@@ -258,7 +258,7 @@ def demo(out: str | os.PathLike = "demo", *, checkpoint: str | os.PathLike | Non
         for name in DEMO_ANALYSES:
             mark = time.perf_counter()
             try:
-                analyze(name, checkpoint, out / "report", quick=True, progress=progress, render=False)
+                analyze(name, checkpoint, out / "report", quick=True, progress=progress, render=False, seed=seed)
             except ValueError as error:  # e.g. evolution of a checkpoint without snapshots
                 print(f"zfcore demo: analysis {name} skipped: {error}", file=sys.stderr)
                 continue

@@ -5,6 +5,14 @@ dataclass of tensors, rendered by ``zfcore.report``.
 * ``top_k_projections`` / ``Projections``: those units projected by the deconvnet, beside their patches (Fig. 2).
 * ``activations``: every layer's maps for one image; ``dead_units``: maps that never fire.
 * ``filters``: filter images with a smoothness score.
+
+The paper's experiments (``occlusion``, ``invariance``, ``correspondence``,
+``probes``, ``evolution``, ``architecture``, ``ablation``, ``generalization``)
+and the toolbox beside it (``neighbours``, ``embedding``, ``gradcam``,
+``adversarial``, ``inversion``, ``class_model``, ``deepdream``, ``style``,
+``pointing``) are submodules imported by name (``zfcore.analysis.gradcam``),
+each with its function(s), a result dataclass and ``render``; ``zfcore analyze
+NAME`` runs them on the embedded data.
 """
 
 from .activations import Activations, DeadUnits, activations, dead_units

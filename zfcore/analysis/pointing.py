@@ -13,7 +13,10 @@ Saliency maps, each ``[N, H, W]`` at the input's resolution, for the true class:
   the largest absolute value over the colour channels (Simonyan et al.'s
   saliency map).
 * ``gradcam``: ``zfcore.analysis.gradcam.grad_cam`` at ``layer`` (default: the
-  last convolution's ReLU), upsampled bilinearly to the input size.
+  last convolution's ReLU), upsampled bilinearly to the input size. Its
+  maximum is the centre of the strongest unit (``gradcam.peaks``): the
+  upsampled map is flat from a border unit out to the image's edge, and the
+  first pixel of that plateau would favour the edge.
 * ``occlusion``: ``zfcore.analysis.occlusion``: at each pixel, the mean drop of
   the true-class probability over the grey squares that cover it.
 
@@ -147,10 +150,9 @@ def saliency(model: nn.Module, images: Tensor, target: Tensor, method: str, *, l
         return net.project_signal(images, top, seed, mode=method).abs().amax(1)
     layer = layer if layer is not None else _last_conv_relu(model)
     if method == "gradcam":
-        from .gradcam import grad_cam
+        from .gradcam import grad_cam, upsample
 
-        cam = grad_cam(model, images, layer, target=target)
-        return F.interpolate(cam[:, None].float(), size=(h, w), mode="bilinear", align_corners=False)[:, 0]
+        return upsample(grad_cam(model, images, layer, target=target, progress=False).float(), (h, w))
     from .occlusion import occlusion
 
     patch_size = patch_size if patch_size is not None else max(1, round(min(h, w) / 4))
@@ -243,8 +245,17 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
             for start in range(0, n, batch_size):
                 x = images[start:start + batch_size].to(device)
                 target = labels[start:start + batch_size].to(device)
-                maps = saliency(model, x, target, method, layer=layer).float().cpu()
-                points[i, start:start + len(x)], flat[i, start:start + len(x)] = _argmax_points(maps)
+                if method == "gradcam":  # its maximum: the centre of the strongest unit (see the docstring)
+                    from .gradcam import grad_cam, peaks, upsample
+
+                    cam = grad_cam(model, x, layer, target=target, progress=False).float().cpu()
+                    maps = upsample(cam, (h, w))
+                    y, x_ = peaks(cam, (h, w))
+                    points[i, start:start + len(x)] = torch.stack([y, x_], 1)
+                    flat[i, start:start + len(x)] = _argmax_points(cam)[1]
+                else:
+                    maps = saliency(model, x, target, method, layer=layer).float().cpu()
+                    points[i, start:start + len(x)], flat[i, start:start + len(x)] = _argmax_points(maps)
                 if start < e:
                     part = maps[:e - start]
                     finite = part.masked_fill(~torch.isfinite(part), float("nan"))

@@ -231,7 +231,7 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
     from tqdm import tqdm
 
     from .. import __version__
-    from ..analyze import render_analyses, saved_analyses
+    from ..analyze import nav_entries, render_analyses, saved_analyses
 
     meta, tensors = load_results(source)
     out = Path(out) if out is not None else Path(source)
@@ -259,7 +259,7 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
               "has_filters": "filters" in tensors, "has_dead": "dead_units" in tensors, "version": __version__,
               "model_name": meta.get("model", "model"), "generated": time.strftime("%Y-%m-%d %H:%M"),
               "k": meta.get("k", 9), "mode": meta.get("mode", "deconvnet"),
-              "analyses": [{"name": n, "file": f"analysis-{n}.html"} for n in saved_analyses(source)]}
+              "analyses": nav_entries(saved_analyses(source))}
 
     def page(template: str, file: str, **values) -> None:
         html = env.get_template(template).render(**common, current=file, **values)

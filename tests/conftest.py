@@ -43,8 +43,12 @@ def demo_folder(tmp_path_factory):
     with FileLock(str(root / "demo-shared.lock")):
         if not done.exists():
             out.mkdir(exist_ok=True)
+            # one thread, as each worker runs: two OpenMP threads on a core another worker keeps busy spin, and
+            # made the demo's gradient-descent analyses 10-35x slower
+            env = {**os.environ, "OMP_NUM_THREADS": "1"} if os.environ.get("PYTEST_XDIST_WORKER") else None
             result = subprocess.run([sys.executable, "-m", "zfcore", "demo", "--out", str(out), "--epochs",
-                                     str(DEMO_EPOCHS), "--no-progress"], capture_output=True, text=True, timeout=1200)
+                                     str(DEMO_EPOCHS), "--no-progress"], capture_output=True, text=True, timeout=1200,
+                                    env=env)
             assert result.returncode == 0, result.stderr[-3000:]
             done.write_text(result.stdout)
     return out, done.read_text()

@@ -208,6 +208,12 @@ def test_bad_arguments_are_named():
         guided_grad_cam(model, x, "feat", backend="hooks")
     with pytest.raises(ValueError, match="guided_grad_cam: target must be None, an int or a LongTensor"):
         guided_grad_cam(model, x, "feat", torch.zeros(2, 2, dtype=torch.long))
+    nan = x.clone()
+    nan[1, 0, 4, 4] = float("nan")
+    with pytest.raises(ValueError, match="grad_cam: images hold NaN or infinite values"):
+        grad_cam(model, nan, "feat")
+    with pytest.raises(ValueError, match="grad_cam_analysis: images is empty"):
+        grad_cam_analysis(model, x[:0], "feat")
 
 
 def test_render_writes_its_figures_and_the_dict_survives_saving(tmp_path):

@@ -163,8 +163,8 @@ def analyze(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathL
 
     if name not in ANALYSES:
         raise ValueError(f"analyze: unknown analysis {name!r}; choose one of {', '.join(ANALYSES)}")
-    if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
-        raise ValueError(f"analyze: seed must be a non-negative int (got {seed!r})")
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 31:
+        raise ValueError(f"analyze: seed must be a non-negative int below 2**31 (got {seed!r})")
     start = time.perf_counter()
     if name in TRAINING:
         runs = Path(runs) if runs is not None else Path(out) / "runs" / name
@@ -202,7 +202,8 @@ def nav_entries(names: list[str]) -> list[dict]:
     paper's analyses first, then the toolbox's under a label of their own."""
     paper = [n for n in names if n not in TOOLBOX]
     tools = [n for n in names if n in TOOLBOX]
-    return ([{"name": n, "file": f"analysis-{n}.html", "group": "paper", "description": ANALYSES[n]} for n in paper]
+    return ([{"name": n, "file": f"analysis-{n}.html", "group": "paper", "description": ANALYSES[n], "first": False}
+             for n in paper]
             + [{"name": n.replace("_", " "), "file": f"analysis-{n}.html", "group": "toolbox",
                 "description": ANALYSES[n], "first": i == 0} for i, n in enumerate(tools)])
 

@@ -14,6 +14,9 @@ def begin(result, cls: type, assets) -> tuple:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # class names are untrusted text (folder names): "$...$" must stay text, not mathtext
+    matplotlib.rcParams["text.parse_math"] = False
+
     if isinstance(result, dict):
         result = cls.from_dict(result)
     assets = Path(assets)

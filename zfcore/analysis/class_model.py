@@ -161,7 +161,11 @@ def class_models(model: nn.Module, classes: Sequence[int] | Tensor, input_shape:
         with torch.no_grad():
             parameter = next((p for p in model.parameters() if p.is_floating_point()), None)
             dtype = parameter.dtype if parameter is not None else torch.get_default_dtype()
-            probe = model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+            try:
+                probe = model(torch.zeros(1, *input_shape, device=device, dtype=dtype))
+            except RuntimeError as error:
+                raise ValueError(f"class_models: the model does not take input_shape {list(input_shape)} "
+                                 f"({str(error).splitlines()[0]})") from None
         if probe.dim() != 2:
             raise ValueError(f"class_models: the model must return logits [N, classes] (got {list(probe.shape)})")
         targets = _check_classes(classes, probe.shape[1]).to(device)

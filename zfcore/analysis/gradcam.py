@@ -68,6 +68,8 @@ def _check_images(images, caller: str) -> None:
     if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
         raise ValueError(f"{caller}: images must be a float Tensor[N, C, H, W] in the model's input space "
                          f"(got {_describe(images)})")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{caller}: images hold NaN or infinite values")
 
 
 def _check_model(model, caller: str) -> None:
@@ -404,6 +406,8 @@ def grad_cam_analysis(model: nn.Module, images: Tensor, layer: str, target=None,
     for name, value in (("labels", labels), ("index", index)):
         if value is not None and (not isinstance(value, Tensor) or value.shape != (n,) or value.is_floating_point()):
             raise ValueError(f"{caller}: {name} must be None or an integer Tensor[{n}] (got {_describe(value)})")
+    if n == 0:
+        raise ValueError(f"{caller}: images is empty; give at least one image")
     device = model_device(model)
     was_training = model.training
     model.eval()

@@ -241,8 +241,12 @@ def nearest_neighbours(model: nn.Module, images: Tensor, labels: Tensor, layer: 
         queries = torch.arange(n)
     else:
         if not isinstance(queries, Tensor):
+            items = list(queries) if not isinstance(queries, (str, bytes)) else [queries]
+            if not all(isinstance(q, int) and not isinstance(q, bool) for q in items):
+                raise ValueError(f"{caller}: queries must be None or a sequence of int image indices "
+                                 f"(got {queries!r})")
             try:
-                queries = torch.as_tensor(list(queries), dtype=torch.long)
+                queries = torch.as_tensor(items, dtype=torch.long)
             except (TypeError, ValueError, RuntimeError):
                 raise ValueError(f"{caller}: queries must be None or a sequence of image indices "
                                  f"(got {type(queries).__name__})") from None

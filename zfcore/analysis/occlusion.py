@@ -50,6 +50,7 @@ from tqdm import tqdm
 from ..geometry import pair as _pair
 from ..models.layer_table import POINTWISE, kind_of
 from ..nn import MaxPool2dSwitches
+from ..nn.normalization import local_response_norm
 from ._render import begin
 from ._stream import check_layers, model_device
 
@@ -201,7 +202,11 @@ class _Layer:
     def __call__(self, win: _Window) -> _Window:
         """The output window of the occluded images whose input window is ``win``."""
         if self.rule is None:  # spatially pointwise
-            return _Window(win.top, win.left, win.h, win.w, self.module(win.values))
+            m = self.module
+            if type(m) is nn.LocalResponseNorm and win.values.dim() == 4:  # the same function, faster
+                return _Window(win.top, win.left, win.h, win.w,
+                               local_response_norm(win.values, m.size, m.alpha, m.beta, m.k))
+            return _Window(win.top, win.left, win.h, win.w, m(win.values))
         (kh, kw), (sh, sw), (ph, pw), (dh, dw) = self.rule
         _, h_out, w_out = self.base_out.shape
         r0, r1 = _affected(win.top, win.top + win.h, kh, sh, ph, dh, h_out)

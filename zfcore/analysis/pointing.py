@@ -140,7 +140,8 @@ def saliency(model: nn.Module, images: Tensor, target: Tensor, method: str, *, l
     if method in ("deconvnet", "guided", "gradient"):
         from ..deconv import Deconvnet
 
-        net = Deconvnet(model, tuple(images.shape[1:]), lrn="gradient")
+        with torch.random.fork_rng(devices=[]):  # building the engine draws a probe: the global RNG stays as it was
+            net = Deconvnet(model, tuple(images.shape[1:]), lrn="gradient")
         top = net.layers[-1]
         shape = net.layer_spec()[top].shape
         if len(shape) != 1:
@@ -275,13 +276,13 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
 
 def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int = 0):
     """The pointing game on the embedded validation images (a seeded random
-    subset of 40 with ``quick``, else all), every method."""
+    subset of 16 with ``quick``, else all), every method."""
     from ..analyze import _embedded_val
 
     base = _embedded_val(loaded).base
     n = len(base.labels)
     generator = torch.Generator().manual_seed(seed)
-    index = torch.randperm(n, generator=generator)[:40] if quick else torch.arange(n)
+    index = torch.randperm(n, generator=generator)[:16] if quick else torch.arange(n)
     images = loaded.preprocess(base.images[index])
     result = pointing_game(loaded.model, images, base.labels[index], base.boxes[index], progress=progress)
     return result, {"images": base.images[index[:result.examples.shape[1]]], "classes": list(loaded.classes)}

@@ -331,8 +331,8 @@ def _check_common(model, layers, layer_weights, steps, optimizer, lr, seed, call
     if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr)
                            or lr <= 0):
         raise ValueError(f"{caller}: lr must be None or a positive number (got {lr!r})")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"{caller}: seed must be an int (got {seed!r})")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 62:
+        raise ValueError(f"{caller}: seed must be an int in [0, 2**62) (got {seed!r})")
     return layers, [float(w) for w in weights]
 
 

@@ -3,6 +3,7 @@ quick analyses, their results are plain tensors read back with
 weights_only=True, `report --from` re-renders the pages without recomputing,
 the pages pass the browser check, and bad arguments are named."""
 
+import os
 import shutil
 import subprocess
 import sys
@@ -76,6 +77,32 @@ def test_analyze_into_an_empty_folder_writes_standalone_pages(demo_folder, tmp_p
     page = analyze("occlusion", out / "run" / "model.pt", tmp_path / "alone", quick=True, progress=False)
     assert page.is_file() and "index.html" not in page.read_text()
     assert render_analyses(tmp_path / "alone") == [page]
+
+
+def test_the_toolbox_commands_beyond_the_demo_write_their_pages(demo_folder, tmp_path):
+    """deepdream, style and pointing are commands, not part of the demo: each runs from the command line into a
+    report folder, its result reads back with weights_only=True, and the pages pass the browser check."""
+    from zfcore.analysis.pointing import PointingGame
+    from zfcore.analyze import DEMO_ANALYSES, TOOLBOX
+
+    out, _ = demo_folder
+    report = tmp_path / "toolbox"
+    for name in [n for n in TOOLBOX if n not in DEMO_ANALYSES]:
+        result = subprocess.run([sys.executable, "-m", "zfcore", "analyze", name, "--checkpoint",
+                                 str(out / "run" / "model.pt"), "--out", str(report), "--quick", "--seed", "3",
+                                 "--no-progress"], capture_output=True, text=True, timeout=600,
+                                env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        assert (report / f"analysis-{name}.html").is_file()
+        saved = torch.load(report / "results" / f"analysis-{name}.pt", weights_only=True)
+        assert saved["seconds"] > 0 and saved["result"]
+    game = PointingGame.from_dict(torch.load(report / "results" / "analysis-pointing.pt", weights_only=True)["result"])
+    assert game.hit.shape == (5, 16) and game.accuracy()["gradient"] > game.accuracy()["chance"]
+    page = (report / "analysis-style.html").read_text()
+    assert 'class="group">toolbox:' in page and 'href="analysis-pointing.html"' in page
+    if browser.available() is None:
+        found = browser.check_report(report, screenshot=tmp_path / "pointing.png")
+        assert {page: p for page, p in found["pages"].items() if p} == {} and found["dialogs"] == []
 
 
 def test_bad_arguments_are_named(demo_folder, tmp_path):

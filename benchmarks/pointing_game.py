@@ -62,7 +62,7 @@ def main() -> int:
               "accuracy": round(scores["centre"], 4)},
              {"method": "chance (baseline)", "images": n, "accuracy": round(scores["chance"], 4)}]
     with open(os.path.join(args.results_dir, "pointing_game.json"), "w") as f:
-        json.dump({"environment": env, "notes": notes, "rows": rows}, f, indent=1)
+        json.dump({"kind": "scores", "environment": env, "notes": notes, "rows": rows}, f, indent=1)
     lines = ["# The pointing game: saliency maxima on the object", "",
              f"Command: `{env['command']}`  ", f"Device: {env['device']}  ",
              f"zfcore {zfcore.__version__}, torch {env['torch']}, Python {env['python']}, commit {env['commit']}", "",

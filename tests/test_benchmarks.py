@@ -71,6 +71,9 @@ def test_committed_results_are_real_measurements_of_a_clean_commit():
         env = data["environment"]
         assert env["command"] and env["commit"] and not env["commit"].endswith("-dirty"), (name, env)
         assert data["rows"], f"{name}: no rows"
+        if data.get("kind") == "scores":  # not timings: shares of images (pointing_game.py)
+            assert all(0 <= row["accuracy"] <= 1 and row["images"] > 0 for row in data["rows"]), name
+            continue
         gpu = "eager" in data["rows"][0]  # bench_gpu.py: zfcore, eager and torch.compile sides
         for row in data["rows"]:
             for side in ("zfcore", "eager", "compiled") if gpu else ("zfcore", "pytorch"):

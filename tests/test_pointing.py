@@ -79,7 +79,7 @@ def test_occlusion_saliency_is_the_mean_drop_over_the_squares_covering_each_pixe
 def test_hits_and_chance_equal_a_pixel_by_pixel_count():
     boxes = torch.tensor([[3, 4, 9, 7], [0, 0, 1, 1], [10, 2, 16, 16]])
     for tolerance in (0, 1, 3):
-        chance = pointing._chance(boxes, 16, 16, tolerance)
+        chance = pointing.chance(boxes, 16, 16, tolerance)
         for k, (x0, y0, x1, y1) in enumerate(boxes.tolist()):
             count = 0
             for y in range(16):

@@ -468,20 +468,20 @@ def pointing_hits(maps: Tensor, boxes: Tensor, size: Sequence[int]) -> tuple[Ten
     end-exclusive); a map that is 0 everywhere points nowhere and misses.
     ``chance``: the box's share of the image, the hit rate of a uniformly random
     point. ``mass``: the upsampled map's share inside the box (NaN for a zero map)."""
+    from .pointing import chance, hits
+
     h, w = (int(v) for v in size)
     y, x = peaks(maps, (h, w))
     b = boxes.long()
-    inside = (b[:, 0] <= x) & (x < b[:, 2]) & (b[:, 1] <= y) & (y < b[:, 3])
-    hit = inside & (maps.flatten(1).amax(1) > 0)
+    hit = hits(torch.stack([y, x], 1), b, 0) & (maps.flatten(1).amax(1) > 0)
     up = upsample(maps, (h, w)).clamp_min(0)
     rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
     box = ((b[:, 0, None, None] <= cols) & (cols < b[:, 2, None, None])
            & (b[:, 1, None, None] <= rows) & (rows < b[:, 3, None, None]))
-    chance = box.flatten(1).double().mean(1)
     total = up.flatten(1).double().sum(1)
     mass = torch.where(total > 0, (up * box).flatten(1).double().sum(1) / total.clamp_min(1e-300),
                        torch.full_like(total, float("nan")))
-    return hit, chance, mass
+    return hit, chance(b, h, w, 0).to(total.device), mass
 
 
 # ------------------------------------------------------------------ render

@@ -46,8 +46,9 @@ from tqdm import tqdm
 
 from ._render import begin
 from ._stream import check_layers, model_device
+from .gradcam import default_layer
 
-__all__ = ["METHODS", "PointingGame", "pointing_game", "saliency", "hits", "default_tolerance"]
+__all__ = ["METHODS", "PointingGame", "pointing_game", "saliency", "hits", "chance", "default_tolerance"]
 
 METHODS = ("deconvnet", "guided", "gradient", "gradcam", "occlusion")
 BASELINES = ("centre", "chance")
@@ -111,37 +112,32 @@ def hits(points: Tensor, boxes: Tensor, tolerance: int) -> Tensor:
     return _distance_to_box(points[..., 0], points[..., 1], boxes) <= tolerance
 
 
-def _chance(boxes: Tensor, height: int, width: int, tolerance: int) -> Tensor:
+def chance(boxes: Tensor, height: int, width: int, tolerance: int) -> Tensor:
+    """``[N]``: the share of the image within ``tolerance`` pixels of each box, the
+    hit rate of a uniformly random pixel."""
     y = torch.arange(height)[:, None, None]
     x = torch.arange(width)[None, :, None]
     inside = _distance_to_box(y, x, boxes[None, None]) <= tolerance  # [H, W, N]
     return inside.double().mean((0, 1))
 
 
-def _last_conv_relu(model: nn.Module) -> str:
-    names = [(n, m) for n, m in model.named_modules() if n]
-    convs = [i for i, (_, m) in enumerate(names) if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("pointing_game: the model has no Conv2d layer for Grad-CAM and occlusion")
-    i = convs[-1]
-    for name, module in names[i + 1:i + 3]:
-        if isinstance(module, nn.ReLU):
-            return name
-    return names[i][0]
+def _engine(model: nn.Module, input_shape) -> "Deconvnet":  # noqa: F821
+    from ..deconv import Deconvnet
+
+    with torch.random.fork_rng(devices=[]):  # building the engine draws a probe: the global RNG stays as it was
+        return Deconvnet(model, tuple(input_shape), lrn="gradient")
 
 
 def saliency(model: nn.Module, images: Tensor, target: Tensor, method: str, *, layer: str | None = None,
-             patch_size: int | None = None, stride: int | None = None) -> Tensor:
+             patch_size: int | None = None, stride: int | None = None, net=None) -> Tensor:
     """The saliency map ``[N, H, W]`` of ``method`` (one of ``METHODS``) for the
-    classes ``target[N]`` (see the module's docstring)."""
+    classes ``target[N]`` (see the module's docstring). ``net``: a
+    ``Deconvnet`` of ``model`` for its input shape, reused across calls."""
     if method not in METHODS:
         raise ValueError(f"saliency: method must be one of {', '.join(METHODS)} (got {method!r})")
     n, _, h, w = images.shape
     if method in ("deconvnet", "guided", "gradient"):
-        from ..deconv import Deconvnet
-
-        with torch.random.fork_rng(devices=[]):  # building the engine draws a probe: the global RNG stays as it was
-            net = Deconvnet(model, tuple(images.shape[1:]), lrn="gradient")
+        net = net if net is not None else _engine(model, images.shape[1:])
         top = net.layers[-1]
         shape = net.layer_spec()[top].shape
         if len(shape) != 1:
@@ -149,7 +145,7 @@ def saliency(model: nn.Module, images: Tensor, target: Tensor, method: str, *, l
                              f"(got [N, {', '.join(map(str, shape))}])")
         seed = F.one_hot(target, shape[0]).to(images.dtype)
         return net.project_signal(images, top, seed, mode=method).abs().amax(1)
-    layer = layer if layer is not None else _last_conv_relu(model)
+    layer = layer if layer is not None else default_layer(model)
     if method == "gradcam":
         from .gradcam import grad_cam, upsample
 
@@ -228,7 +224,7 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
     """
     methods = list(methods) if not isinstance(methods, str) else methods
     _check(model, images, labels, boxes, methods, tolerance, batch_size, examples)
-    layer = layer if layer is not None else _last_conv_relu(model)
+    layer = layer if layer is not None else default_layer(model)
     check_layers(model, [layer], "pointing_game")
     n, _, h, w = images.shape
     tolerance = default_tolerance(h, w) if tolerance is None else tolerance
@@ -241,6 +237,8 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
     shown = torch.zeros(len(methods), e, h, w)
     bar = tqdm(total=len(methods) * n, desc="pointing game", unit="map", disable=not progress)
     try:
+        backprop = {"deconvnet", "guided", "gradient"} & set(methods)
+        net = _engine(model, images.shape[1:]) if backprop and n else None  # one engine for every batch
         for i, method in enumerate(methods):
             bar.set_postfix_str(method)
             for start in range(0, n, batch_size):
@@ -255,7 +253,7 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
                     points[i, start:start + len(x)] = torch.stack([y, x_], 1)
                     flat[i, start:start + len(x)] = _argmax_points(cam)[1]
                 else:
-                    maps = saliency(model, x, target, method, layer=layer).float().cpu()
+                    maps = saliency(model, x, target, method, layer=layer, net=net).float().cpu()
                     points[i, start:start + len(x)], flat[i, start:start + len(x)] = _argmax_points(maps)
                 if start < e:
                     part = maps[:e - start]
@@ -271,7 +269,7 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
     hit = hits(points, boxes, tolerance) & ~flat
     centre = torch.tensor([h // 2, w // 2]).expand(n, 2)
     return PointingGame(methods, layer, int(tolerance), [h, w], labels.cpu(), boxes, points, hit, flat,
-                        hits(centre, boxes, tolerance), _chance(boxes, h, w, tolerance), shown)
+                        hits(centre, boxes, tolerance), chance(boxes, h, w, tolerance), shown)
 
 
 def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int = 0):

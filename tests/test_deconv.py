@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zfcore.deconv import Deconvnet, Request, WalkError
+from zfcore.deconv import CaptureError, Deconvnet, Request
 from zfcore.deconv.reference import autograd_projection
 from zfcore.models import zfnet_small
 from zfcore.nn import MaxPool2dSwitches

@@ -1,29 +1,32 @@
 """The deconvnet engine (Zeiler & Fergus, section 2.1): project units or maps
-of any layer back to pixel space, many at once.
+of any layer of any CNN back to pixel space, many at once.
 
-One forward pass records, per layer, what the way down needs: the switches of
-every max pooling (one byte each), the inputs of ReLU and LRN layers (guided
-and gradient modes only) and the target layer's activations. The way down
-undoes each layer in reverse with zfcore's ops:
+The engine works on the model's captured graph (``zfcore.deconv.graph``:
+``torch.export``, decomposed to core ATen ops), not on module hooks: every
+call of a ReLU (a module used twice, ``F.relu``, ``x.relu_()``) is its own
+node, and BatchNorm, residual additions, concatenation and every pooling are
+rows of one ``LayerRule`` table (``zfcore.deconv.rules``):
 
 ========================  =====================  ==================  ==================
-layer                     deconvnet (paper)      guided              gradient
+op                        deconvnet (paper)      guided              gradient
 ========================  =====================  ==================  ==================
 max pooling               unpool2d (switches)    unpool2d            unpool2d
 ReLU                      relu(signal)           relu(signal)*mask   signal*mask
-Conv2d                    conv_transpose2d with the forward weights, no bias (all modes)
+convolution               transposed convolution with the forward weights, no bias (all modes)
+BatchNorm (eval)          its per-channel scale, folded into the convolution below it
 LocalResponseNorm         skipped                its gradient        its gradient
-Linear, avg pool, flatten their transposes (all modes)
+add / cat, split          the signal to every input / the matching slices
+linear ops                their transposes (linear, pooling, mean, view, padding)
+other nonlinearities      their gradient (sigmoid, tanh, GELU, SiLU, ReLU6, ...), as Captum
 ========================  =====================  ==================  ==================
 
-(mask: the forward ReLU's input > 0.) In deconvnet mode, pool -> ReLU -> conv
-going down runs as one ``deconv_step`` and ReLU -> conv as
-``relu_conv_transpose2d``. In gradient mode the result equals autograd's
-gradient of the unit times the unit's value.
-
-The way down is a plan of stages (``zfcore.deconv.plan``), compiled once per
-layer and mode; receptive-field windows and their arithmetic are in
-``zfcore.deconv.windows``.
+(mask: the forward ReLU's input > 0, kept as 1 byte.) One forward pass records
+what the way down needs: the switches of every max pooling (one byte each),
+the ReLU masks (guided and gradient modes), the inputs of ops that go down by
+their gradient, and the requested layers' activations. In deconvnet mode,
+pool <- ReLU <- conv going down runs as one ``deconv_step`` and ReLU <- conv as
+``relu_conv_transpose2d`` (``zfcore.deconv.plan``). In gradient mode the
+result equals autograd's gradient of the unit times the unit's value.
 """
 
 from __future__ import annotations
@@ -33,15 +36,16 @@ from dataclasses import dataclass
 from functools import cached_property
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from ..models import LayerSpec
-from ..models.layer_table import POINTWISE, WINDOWED, kind_of
+from ..models.layer_spec import LayerInfo
 from ..nn.normalization import local_response_norm
 from ..ops import max_pool2d_switches
-from .plan import Record, Stage, compile_plan, pool_geometry, window_rules
-from .walk import Step, walk
-from .windows import Windows, window_sizes
+from . import rules as R
+from .graph import CaptureError, Graph, capture
+from .plan import Stage, compile_plan
+from .windows import Windows, geometries
 
 MODES = ("deconvnet", "guided", "gradient")
 
@@ -59,57 +63,126 @@ class Request:
 
 
 class Deconvnet:
-    """Deconvnet projections for a plain CNN: zfcore's models, and
-    torchvision-style AlexNet/VGG made of Conv2d, ReLU, MaxPool2d,
-    LocalResponseNorm, Dropout, Flatten, Linear and AdaptiveAvgPool2d. Layers
-    are named by ``model.named_modules()``.
+    """Deconvnet projections for any CNN that ``torch.export`` captures:
+    torchvision-style VGG (with BatchNorm), ResNet, DenseNet, Inception and
+    MobileNet blocks, zfcore's own models, or an ``ExportedProgram`` /
+    ``fx.GraphModule`` handed in. Layers are ``named_modules()`` paths, leaves
+    (``layer2.0.conv1``) or containers (``layer3``); a module called more than
+    once has the call sites ``NAME#0``, ``NAME#1``, ...
+
+    ReLU goes down by the mode's rule; every other nonlinearity (sigmoid,
+    tanh, GELU, SiLU, hardswish, ReLU6/hardtanh, leaky ReLU, ...) goes down by
+    its gradient, as Captum's ``NeuronDeconvolution`` and
+    ``NeuronGuidedBackprop`` do. An op the table does not know is an error
+    naming the node, its ATen op and its module.
 
     Args:
-        model: the network, walked once (``zfcore.deconv.walk``); it runs in eval mode.
-        input_shape: ``(C, H, W)`` of its inputs.
+        model: an ``nn.Module`` (captured once in eval mode; its training flag is
+            restored), an ``ExportedProgram`` or an ``fx.GraphModule``.
+        input_shape: ``(C, H, W)`` (any per-example shape) of its inputs;
+            optional for an ``ExportedProgram``.
         lrn: how deconvnet mode goes down through LocalResponseNorm layers:
             ``"skip"`` (the paper) or ``"gradient"`` (their vector-Jacobian
             product, as the guided and gradient modes always do, and as
             Captum's ``NeuronDeconvolution`` does).
 
     Example:
-        >>> net = Deconvnet(zfnet_small(), (3, 64, 64))
-        >>> net.project(images, "conv2", channel=5).shape   # each image's strongest unit
-        torch.Size([8, 3, 64, 64])
+        >>> net = Deconvnet(resnet18(), (3, 224, 224))
+        >>> net.project(images, "layer3.1", channel=5).shape   # each image's strongest unit
+        torch.Size([8, 3, 224, 224])
     """
 
-    def __init__(self, model: nn.Module, input_shape: Sequence[int], lrn: str = "skip"):
+    def __init__(self, model, input_shape: Sequence[int] | None = None, lrn: str = "skip"):
         if lrn not in ("skip", "gradient"):
             raise ValueError(f"Deconvnet: lrn must be 'skip' or 'gradient' (got {lrn!r})")
+        if input_shape is None and isinstance(model, torch.nn.Module):
+            raise ValueError("Deconvnet: input_shape (C, H, W) is required for a module")
+        if input_shape is not None and (isinstance(input_shape, (str, bytes)) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in input_shape)):
+            raise ValueError(f"Deconvnet: input_shape must be positive ints, such as (3, 224, 224) "
+                             f"(got {input_shape!r})")
         self.lrn = lrn
-        self.model = model.eval()
-        self.input_shape = tuple(input_shape)
-        parameter = next(model.parameters(), None)
-        options = {"dtype": parameter.dtype, "device": parameter.device} if parameter is not None else {}
-        self.steps: list[Step] = walk(model, torch.randn(2, *self.input_shape, **options))
-        self._index = {step.name: i for i, step in enumerate(self.steps)}
-        self._rules = window_rules(self.steps)
+        ep, module = capture(model, tuple(input_shape) if input_shape is not None else None)
+        self.model = model
+        self.graph = Graph(ep, module)
+        shape = self.graph.nodes[self.graph.input].shape
+        if input_shape is not None and tuple(input_shape) != shape:
+            raise ValueError(f"Deconvnet: input_shape {tuple(input_shape)} differs from the program's input "
+                             f"{shape}")
+        self.input_shape = shape
+        self._rules: dict[int, R.LayerRule] = {}
         self._plans: dict[tuple[int, str], list[Stage]] = {}
+        self._consts_key = None
+        self._consts: dict = {}
+
+    # ---------------------------------------------------------------- layers
 
     @property
     def layers(self) -> list[str]:
-        """The walked layers' names, in forward order."""
-        return [step.name for step in self.steps]
+        """Every layer (module call) name, in forward order."""
+        return list(self.graph.layers)
 
-    def receptive_field(self, layer: str):
+    def _layer_index(self, layer: str) -> int:
+        if not isinstance(layer, str):
+            raise ValueError(f"Deconvnet: a layer is a module name (str), such as {self.layers[0]!r} "
+                             f"(got {layer!r})")
+        if layer in self.graph.layers:
+            return self.graph.layers[layer]
+        if layer in self.graph.call_sites:
+            raise ValueError(f"Deconvnet: {layer!r} is called {len(self.graph.call_sites[layer])} times in one "
+                             f"forward pass; name one call: {', '.join(self.graph.call_sites[layer])}")
+        raise ValueError(f"Deconvnet: no layer named {layer!r}; layers are {', '.join(self.layers)}")
+
+    def _rule(self, i: int) -> R.LayerRule:
+        if i not in self._rules:
+            self._rules[i] = R.rule_of(self.graph.nodes[i])
+        return self._rules[i]
+
+    def _window_of(self, node, geometry):
+        rule = self._rule(node.index)
+        if rule.window is None:
+            return None
+        if rule.window is R.pointwise and any(self.graph.nodes[j].shape != node.shape for j in node.inputs):
+            return None  # a broadcast (an SE gate): its units see more than their window
+        return rule.window(node, geometry)
+
+    def receptive_field(self, layer: str) -> LayerInfo:
         """``layer``'s shape and its units' receptive field in input pixels (size,
-        jump, offset: a ``zfcore.models.LayerInfo``); ``self.layer_spec().box(layer,
-        h, w)`` gives any unit's input box."""
+        jump, offset: a ``zfcore.models.LayerInfo``): the union of the windows
+        through every branch. ``self.layer_spec().box(layer, h, w)`` gives any
+        unit's input box."""
         self._layer_index(layer)
-        return self.layer_spec()[layer]
+        return self._spec[layer]
 
     def layer_spec(self) -> LayerSpec:
-        """Shapes and receptive fields of every walked layer."""
+        """Shapes and receptive fields of every layer."""
         return self._spec
 
     @cached_property
     def _spec(self) -> LayerSpec:
-        return LayerSpec.of_layers([(s.name, s.module) for s in self.steps], self.input_shape)
+        infos = []
+        height, width = (self.input_shape[-2:] if len(self.input_shape) == 3 else (1, 1))
+        for name, top in self.graph.layers.items():
+            node = self.graph.nodes[top]
+            geo = self._geometry(top)
+            kind = self._rule(top).kind if node.op != "input" else "input"
+            if geo is None or self.graph.input not in geo:
+                infos.append(LayerInfo(name, kind, node.shape, (height, width), (1, 1),
+                                       ((height - 1) / 2, (width - 1) / 2)))
+                continue
+            (jh, ah, bh), (jw, aw, bw) = geo[self.graph.input]
+            size = (bh - ah, bw - aw)
+            infos.append(LayerInfo(name, kind, node.shape, size, (jh, jw),
+                                   (ah + (size[0] - 1) / 2, aw + (size[1] - 1) / 2)))
+        return LayerSpec(self.input_shape, infos)
+
+    def _geometry(self, top: int):
+        if len(self.input_shape) != 3:
+            return None
+        try:
+            return geometries(self.graph, self._window_of, top)
+        except CaptureError:
+            return None
 
     def plan(self, layer: str, mode: str = "deconvnet") -> list[Stage]:
         """The stages of the way down from ``layer`` in ``mode``, top first
@@ -119,7 +192,7 @@ class Deconvnet:
 
     def _plan(self, top: int, mode: str) -> list[Stage]:
         if (top, mode) not in self._plans:
-            self._plans[(top, mode)] = compile_plan(self.steps, top, mode, self.lrn)
+            self._plans[(top, mode)] = compile_plan(self.graph, self._rule, top, mode, self.consts())
         return self._plans[(top, mode)]
 
     @staticmethod
@@ -127,58 +200,111 @@ class Deconvnet:
         if mode not in MODES:
             raise ValueError(f"Deconvnet: mode must be one of {', '.join(MODES)} (got {mode!r})")
 
-    def _layer_index(self, layer: str) -> int:
-        if layer not in self._index:
-            raise ValueError(f"Deconvnet: no layer named {layer!r}; layers are {', '.join(self.layers)}")
-        return self._index[layer]
+    def consts(self) -> dict:
+        """The program's constants: weights, buffers and what is computed from
+        them alone (a weight's transpose), recomputed when a weight changed."""
+        key = tuple(t._version for t in self.graph.params.values())
+        if key != self._consts_key:
+            with torch.no_grad():
+                self._consts = self.graph.fold_constants()
+            self._consts_key = key
+        return self._consts
 
     # ------------------------------------------------------------------ forward
 
-    def _forward(self, images: Tensor, top: int, mode: str, keep: set[int]) -> tuple[list[Record], dict[int, Tensor]]:
-        """One forward through steps ``0..top``: each step's record, and the
-        outputs of the steps in ``keep``."""
-        records, outputs, x = [], {}, images
-        # The memory of the caller's images, kept outputs and records: an in-place
-        # layer (ReLU(inplace=True)) must not overwrite it, and runs on a copy there.
+    def _forward(self, images: Tensor, tops, mode: str, keep: set[int]) -> tuple[dict, dict[int, Tensor]]:
+        """One forward through every node ``tops`` read: each node's record (a
+        tuple of tensors) and the outputs of the nodes in ``keep``."""
+        graph, consts = self.graph, self.consts()
+        needed = graph.ancestors(tops)
+        inside = set(needed)
+        left = {i: sum(1 for u in graph.nodes[i].users if u in inside) for i in needed}
+        values: dict[int, Tensor] = {graph.input: images}
+        records: dict[int, tuple] = {}
+        # memory an in-place ReLU must not overwrite: the caller's images, kept outputs, records
         held = {images.untyped_storage().data_ptr()}
         with torch.no_grad():
-            for i, step in enumerate(self.steps[: top + 1]):
-                flat_from = None
-                if step.flatten_before:
-                    flat_from, x = tuple(x.shape), torch.flatten(x, 1)
-                module, kind = step.module, kind_of(step.module)
-                rec = Record(tuple(x.shape), flat_from)
-                if (mode != "deconvnet" and kind == "relu") or (
-                        kind == "localresponsenorm" and (mode != "deconvnet" or self.lrn == "gradient")):
-                    rec.input = x
-                    held.add(x.untyped_storage().data_ptr())
-                if kind == "pool":
-                    y, rec.switches = max_pool2d_switches(x, *pool_geometry(module), module.ceil_mode)
-                elif type(module) is nn.LocalResponseNorm and x.dim() == 4:  # the same function, faster
-                    y = local_response_norm(x, module.size, module.alpha, module.beta, module.k)
-                elif getattr(module, "inplace", False) and x.untyped_storage().data_ptr() in held:
-                    y = module(x.clone())
+            for i in needed:
+                node = graph.nodes[i]
+                if node.op == "input":
+                    continue
+                rule = self._rule(i)
+                record = R.records_of(rule, mode, self.lrn)
+                x = values[node.inputs[0]] if node.inputs else None
+                if rule.kind == "pool":
+                    k, s, p, ceil = R.pool_params(node)
+                    y, switches = max_pool2d_switches(x, k, s, p, ceil)
+                    records[i] = (switches,)
+                elif rule.kind == "relu":
+                    if record == "mask":
+                        records[i] = (x > 0,)
+                    inplace = left[node.inputs[0]] == 1 and node.inputs[0] not in keep and \
+                        x.untyped_storage().data_ptr() not in held
+                    y = torch.relu_(x) if inplace else torch.relu(x)
                 else:
-                    y = module(x)
-                records.append(rec)
+                    if record == "inputs":
+                        records[i] = tuple(values[j] for j in node.inputs)
+                        held.update(values[j].untyped_storage().data_ptr() for j in node.inputs)
+                    if node.op == "lrn" and node.lrn is not None and x.dim() == 4:  # the same function, faster
+                        y = local_response_norm(x, *node.lrn)
+                    else:
+                        y = R.apply(graph, consts, node, values)
+                values[i] = y
                 if i in keep:
-                    outputs[i] = y
                     held.add(y.untyped_storage().data_ptr())
-                x = y
-        return records, outputs
+                for j in node.inputs:
+                    left[j] -= 1
+                    if left[j] == 0 and j not in keep and j != graph.input:
+                        values.pop(j, None)
+        return records, {i: values[i] for i in keep}
+
+    def activations(self, images: Tensor, layer: str) -> Tensor:
+        """``layer``'s output for ``images`` (``Tensor[N, *input_shape]``), by the
+        captured graph."""
+        self._check_images(images)
+        top = self._layer_index(layer)
+        return self._forward(images, [top], "deconvnet", {top})[1][top]
 
     # ---------------------------------------------------------------- way down
 
-    def _down(self, signal: Tensor, records: list[Record], top: int, mode: str, windows: Windows | None = None,
+    def _down(self, signal: Tensor, records: dict, top: int, mode: str, windows: Windows | None = None,
               index: Tensor | None = None) -> Tensor:
-        """Run the plan from step ``top``: on whole maps (``index``: each signal
-        row's image in ``records``), or on ``windows``."""
+        """Run the plan from node ``top``: on whole maps (``index``: each signal
+        row's image in ``records``), or on ``windows``. Returns the signal at the input."""
+        graph = self.graph
+        run = R.Run(graph, self.consts(), mode, self.lrn, records, windows, index)
+        signals = {top: signal}
         for stage in self._plan(top, mode):
-            if windows is not None and stage.top < top:
+            s = signals.pop(stage.top, None)
+            if s is None:
+                continue
+            if windows is not None and stage.top != top:
                 # a transposed conv's window reaches past the map: that part is padding, drop it
-                signal = windows.inside(signal, stage.top, records[stage.top + 1].input_shape[-2:])
-            signal = stage.down(signal, records, windows, index)
-        return signal
+                s = windows.inside(s, stage.top, graph.nodes[stage.top].shape[-2:])
+            outs = stage.down(s, run)
+            natural = self._window_of(graph.nodes[stage.bottom], windows.geo[stage.bottom]) \
+                if windows is not None else None
+            for k, (j, out) in enumerate(zip(stage.inputs, outs)):
+                if windows is not None:
+                    out = self._place(out, natural[k], windows, j)
+                signals[j] = signals[j] + out if j in signals else out
+        result = signals.get(graph.input)
+        if result is None:  # nothing reached the input (a constant output)
+            shape = self.input_shape if windows is None else (self.input_shape[0], *windows.size(graph.input))
+            result = signal.new_zeros((signal.shape[0], *shape))
+        return result
+
+    @staticmethod
+    def _place(out: Tensor, natural, windows: Windows, j: int) -> Tensor:
+        """A branch's signal on its own window, placed in node ``j``'s (the union of its branches')."""
+        geo = windows.geo[j]
+        offsets = [n[1] - g[1] for n, g in zip(natural, geo)]
+        size = windows.size(j)
+        if offsets == [0, 0] and tuple(out.shape[-2:]) == size:
+            return out
+        placed = out.new_zeros((*out.shape[:-2], *size))
+        placed[..., offsets[0]:offsets[0] + out.shape[-2], offsets[1]:offsets[1] + out.shape[-1]] = out
+        return placed
 
     # -------------------------------------------------------------- projections
 
@@ -190,23 +316,25 @@ class Deconvnet:
         the vector-Jacobian product of the network up to ``layer`` with ``signal``.
 
         Args:
-            images: ``Tensor[N, C, H, W]``.
+            images: ``Tensor[N, *input_shape]``.
             layer: a layer name (``self.layers``).
             signal: ``Tensor[N, *shape]``, ``shape`` being ``layer``'s output's
                 (``self.layer_spec()[layer].shape``).
             mode: as ``project``.
 
         Returns:
-            ``Tensor[N, C, H, W]`` in input space.
+            ``Tensor[N, *input_shape]`` in input space.
         """
         self._check(images, [], mode)
         top = self._layer_index(layer)
-        expected = (images.shape[0], *self._spec[layer].shape)
+        expected = (images.shape[0], *self.graph.nodes[top].shape)
         if not isinstance(signal, Tensor) or tuple(signal.shape) != expected or not signal.is_floating_point():
             got = f"{signal.dtype} {list(signal.shape)}" if isinstance(signal, Tensor) else type(signal).__name__
             raise ValueError(f"Deconvnet: signal must be a float Tensor[{', '.join(map(str, expected))}] "
                              f"(got {got})")
-        records, _ = self._forward(images, top, mode, set())
+        if top == self.graph.input:
+            return signal.to(images.dtype).clone()
+        records, _ = self._forward(images, [top], mode, set())
         index = torch.arange(images.shape[0], device=images.device)
         return self._down(signal.to(images.dtype), records, top, mode, index=index)
 
@@ -255,12 +383,15 @@ class Deconvnet:
         # one forward over every requested image, to the deepest requested layer
         tops = {layer: self._layer_index(layer) for layer in dict.fromkeys(r.layer for r in requests)}
         distinct, inverse = torch.unique(torch.tensor([r.image for r in requests]), return_inverse=True)
-        records, outputs = self._forward(images[distinct.to(images.device)], max(tops.values()), mode,
+        records, outputs = self._forward(images[distinct.to(images.device)], list(tops.values()), mode,
                                          set(tops.values()))
         for layer, top in tops.items():
             chosen = [i for i, r in enumerate(requests) if r.layer == layer]
             group, index = [requests[i] for i in chosen], inverse[chosen]
-            activations = outputs[top]
+            activations = outputs[top] if top != self.graph.input else images[distinct.to(images.device)]
+            if top == self.graph.input:
+                result[chosen] = self._seed(activations[index.to(activations.device)], group)
+                continue
             if crop and all(r.position != "map" for r in group) and activations.dim() == 4 \
                     and self.crop_work_ratio(layer) > 1:
                 self._paste(result, chosen, *self._down_cropped(activations, group, index, records, top, mode))
@@ -272,10 +403,7 @@ class Deconvnet:
     def _check(self, images: Tensor, requests: Sequence, mode: str) -> list[Request]:
         """Requests as ``Request`` items, each checked against the layer it names."""
         self._check_mode(mode)
-        if not isinstance(images, Tensor) or images.dim() != 4 or tuple(images.shape[1:]) != self.input_shape:
-            got = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"Deconvnet: images must be a Tensor[N, {', '.join(map(str, self.input_shape))}] "
-                             f"(got {got})")
+        self._check_images(images)
         checked = []
         for r in requests:
             if not isinstance(r, Request):
@@ -284,7 +412,7 @@ class Deconvnet:
                 except TypeError:
                     raise ValueError(f"Deconvnet: a request is Request(image, layer, channel, position) or such a "
                                      f"tuple (got {r!r})") from None
-            shape = self._spec[self.steps[self._layer_index(r.layer)].name].shape
+            shape = self.graph.nodes[self._layer_index(r.layer)].shape
             for name in ("image", "channel"):
                 value = getattr(r, name)
                 if isinstance(value, bool) or not isinstance(value, int):
@@ -304,6 +432,13 @@ class Deconvnet:
             checked.append(r)
         return checked
 
+    def _check_images(self, images: Tensor) -> None:
+        if not isinstance(images, Tensor) or images.dim() != len(self.input_shape) + 1 or \
+                tuple(images.shape[1:]) != self.input_shape or not images.is_floating_point():
+            got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"Deconvnet: images must be a float Tensor[N, {', '.join(map(str, self.input_shape))}] "
+                             f"(got {got})")
+
     @staticmethod
     def _paste(result: Tensor, rows: list[int], windows: Tensor, corners: Tensor) -> None:
         """Each input-space window into its row of ``result``, clipped to the image."""
@@ -316,36 +451,33 @@ class Deconvnet:
 
     # ------------------------------------------------------- receptive-field crops
 
-    def _croppable(self, top: int) -> bool:
-        return all(kind_of(s.module) in WINDOWED + POINTWISE and not s.flatten_before for s in self.steps[: top + 1])
-
     def crop_work_ratio(self, layer: str) -> float:
         """Elements the uncropped way down from one unit of ``layer`` touches,
-        over those its receptive-field windows touch (summed over the layers).
-        Below 1 (windows wider than the maps, deep units of small inputs) the
-        engine goes down uncropped."""
-        top = self._layer_index(layer)
-        if not self._croppable(top):
+        over those its receptive-field windows touch (summed over the nodes).
+        1 where units see the whole map; below 1 (windows wider than the maps,
+        deep units of small inputs) the engine goes down uncropped."""
+        geo = self._geometry(self._layer_index(layer))
+        if geo is None:
             return 1.0
-        sizes = window_sizes(self._rules, top)
         full = cropped = 0
-        for i in range(top + 1):
-            c, h, w = self._spec[self.steps[i].name].shape
+        for i, g in geo.items():
+            c, h, w = self.graph.nodes[i].shape
             full += c * h * w
-            cropped += c * sizes[i][0] * sizes[i][1]
+            cropped += c * (g[0][2] - g[0][1]) * (g[1][2] - g[1][1])
         return full / cropped
 
-    def _down_cropped(self, activations: Tensor, requests: list[Request], index: Tensor, records: list[Record],
+    def _down_cropped(self, activations: Tensor, requests: list[Request], index: Tensor, records: dict,
                       top: int, mode: str) -> tuple[Tensor, Tensor]:
         """The way down on receptive-field windows from each request's unit
         (``index``: each request's image in ``records``). Returns the input-space
         windows and their top-left corners."""
-        values, corners = self._units(activations, index, requests)
-        windows = Windows(self._rules, top, corners, index)
+        values, positions = self._units(activations, index, requests)
+        windows = Windows(self._geometry(top), positions, index)
         x = values.new_zeros(len(requests), activations.shape[1], 1, 1)
         x[torch.arange(len(requests)), torch.tensor([r.channel for r in requests]), 0, 0] = values
         x = self._down(x, records, top, mode, windows)
-        return windows.inside(x, -1, records[0].input_shape[-2:]), windows.corners[-1]
+        start = self.graph.input
+        return windows.inside(x, start, self.input_shape[-2:]), windows.corners[start]
 
     @staticmethod
     def _units(activations: Tensor, index: Tensor, requests: list[Request]) -> tuple[Tensor, Tensor]:
@@ -366,11 +498,8 @@ class Deconvnet:
         """Keep each request's unit (or map) at its activation, zero the rest."""
         signal = torch.zeros_like(activations)
         for row, r in enumerate(requests):
-            if activations.dim() == 2:
-                signal[row, r.channel] = activations[row, r.channel]
-                continue
             plane = activations[row, r.channel]
-            if r.position == "map":
+            if activations.dim() != 4 or r.position == "map":
                 signal[row, r.channel] = plane
                 continue
             h, w = divmod(int(plane.argmax()), plane.shape[1]) if r.position is None else r.position

@@ -1,13 +1,23 @@
-"""The deconvnet's way down as a plan of stages.
+"""The deconvnet's way down as a plan of stages over the captured graph.
 
-``compile_plan(steps, top, mode)`` turns the walk below (and including) step
-``top`` into stages, top first. Each stage undoes one layer, or, in deconvnet
-mode, a fused run of them (pool -> ReLU -> conv as one ``deconv_step``,
-ReLU -> conv as one ``relu_conv_transpose2d``), with one ``down(signal,
-records, windows)`` for every mode: ``windows`` is None on whole maps, or the
-``Windows`` of the requests' receptive fields, where each stage works on its
-windows (no padding, no output padding: the window arithmetic accounts for
-them) and reads its records through ``windows.crop``.
+``compile_plan(graph, rules, top, mode)`` turns the nodes below (and
+including) node ``top`` into stages, in reverse forward order. Each stage
+takes the signal at its ``top`` node and returns the signals at its
+``bottom`` node's inputs, with one ``down(signal, run)`` for every stage and
+mode (``run``: a ``rules.Run``, on whole maps or on receptive-field windows).
+
+Most stages undo one node by its ``LayerRule``. Where the graph is a plain
+run, found by pattern, stages fuse:
+
+- deconvnet mode, max pool <- ReLU <- convolution (a BatchNorm between the
+  convolution and the ReLU folded into the convolution's weight): one
+  ``deconv_step`` (unpool, rectify and filter, the unpooled map never written);
+- deconvnet mode, ReLU <- convolution (and BatchNorm): one ``relu_conv_transpose2d``;
+- every mode, BatchNorm <- convolution: one transposed convolution with the
+  folded weight.
+
+A node fuses only when the stage above is its one reader among the nodes
+below ``top``, so a branch's signal is always summed before it goes down.
 """
 
 from __future__ import annotations
@@ -15,232 +25,176 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from .. import geometry
-from ..models.layer_table import kind_of, window_rule
-from ..ops import checks, deconv_step, relu_conv_transpose2d, unpool2d
-from .walk import Step
-from .windows import Windows
-
-
-@dataclass
-class Record:
-    """What the way down needs from one step's forward, for the distinct images."""
-
-    input_shape: tuple              # the step's input (after any flatten before it)
-    flat_from: tuple | None = None  # the shape before that flatten
-    input: Tensor | None = None     # ReLU/LRN inputs, guided and gradient modes
-    switches: Tensor | None = None  # max pooling
-
-
-def pool_geometry(module: nn.Module):
-    """A max pooling's ``(kernel, stride, padding)``, checked as the ops check them."""
-    return checks.pool_geometry("Deconvnet", module.kernel_size, module.stride, module.padding)
-
-
-def output_padding(conv: nn.Conv2d, in_shape: tuple, out_shape: tuple) -> tuple[int, int]:
-    """The output_padding that makes conv_transpose2d return the conv's input size."""
-    return tuple(geometry.output_padding(in_shape[-2 + i], out_shape[-2 + i], conv.kernel_size[i], conv.stride[i],
-                                         conv.padding[i], conv.dilation[i]) for i in range(2))
-
-
-def _vjp(module: nn.Module, x: Tensor, signal: Tensor) -> Tensor:
-    with torch.enable_grad():
-        x = x.detach().requires_grad_()
-        return torch.autograd.grad(module(x), x, signal)[0]
-
-
-def _rows(signal: Tensor, shape: tuple) -> tuple:
-    """``shape`` (a record's, over the distinct images) for ``signal``'s rows."""
-    return (signal.shape[0], *shape[1:])
+from ..ops import deconv_step, relu_conv_transpose2d
+from . import rules as R
+from .graph import CaptureError, Graph
 
 
 @dataclass
 class Stage:
-    """Undoes steps ``bottom..top`` of the walk (inclusive)."""
+    """Takes the signal at node ``top`` and returns the signals at the inputs of
+    node ``bottom`` (``inputs``, in order)."""
 
     top: int
     bottom: int
-    mode: str = field(default="deconvnet", repr=False)
+    inputs: tuple[int, ...]
 
-    def down(self, signal: Tensor, records: list[Record], windows: Windows | None) -> Tensor:
+    def down(self, signal: Tensor, run: R.Run) -> tuple[Tensor, ...]:
         raise NotImplementedError
 
-    def read(self, records: list[Record], attribute: str, windows: Windows | None, index: Tensor | None) -> Tensor:
-        """Step ``top``'s record ``attribute`` for the signal's rows: windows of it
-        when cropped, else its rows ``index`` (each request's image)."""
-        t = getattr(records[self.top], attribute)
-        return windows.crop(t, self.top) if windows is not None else t[index]
+
+@dataclass
+class OpStage(Stage):
+    """One node, by its rule."""
+
+    node: object = None
+    rule: R.LayerRule = None
+
+    def down(self, signal, run):
+        return self.rule.down(self.node, signal, run)
 
 
 @dataclass
-class DeconvStep(Stage):
-    """pool -> ReLU -> conv, undone by one ``deconv_step`` (deconvnet mode)."""
+class _ConvBelow(Stage):
+    """A stage ending in a convolution, with an optional BatchNorm above it
+    folded into the weight."""
 
-    pool: nn.Module = None
-    conv: nn.Conv2d = None
+    conv: object = None
+    bn: object = None
+    _folded: dict = field(default_factory=dict, repr=False)
 
-    def down(self, signal, records, windows, index=None):
-        k, s, p = pool_geometry(self.pool)
-        conv = self.conv
-        switches = self.read(records, "switches", windows, index)
-        if windows is not None:
-            return deconv_step(signal, switches, conv.weight, None, pool_kernel_size=k, pool_stride=s, pool_padding=0,
-                               unpooled_size=windows.size(self.top - 1), stride=conv.stride, padding=0,
-                               groups=conv.groups, dilation=conv.dilation)
-        unpooled = records[self.top].input_shape
-        return deconv_step(signal, switches, conv.weight, None, pool_kernel_size=k, pool_stride=s, pool_padding=p,
-                           unpooled_size=unpooled[-2:], stride=conv.stride, padding=conv.padding,
-                           output_padding=output_padding(conv, records[self.bottom].input_shape, unpooled),
-                           groups=conv.groups, dilation=conv.dilation)
-
-
-@dataclass
-class ReluConvTranspose(Stage):
-    """ReLU -> conv, undone by one ``relu_conv_transpose2d`` (deconvnet mode)."""
-
-    conv: nn.Conv2d = None
-
-    def down(self, signal, records, windows, index=None):
-        conv = self.conv
-        if windows is not None:
-            return relu_conv_transpose2d(signal, conv.weight, None, conv.stride, 0, 0, conv.groups, conv.dilation)
-        return relu_conv_transpose2d(signal, conv.weight, None, conv.stride, conv.padding,
-                                     output_padding(conv, records[self.bottom].input_shape, signal.shape),
-                                     conv.groups, conv.dilation)
+    def weight(self, run: R.Run) -> Tensor:
+        weight = R.conv_params(self.conv, run.consts)["weight"]
+        if self.bn is None:
+            return weight
+        args = self.bn.fx.args
+        sources = [weight] + [run.consts[a.name] for a in (args[1], args[4]) if a is not None]
+        key = tuple((id(t), t._version) for t in sources)
+        if self._folded.get("key") != key:
+            scale = R.bn_scale(self.bn, run.consts).to(weight.dtype)
+            self._folded = {"key": key, "weight": weight * scale.reshape(-1, 1, 1, 1)}
+        return self._folded["weight"]
 
 
 @dataclass
-class Unpool(Stage):
-    pool: nn.Module = None
+class ConvTranspose(_ConvBelow):
+    """BatchNorm <- convolution (or a convolution alone, when fused above)."""
 
-    def down(self, signal, records, windows, index=None):
-        k, s, p = pool_geometry(self.pool)
-        switches = self.read(records, "switches", windows, index)
-        if windows is not None:
-            return unpool2d(signal, switches, k, s, 0, windows.size(self.top - 1))
-        return unpool2d(signal, switches, k, s, p, records[self.top].input_shape[-2:])
+    def down(self, signal, run):
+        return (R.conv_transpose(self.conv, signal, run, self.weight(run)),)
 
 
 @dataclass
-class Relu(Stage):
-    """Deconvnet: rectify the signal; guided: also mask by the forward's
-    positive inputs; gradient: only mask."""
+class ReluConvTranspose(_ConvBelow):
+    """ReLU <- (BatchNorm <-) convolution, as one ``relu_conv_transpose2d`` (deconvnet mode)."""
 
-    def down(self, signal, records, windows, index=None):
-        if self.mode == "deconvnet":
-            return F.relu(signal)
-        mask = self.read(records, "input", windows, index) > 0
-        return F.relu(signal) * mask if self.mode == "guided" else signal * mask
-
-
-@dataclass
-class ConvTranspose(Stage):
-    conv: nn.Conv2d = None
-
-    def down(self, signal, records, windows, index=None):
-        conv = self.conv
-        if windows is not None:
-            return F.conv_transpose2d(signal, conv.weight, None, conv.stride, 0, 0, conv.groups, conv.dilation)
-        return F.conv_transpose2d(signal, conv.weight, None, conv.stride, conv.padding,
-                                  output_padding(conv, records[self.bottom].input_shape, signal.shape), conv.groups,
-                                  conv.dilation)
+    def down(self, signal, run):
+        c = R.conv_params(self.conv, run.consts)
+        weight = self.weight(run)
+        if run.windows is not None:
+            return (relu_conv_transpose2d(signal, weight, None, c["stride"], 0, 0, c["groups"], c["dilation"]),)
+        below = run.graph.nodes[self.conv.inputs[0]].shape
+        pad = _output_padding(below, self.conv.shape, weight, c)
+        return (relu_conv_transpose2d(signal, weight, None, c["stride"], c["padding"], pad, c["groups"],
+                                      c["dilation"]),)
 
 
 @dataclass
-class LocalResponseNorm(Stage):
-    """Skipped by the deconvnet (unless ``skip`` is False); its vector-Jacobian
-    product otherwise."""
+class DeconvStep(_ConvBelow):
+    """max pool <- ReLU <- (BatchNorm <-) convolution, as one ``deconv_step`` (deconvnet mode)."""
 
-    module: nn.Module = None
-    skip: bool = False
+    pool: object = None
+    relu: object = None
 
-    def down(self, signal, records, windows, index=None):
-        if self.skip:
-            return signal
-        return _vjp(self.module, self.read(records, "input", windows, index), signal)
-
-
-@dataclass
-class LinearTranspose(Stage):
-    module: nn.Linear = None
-
-    def down(self, signal, records, windows, index=None):
-        return signal @ self.module.weight
-
-
-@dataclass
-class AveragePoolTranspose(Stage):
-    module: nn.Module = None
-
-    def down(self, signal, records, windows, index=None):
-        return _vjp(self.module, signal.new_zeros(_rows(signal, records[self.top].input_shape)), signal)
+    def down(self, signal, run):
+        k, s, p, _ = R.pool_params(self.pool)
+        c = R.conv_params(self.conv, run.consts)
+        weight = self.weight(run)
+        switches = run.read(self.pool.index)
+        if run.windows is not None:
+            return (deconv_step(signal, switches, weight, None, pool_kernel_size=k, pool_stride=s, pool_padding=0,
+                                unpooled_size=run.windows.size(self.relu.index), stride=c["stride"], padding=0,
+                                groups=c["groups"], dilation=c["dilation"]),)
+        below = run.graph.nodes[self.conv.inputs[0]].shape
+        return (deconv_step(signal, switches, weight, None, pool_kernel_size=k, pool_stride=s, pool_padding=p,
+                            unpooled_size=self.relu.shape[-2:], stride=c["stride"], padding=c["padding"],
+                            output_padding=_output_padding(below, self.conv.shape, weight, c),
+                            groups=c["groups"], dilation=c["dilation"]),)
 
 
-@dataclass
-class Unflatten(Stage):
-    """The transpose of a flatten: a Flatten layer, or the flatten before a Linear one."""
-
-    def down(self, signal, records, windows, index=None):
-        rec = records[self.top]
-        return signal.reshape(_rows(signal, rec.flat_from if rec.flat_from is not None else rec.input_shape))
+def _output_padding(below, above, weight, c) -> tuple[int, int]:
+    return tuple(geometry.output_padding(below[-2 + i], above[-2 + i], weight.shape[-2 + i], c["stride"][i],
+                                         c["padding"][i], c["dilation"][i]) for i in range(2))
 
 
-@dataclass
-class Identity(Stage):
-    """Dropout (eval) and Identity."""
+def _is_conv2d(graph: Graph, node, consts) -> bool:
+    if node.op != torch.ops.aten.convolution.default:
+        return False
+    try:
+        R.conv_params(node, consts)
+    except CaptureError:
+        return False
+    return True
 
-    def down(self, signal, records, windows, index=None):
-        return signal
 
+def compile_plan(graph: Graph, rule_of, top: int, mode: str, consts: dict) -> list[Stage]:
+    """The stages undoing node ``top`` and every node below it, top first;
+    ``rule_of(i)``: node ``i``'s ``LayerRule`` (an error for an op outside the table)."""
+    below = graph.ancestors([top])
+    inside = set(below)
+    nodes = graph.nodes
 
-def compile_plan(steps: list[Step], top: int, mode: str, lrn: str = "skip") -> list[Stage]:
-    """The stages undoing ``steps[top], ..., steps[0]``, top first; ``lrn``: how
-    deconvnet mode passes LocalResponseNorm layers (``"skip"`` or ``"gradient"``)."""
-    kinds = [kind_of(step.module) for step in steps]
+    def readers(i):
+        return [u for u in nodes[i].users if u in inside and (u <= top)]
+
+    def only_reader(i, reader):
+        return i != graph.input and readers(i) == [reader] and len(nodes[i].inputs) >= 1
+
+    def conv_under(i):
+        """(conv, bn) read only by node ``i`` (directly, or through a BatchNorm), else None."""
+        j = nodes[i].inputs[0]
+        if not only_reader(j, i):
+            return None
+        if rule_of(j).kind == "batchnorm":
+            k = nodes[j].inputs[0]
+            if only_reader(k, j) and _is_conv2d(graph, nodes[k], consts):
+                return nodes[k], nodes[j]
+            return None
+        if _is_conv2d(graph, nodes[j], consts):
+            return nodes[j], None
+        return None
+
     plan: list[Stage] = []
-    i = top
-    while i >= 0:
-        module, kind = steps[i].module, kinds[i]
-        below = (kinds[i - 1] if i >= 1 else None, kinds[i - 2] if i >= 2 else None)
-        if mode == "deconvnet" and kind == "pool" and below == ("relu", "conv") and not any(
-                s.flatten_before for s in steps[i - 1:i + 1]):
-            stage = DeconvStep(i, i - 2, mode, pool=module, conv=steps[i - 2].module)
-        elif mode == "deconvnet" and kind == "relu" and below[0] == "conv" and not steps[i].flatten_before:
-            stage = ReluConvTranspose(i, i - 1, mode, conv=steps[i - 1].module)
-        elif kind == "pool":
-            stage = Unpool(i, i, mode, pool=module)
-        elif kind == "relu":
-            stage = Relu(i, i, mode)
-        elif kind == "conv":
-            stage = ConvTranspose(i, i, mode, conv=module)
-        elif kind == "localresponsenorm":
-            stage = LocalResponseNorm(i, i, mode, module=module, skip=mode == "deconvnet" and lrn == "skip")
-        elif kind == "linear":
-            stage = LinearTranspose(i, i, mode, module=module)
-        elif kind == "adaptiveavgpool2d":
-            stage = AveragePoolTranspose(i, i, mode, module=module)
-        elif kind == "flatten":
-            stage = Unflatten(i, i, mode)
-        else:
-            stage = Identity(i, i, mode)
+    covered: set[int] = set()
+    for i in reversed(below):
+        if i in covered or nodes[i].op == "input":
+            continue
+        node, rule = nodes[i], rule_of(i)
+        stage = None
+        if mode == "deconvnet" and rule.kind == "pool" and len(node.shape) == 3:
+            j = node.inputs[0]
+            if only_reader(j, i) and rule_of(j).kind == "relu":
+                found = conv_under(j)
+                if found is not None:
+                    conv, bn = found
+                    stage = DeconvStep(i, conv.index, conv.inputs, conv=conv, bn=bn, pool=node, relu=nodes[j])
+        if stage is None and mode == "deconvnet" and rule.kind == "relu" and len(node.shape) == 3:
+            found = conv_under(i)
+            if found is not None:
+                stage = ReluConvTranspose(i, found[0].index, found[0].inputs, conv=found[0], bn=found[1])
+        if stage is None and rule.kind == "batchnorm" and len(node.shape) == 3:
+            j = node.inputs[0]
+            if only_reader(j, i) and _is_conv2d(graph, nodes[j], consts):
+                stage = ConvTranspose(i, j, nodes[j].inputs, conv=nodes[j], bn=node)
+        if stage is None:
+            stage = OpStage(i, i, node.inputs, node=node, rule=rule)
+        for k in graph.ancestors([stage.top]):
+            if stage.bottom <= k <= stage.top and k not in covered and k in (
+                    stage.top, stage.bottom, getattr(getattr(stage, "bn", None), "index", None),
+                    getattr(getattr(stage, "relu", None), "index", None)):
+                covered.add(k)
         plan.append(stage)
-        if steps[stage.bottom].flatten_before:
-            plan.append(Unflatten(stage.bottom, stage.bottom, mode))
-        i = stage.bottom - 1
     return plan
-
-
-def window_rules(steps: list[Step]) -> list:
-    """Per step, its window rule (``models.layer_table.window_rule``): kernel,
-    stride, padding and dilation of convs and poolings, None for the rest."""
-    rules = []
-    for step in steps:
-        rule = window_rule(step.module)
-        if rule is not None and kind_of(step.module) == "pool":
-            k, s, p = pool_geometry(step.module)
-            rule = (k, s, p, (1, 1))
-        rules.append(rule)
-    return rules

@@ -1,8 +1,8 @@
 """Receptive-field windows for the deconvnet's way down.
 
 A single unit's projection is nonzero only inside its receptive field, so the
-way down from units of the conv stack runs on windows: at each layer the part
-of the map that can be nonzero. Going down through a conv or a pooling of
+way down from units of the conv stack runs on windows: at each node the part
+of the map that can be nonzero (the union of its branches' windows). Going down through a conv or a pooling of
 kernel ``k`` (span ``d(k-1)+1``), stride ``s`` and padding ``p``, a window of
 ``n`` positions at corner ``c`` becomes ``(n-1)s + span`` positions at corner
 ``cs - p``; pointwise layers keep it. A window may reach past its map (into
@@ -16,52 +16,64 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .. import geometry
 
-Rule = tuple[tuple[int, int], tuple[int, int], tuple[int, int], tuple[int, int]]  # kernel, stride, padding, dilation
+Geometry = tuple[tuple[int, int, int], tuple[int, int, int]]  # per spatial dim: (jump, first, end)
 
 
-def window_sizes(rules: list[Rule | None], top: int) -> dict[int, tuple[int, int]]:
-    """The window size at the output of each step ``0..top`` (key -1: the input)
-    below one unit of step ``top``'s output; ``rules[i]`` is step i's window rule
-    (None for a pointwise step)."""
-    sizes, size = {}, (1, 1)
-    for i in range(top, -1, -1):
-        sizes[i] = size
-        if rules[i] is not None:
-            k, s, _, d = rules[i]
-            size = tuple((size[j] - 1) * s[j] + geometry.extent(k[j], d[j]) for j in range(2))
-    sizes[-1] = size
-    return sizes
+def geometries(graph, window_of, top: int) -> dict[int, Geometry] | None:
+    """Where the window of one unit ``(h, w)`` of node ``top`` lies at every node
+    below it: per spatial dim ``(jump, first, end)``, the window being rows
+    ``h * jump + first .. h * jump + end - 1``. A node read by several branches
+    gets the union of their windows. None where a unit sees the whole map (a
+    node with no window rule, or branches with different jumps).
+
+    ``window_of(node, geometry)`` maps a node's output window to its inputs'
+    (``zfcore.deconv.rules``), None for a node without one."""
+    nodes = graph.nodes
+    if len(nodes[top].shape) != 3:
+        return None
+    geo: dict[int, Geometry] = {top: ((1, 0, 1), (1, 0, 1))}
+    for i in reversed(graph.ancestors([top])):
+        node = nodes[i]
+        if node.op == "input":
+            continue
+        below = window_of(node, geo[i])
+        if below is None:
+            return None
+        for j, g in zip(node.inputs, below):
+            if len(nodes[j].shape) != 3:
+                return None
+            if j in geo:
+                old = geo[j]
+                if any(o[0] != n[0] for o, n in zip(old, g)):
+                    return None
+                g = tuple((n[0], min(o[1], n[1]), max(o[2], n[2])) for o, n in zip(old, g))
+            geo[j] = g
+    return geo
 
 
 class Windows:
-    """The windows of ``R`` units of one layer (step ``top``) at every step below.
+    """The windows of ``R`` units of one node at every node below it.
 
     Args:
-        rules: per step of the walk, its window rule or None (pointwise).
-        top: the units' step.
-        corners: ``LongTensor[R, 2]``, each unit's ``(h, w)``.
+        geo: ``geometries(...)`` of the units' node.
+        positions: ``LongTensor[R, 2]``, each unit's ``(h, w)``.
         image: ``LongTensor[R]``, the row of each unit's image in the forward's records.
     """
 
-    def __init__(self, rules: list[Rule | None], top: int, corners: Tensor, image: Tensor):
+    def __init__(self, geo: dict, positions: Tensor, image: Tensor):
         self.image = image
-        self.sizes = window_sizes(rules, top)
-        self.corners = {}
-        for i in range(top, -1, -1):
-            self.corners[i] = corners
-            if rules[i] is not None:
-                _, s, p, _ = rules[i]
-                corners = corners * torch.tensor(s) - torch.tensor(p)
-        self.corners[-1] = corners
+        self.geo = geo
+        self.sizes = {i: (g[0][2] - g[0][1], g[1][2] - g[1][1]) for i, g in geo.items()}
+        self.corners = {i: positions * torch.tensor([g[0][0], g[1][0]]) + torch.tensor([g[0][1], g[1][1]])
+                        for i, g in geo.items()}
 
     def size(self, i: int) -> tuple[int, int]:
-        """The window's ``(height, width)`` at step ``i``'s output (-1: the input)."""
+        """The window's ``(height, width)`` at node ``i``'s output."""
         return self.sizes[i]
 
     def inside(self, x: Tensor, i: int, extent) -> Tensor:
-        """``x`` (the windows at step ``i``'s output, a tensor the way down owns)
+        """``x`` (the windows at node ``i``'s output, a tensor the way down owns)
         with the rows and columns outside the map's ``extent`` ``(H, W)`` zeroed,
         in place: on the CPU only the strips outside are written; on a GPU one
         masked fill."""
@@ -86,7 +98,7 @@ class Windows:
 
     def crop(self, t: Tensor, i: int) -> Tensor:
         """The windows ``[R, C, *size]`` of ``t[image[r]]`` (``t``: ``[N, C, H, W]``,
-        a record of step ``i``'s output) at step ``i``, zero outside ``t``."""
+        a record of node ``i``'s output) at node ``i``, zero outside ``t``."""
         corners, size = self.corners[i], self.sizes[i]
         _, _, h, w = t.shape
         pads = [max(0, -int(corners[:, j].min())) for j in range(2)]

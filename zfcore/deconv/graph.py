@@ -303,7 +303,8 @@ class Graph:
             else:
                 sites[path] = [f"{path}#{i}" for i in range(len(keys))]
                 named += [(outputs[key], f"{path}#{i}") for i, key in enumerate(keys)]
-        named.sort(key=lambda item: item[0])  # forward order (stable: outer modules after inner ones)
+        # forward order; a container after the inner module whose output it returns
+        named.sort(key=lambda item: (item[0], -item[1].partition("#")[0].count(".")))
         return {name: index for index, name in named}, sites
 
     def ancestors(self, tops) -> list[int]:

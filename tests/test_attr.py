@@ -9,7 +9,6 @@ import torch.nn.functional as F
 from torch import nn
 
 from zfcore.attr import NeuronDeconvolution, NeuronGradient, NeuronGuidedBackprop
-from zfcore.deconv import WalkError
 from zfcore.models import zfnet_small
 
 CLASSES = {"deconvnet": NeuronDeconvolution, "guided": NeuronGuidedBackprop, "gradient": NeuronGradient}
@@ -159,7 +158,7 @@ def test_bad_arguments_get_clear_errors():
         (dict(inputs=x, neuron_selector=(1, 2)), "must index all 3 dimensions"),
         (dict(inputs=x, neuron_selector=(1, 2, 99)), "outside the layer's output"),
         (dict(inputs=x, neuron_selector="conv"), "must be an int, a tuple of ints and slices, or a callable"),
-        (dict(inputs=x, neuron_selector=lambda t: t.sum()), "must return a Tensor\\[3\\]"),
+        (dict(inputs=x, neuron_selector=lambda t: t.sum((2, 3))), "must return a scalar Tensor or a Tensor\\[3\\]"),
         (dict(inputs=(x, x), neuron_selector=(1, 2, 3)), "one input tensor"),
         (dict(inputs=x.long(), neuron_selector=(1, 2, 3)), "float Tensor"),
         (dict(inputs=x, neuron_selector=(1, 2, 3), additional_forward_args=(1,)), "additional_forward_args"),
@@ -173,16 +172,50 @@ def test_bad_arguments_get_clear_errors():
     with pytest.raises(TypeError, match="must be a torch.nn.Module"):
         NeuronGradient(lambda x: x, "conv1")
 
+
+
+def _gradient_of(model, x, select):
+    x = x.clone().requires_grad_()
+    grad, = torch.autograd.grad(select(model(x)).sum(), x)
+    return grad
+
+
+def test_captums_conventions_beyond_plain_cnns():
+    """Non-image inputs, residual sums, scalar callables, a final Softmax, the
+    attributes, and the model's training flag left as it was."""
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(3, 4), nn.ReLU(), nn.Linear(4, 2), nn.Softmax(-1)).double()
+    mlp.train()
+    x = torch.randn(5, 3, dtype=torch.float64)
+    for cls in CLASSES.values():
+        attr = cls(mlp, mlp[2])
+        assert attr.multiplies_by_inputs is False and attr.has_convergence_delta() is False
+        got = attr.attribute(x, 1)
+        assert got.shape == x.shape and mlp.training
+    mlp.eval()
+    torch.testing.assert_close(NeuronGradient(mlp, mlp[2]).attribute(x, 1),
+                               _gradient_of(nn.Sequential(*mlp[:3]), x, lambda y: y[:, 1]), rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(NeuronGradient(mlp, mlp[2]).attribute(x, lambda y: y.sum()),
+                               _gradient_of(nn.Sequential(*mlp[:3]), x, lambda y: y.sum()), rtol=1e-12, atol=1e-14)
+    # the neuron's input of the first layer is the input itself
+    assert torch.equal(NeuronGradient(mlp, mlp[0]).attribute(x, 2, attribute_to_neuron_input=True)[:, 2],
+                       torch.ones(5, dtype=torch.float64))
+
     class Residual(nn.Module):
         def __init__(self):
             super().__init__()
             self.conv = nn.Conv2d(3, 3, 3, padding=1)
+            self.relu = nn.ReLU()
 
         def forward(self, x):
-            return x + self.conv(x)
+            return self.relu(x + self.conv(self.relu(x)))
 
-    with pytest.raises(WalkError, match="residual"):
-        NeuronGuidedBackprop(Residual().double(), "conv").attribute(x, (0, 1, 1))
+    model = Residual().double().eval()
+    x = torch.randn(2, 3, 6, 6, dtype=torch.float64)
+    torch.testing.assert_close(NeuronGradient(model, "relu#1").attribute(x, (0, 1, 1)),
+                               _gradient_of(model, x, lambda y: y[:, 0, 1, 1]), rtol=1e-12, atol=1e-14)
+    with pytest.raises(ValueError, match="'relu' is called 2 times"):
+        NeuronGradient(model, model.relu).attribute(x, (0, 1, 1))
 
 
 @pytest.mark.parametrize("mode", list(CLASSES))

@@ -1,5 +1,6 @@
 """`zfcore bench`: runs the benchmark scripts into the user's folder, one ratio table, never the committed results."""
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -40,7 +41,8 @@ def test_committed_results_are_refused(tmp_path):
 
 
 def test_suites_and_devices_are_checked(monkeypatch, tmp_path):
-    assert [s for s, _ in bench.plan([], "cpu", False)] == ["ops", "topk", "occlusion"]
+    optional = ["any-cnn"] if importlib.util.find_spec("captum") else []  # Captum: an optional baseline
+    assert [s for s, _ in bench.plan([], "cpu", False)] == ["ops", "topk", "occlusion", *optional]
     assert [s for s, _ in bench.plan([], "cuda", True)] == ["ops"]
     assert bench.plan(["ops"], "cuda", True)[0][1][-1] == "--smoke"
     with pytest.raises(ValueError, match="--occlusion runs on the CPU only"):
@@ -59,3 +61,21 @@ def test_a_failing_suite_is_reported(monkeypatch, tmp_path):
     monkeypatch.setitem(bench.SUITES, "ops", {"cpu": ("bench_ops.py", ["--dtypes", "no-such-dtype"], [])})
     with pytest.raises(RuntimeError, match="the ops benchmark failed"):
         bench.run(["ops"], "cpu", True, tmp_path)
+
+
+def test_any_cnn_suite_plan_and_its_optional_baseline(monkeypatch, tmp_path):
+    argv = bench.plan(["any-cnn"], "cpu", True)[0][1] if importlib.util.find_spec("captum") else None
+    if argv is not None:
+        assert argv[1].endswith("bench_any_cnn.py") and argv[-1] == "--quick"
+    with pytest.raises(ValueError, match="--any-cnn runs on the CPU only"):
+        bench.plan(["any-cnn"], "cuda", False)
+    # without Captum: left out of a run that names no suite, an error where named
+    monkeypatch.setitem(bench.NEEDS, "any-cnn", "no_such_package_for_zfcore_tests")
+    assert "any-cnn" not in [s for s, _ in bench.plan([], "cpu", True)]
+    with pytest.raises(ValueError, match="--any-cnn needs no_such_package_for_zfcore_tests"):
+        bench.plan(["any-cnn"], "cpu", True)
+    # the CLI flag --any-cnn names the suite
+    named = []
+    monkeypatch.setattr(bench, "run", lambda suites, device, quick, out: named.append(suites) or [])
+    assert main(["bench", "--any-cnn", "--quick", "--out", str(tmp_path)]) == 0
+    assert named == [["any-cnn"]]

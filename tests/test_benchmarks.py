@@ -105,3 +105,14 @@ def test_the_fastest_gpu_backend_is_never_a_wrong_or_failing_one():
     assert bench_gpu.choose_fastest(rows, ["triton", "cuda"], inexact)["max_pool2d_switches"] == "triton"
     failed = [{"case": "float32 pool5 nchw pooling triton", "error": "RuntimeError: ..."}]
     assert bench_gpu.choose_fastest(rows, ["triton", "cuda"], (), failed)["max_pool2d_switches"] == "cuda"
+
+
+def test_bench_any_cnn_without_captum_says_so_and_exits_2(tmp_path):
+    """Captum is the any-CNN benchmark's optional baseline: hidden here, the script stops before any work."""
+    hide = ("import runpy, sys; sys.modules['captum'] = None; sys.argv = ['benchmarks/bench_any_cnn.py', '--quick', "
+            f"'--results-dir', {str(tmp_path)!r}]; sys.path.insert(0, 'benchmarks'); "
+            "runpy.run_path('benchmarks/bench_any_cnn.py', run_name='__main__')")
+    result = subprocess.run([sys.executable, "-c", hide], cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2, result.stderr
+    assert "Captum is not importable" in result.stderr and "pip install captum" in result.stderr
+    assert not list(tmp_path.iterdir())

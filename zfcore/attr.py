@@ -13,20 +13,27 @@ one byte, fused kernels) instead of autograd hooks:
   tuple of ints and slices indexing the layer's output without the batch
   dimension (slices select several neurons, whose sum is attributed), or a
   callable taking the layer's output and returning ``Tensor[N]``;
-- ``inputs``: a ``Tensor[N, C, H, W]`` or a one-element tuple of it; the
+- ``inputs``: a float tensor of any rank (``Tensor[N, C, H, W]`` images, or
+  ``Tensor[N, D]`` features of an MLP) or a one-element tuple of it; the
   attributions come back in the same form, shaped as the inputs;
-- ``attribute_to_neuron_input=True`` selects the neuron in the layer's input.
+- ``attribute_to_neuron_input=True`` selects the neuron in the layer's input;
+- ``multiplies_by_inputs`` is False and ``has_convergence_delta()`` is False,
+  as for Captum's classes; the model's training flag is left as it was.
 
 The attribution is the gradient of the selected neuron (1 at the neuron, not
 its activation) with ReLU's backward replaced by ``relu(grad)``
 (deconvolution), by ``relu(grad) * (input > 0)`` (guided backprop), or left
-as it is (gradient); LocalResponseNorm layers pass their gradient in every
-mode, as under autograd.
+as it is (gradient), at every ReLU *call* of the captured graph (a reused,
+functional or in-place ReLU included, where module hooks miss or break);
+LocalResponseNorm layers and every other nonlinearity pass their gradient,
+as under autograd. Only the graph up to the layer matters: an op above it
+(a final Softmax) is never touched.
 
-Limits: plain chains of Conv2d, ReLU, MaxPool2d, LocalResponseNorm, Dropout,
-Flatten, Linear and AdaptiveAvgPool2d (``zfcore.deconv.walk``); any other
-model is refused with the walk's error naming the module. One input tensor,
-no ``additional_forward_args``; ``device_ids`` is accepted and ignored.
+Limits: one input tensor (a model of several inputs, or
+``additional_forward_args``, is refused with a clear error); a module called
+more than once in a forward is named by its call site, ``"NAME#0"``; any
+model that ``zfcore.deconv.Deconvnet`` captures; ``device_ids`` is accepted
+and ignored.
 
 Example:
     >>> from zfcore.attr import NeuronDeconvolution
@@ -40,48 +47,44 @@ import torch
 from torch import Tensor, nn
 
 from .deconv import Deconvnet
-from .deconv.walk import replay
 
 __all__ = ["NeuronDeconvolution", "NeuronGradient", "NeuronGuidedBackprop"]
 
 
 class _NeuronAttribution:
     mode = ""
+    multiplies_by_inputs = False
 
     def __init__(self, model: nn.Module, layer: nn.Module | str, device_ids=None):
         name = type(self).__name__
         if not isinstance(model, nn.Module):
-            raise TypeError(f"{name}: model must be a torch.nn.Module, a plain CNN (got {type(model).__name__}); "
-                            "zfcore cannot walk a plain function")
+            raise TypeError(f"{name}: model must be a torch.nn.Module (got {type(model).__name__}); zfcore "
+                            "captures the module's graph")
         names = {module: n for n, module in model.named_modules()}
+        call = ""
         if isinstance(layer, str):
+            path, hash_, call = layer.partition("#")
             modules = dict(model.named_modules())
-            if layer not in modules:
-                raise ValueError(f"{name}: model has no module named {layer!r}")
-            layer = modules[layer]
+            if path not in modules:
+                raise ValueError(f"{name}: model has no module named {path!r}")
+            layer = modules[path]
+            call = hash_ + call
         if not isinstance(layer, nn.Module) or layer not in names:
             raise ValueError(f"{name}: layer must be a module of model or its name (got {layer!r})")
         self.forward_func = self.model = model
         self.layer = layer
         self.device_ids = device_ids
-        self._layer_name = names[layer]
-        self._members = {module for module in layer.modules()}
+        self._layer_name = names[layer] + call
         self._engines: dict[tuple, Deconvnet] = {}
+
+    def has_convergence_delta(self) -> bool:
+        return False
 
     def _engine(self, x: Tensor) -> Deconvnet:
         key = tuple(x.shape[1:])
         if key not in self._engines:
             self._engines[key] = Deconvnet(self.model, key, lrn="gradient")
         return self._engines[key]
-
-    def _top(self, net: Deconvnet) -> int:
-        """The step whose output is the layer's: the layer itself, or a
-        container's last walked layer."""
-        inside = [i for i, step in enumerate(net.steps) if step.module in self._members]
-        if not inside:
-            raise ValueError(f"{type(self).__name__}: layer {self._layer_name!r} is not on the model's forward "
-                             f"path; its layers are {', '.join(net.layers)}")
-        return inside[-1]
 
     def attribute(self, inputs, neuron_selector, additional_forward_args=None,
                   attribute_to_neuron_input: bool = False):
@@ -93,44 +96,41 @@ class _NeuronAttribution:
             if len(inputs) != 1:
                 raise ValueError(f"{name}: zfcore attributes one input tensor (got a tuple of {len(inputs)})")
             inputs = inputs[0]
-        if not isinstance(inputs, Tensor) or inputs.dim() != 4 or not inputs.is_floating_point():
+        if not isinstance(inputs, Tensor) or inputs.dim() < 1 or not inputs.is_floating_point():
             got = f"{inputs.dtype} {list(inputs.shape)}" if isinstance(inputs, Tensor) else type(inputs).__name__
-            raise ValueError(f"{name}: inputs must be a float Tensor[N, C, H, W] or a tuple of one (got {got})")
+            raise ValueError(f"{name}: inputs must be a float Tensor[N, ...] or a tuple of one (got {got})")
         if additional_forward_args is not None:
-            raise ValueError(f"{name}: additional_forward_args are not supported: a plain CNN takes its images "
-                             "only")
+            raise ValueError(f"{name}: additional_forward_args are not supported: zfcore captures a model of "
+                             "one input tensor")
         if not isinstance(attribute_to_neuron_input, bool):
             raise TypeError(f"{name}: attribute_to_neuron_input must be a bool (got {attribute_to_neuron_input!r})")
         x = inputs.detach()
         net = self._engine(x)
-        top = self._top(net)
-        if attribute_to_neuron_input:  # the layer's input: the previous step's output
-            flatten = net.steps[top].flatten_before
-            top -= 1
-        seed = self._seed(net, x, top, neuron_selector, flatten=attribute_to_neuron_input and flatten)
-        if top < 0:  # the input of the first layer is the image itself
+        top = net._node(self._layer_name, attribute_to_neuron_input)
+        seed = self._seed(net, x, attribute_to_neuron_input, neuron_selector)
+        if top == net.graph.input:  # the input of the first layer is the image itself
             result = seed
         else:
-            result = net.project_signal(x, net.layers[top], seed, self.mode)
+            result = net._signal_down(x, top, seed, self.mode)
         result = result.to(inputs.dtype)
         return (result,) if as_tuple else result
 
-    def _seed(self, net: Deconvnet, x: Tensor, top: int, selector, flatten: bool) -> Tensor:
+    def _seed(self, net: Deconvnet, x: Tensor, layer_input: bool, selector) -> Tensor:
         """The gradient of the selected neuron (or of the callable's output)
-        with respect to step ``top``'s output."""
+        with respect to the layer's output (or input)."""
         name = type(self).__name__
+        with torch.no_grad():
+            out = net.activations(x, self._layer_name, layer_input=layer_input)
         with torch.enable_grad():
-            out = replay(net.steps[: top + 1], x) if top >= 0 else x.clone()
-            out = out.detach().requires_grad_()
-            view = torch.flatten(out, 1) if flatten else out
+            out = out.detach().clone().requires_grad_()
             if callable(selector):
-                value = selector(view)
-                if not isinstance(value, Tensor) or value.shape != (x.shape[0],):
+                value = selector(out)
+                if not isinstance(value, Tensor) or value.shape not in ((), (x.shape[0],)):
                     got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
-                    raise ValueError(f"{name}: a callable neuron_selector must return a Tensor[{x.shape[0]}], one "
-                                     f"value per example (got {got})")
+                    raise ValueError(f"{name}: a callable neuron_selector must return a scalar Tensor or a "
+                                     f"Tensor[{x.shape[0]}], one value per example (got {got})")
             else:
-                value = self._select(view, selector)
+                value = self._select(out, selector)
             seed, = torch.autograd.grad(value.sum(), out, allow_unused=True)
         return seed if seed is not None else torch.zeros_like(out)
 

@@ -16,11 +16,18 @@ suite          script                            device
 ``--ops``      bench_ops.py / bench_gpu.py       cpu / cuda
 ``--topk``     bench_topk.py                     cpu
 ``--occlusion`` bench_occlusion.py               cpu
+``--any-cnn``  bench_any_cnn.py                  cpu (needs Captum)
 =============  ================================  ======================
+
+``--any-cnn`` measures the deconvnet on a ResNet-18 against Captum's
+``NeuronDeconvolution``; Captum is an optional benchmark dependency (``pip
+install captum``). Without it the suite is left out of a run that names no
+suite, and naming it is an error.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -35,7 +42,16 @@ SUITES = {
     "ops": {"cpu": ("bench_ops.py", [], ["--quick"]), "cuda": ("bench_gpu.py", [], ["--smoke"])},
     "topk": {"cpu": ("bench_topk.py", [], ["--quick"])},
     "occlusion": {"cpu": ("bench_occlusion.py", [], ["--quick"])},
+    "any-cnn": {"cpu": ("bench_any_cnn.py", [], ["--quick"])},
 }
+# suite -> the optional package its baseline needs
+NEEDS = {"any-cnn": "captum"}
+
+
+def _missing(suite: str) -> str | None:
+    """The optional package ``suite`` needs and this Python lacks, if any."""
+    package = NEEDS.get(suite)
+    return package if package and importlib.util.find_spec(package) is None else None
 
 
 def plan(suites: list[str], device: str, quick: bool) -> list[tuple[str, list[str]]]:
@@ -46,11 +62,14 @@ def plan(suites: list[str], device: str, quick: bool) -> list[tuple[str, list[st
     if not BENCHMARKS.is_dir() or not (BENCHMARKS / "common.py").is_file():
         raise FileNotFoundError(f"bench: the benchmark scripts are not here ({BENCHMARKS}); zfcore bench runs "
                                 "them from a source checkout (git clone, then make setup)")
-    chosen = suites or [s for s in SUITES if device in SUITES[s]]
+    chosen = suites or [s for s in SUITES if device in SUITES[s] and not _missing(s)]
     runs = []
     for suite in chosen:
         if device not in SUITES[suite]:
             raise ValueError(f"bench: --{suite} runs on the CPU only (asked for --device {device})")
+        if _missing(suite):
+            raise ValueError(f"bench: --{suite} needs {_missing(suite)}, an optional benchmark dependency that is "
+                             f"not installed (pip install {_missing(suite)})")
         script, extra, quick_args = SUITES[suite][device]
         runs.append((suite, [sys.executable, str(BENCHMARKS / script), *extra, *(quick_args if quick else [])]))
     return runs

@@ -86,7 +86,7 @@ def _demo(args) -> int:
 def _bench(args) -> int:
     from . import bench
 
-    suites = [s for s in bench.SUITES if getattr(args, s)]
+    suites = [s for s in bench.SUITES if getattr(args, s.replace("-", "_"))]
     try:
         bench.run(suites, args.device, args.quick, args.out)
     except RuntimeError as error:
@@ -179,7 +179,8 @@ def main(argv: list[str] | None = None) -> int:
     ben.add_argument("--device", default="cpu", help="cpu or cuda")
     ben.add_argument("--quick", action="store_true", help="small shapes, seconds per suite (a smoke run)")
     for suite, what in (("ops", "the four ops at ZFNet's layer shapes"), ("topk", "streaming top-k and top-9 "
-                        "projections"), ("occlusion", "occlusion maps")):
+                        "projections"), ("occlusion", "occlusion maps"), ("any-cnn", "top-9 projections of a "
+                        "ResNet-18 against Captum's NeuronDeconvolution (needs captum)")):
         ben.add_argument(f"--{suite}", action="store_true", help=what)
     ben.set_defaults(run=_bench)
 

@@ -25,7 +25,7 @@ accumulated in their ``.grad``.
 Guided backpropagation runs on the deconvnet engine
 (``zfcore.deconv.Deconvnet`` in ``"guided"`` mode, LocalResponseNorm layers
 passing their gradient, seeded with the one-hot class at the model's output).
-Models the engine cannot walk are refused by it (``zfcore.deconv.WalkError``);
+Models the engine cannot capture are refused by it (``zfcore.deconv.CaptureError``);
 ``backend="auto"`` then falls back to autograd, with a hook on every
 ``nn.ReLU`` that makes its backward ``relu(grad) * (output > 0)`` (the same
 rule; ReLU's output is positive exactly where its input is).
@@ -243,18 +243,18 @@ def _guided_autograd(model: nn.Module, images: Tensor, seed: Tensor) -> Tensor:
 
 
 def _guided_engine(model: nn.Module, images: Tensor, seed: Tensor) -> Tensor:
-    """Guided backprop on the deconvnet engine; ``WalkError`` (a ``ValueError``)
-    for a model it cannot walk or whose last walked layer is not the logits."""
-    from ..deconv import Deconvnet, WalkError
+    """Guided backprop on the deconvnet engine (the captured graph of any CNN);
+    ``CaptureError`` (a ``ValueError``) for a model it cannot capture."""
+    from ..deconv import CaptureError, Deconvnet
 
     device = images.device
-    # the engine walks the model on random inputs: keep the caller's global RNG as it was
+    # the engine captures the model on random inputs: keep the caller's global RNG as it was
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
         net = Deconvnet(model, tuple(images.shape[1:]), lrn="gradient")
-    last = net.layers[-1]
-    if tuple(net.layer_spec()[last].shape) != tuple(seed.shape[1:]):
-        raise WalkError(f"its last walked layer {last!r} is not the model's output")
-    return net.project_signal(images, last, seed, mode="guided")
+    output = net.graph.output
+    if net.graph.nodes[output].shape != tuple(seed.shape[1:]):
+        raise CaptureError(f"its captured output {list(net.graph.nodes[output].shape)} is not the logits")
+    return net._signal_down(images, output, seed, "guided")
 
 
 def guided_backprop(model: nn.Module, images: Tensor, target=None, *, backend: str = "auto") -> Tensor:
@@ -265,7 +265,7 @@ def guided_backprop(model: nn.Module, images: Tensor, target=None, *, backend: s
         model, images: as ``grad_cam``.
         target: ``None`` (predicted class), an int, or ``LongTensor[N]``.
         backend: ``"deconvnet"`` (zfcore's engine; an error for a model it
-            cannot walk), ``"autograd"`` (hooks on the ``nn.ReLU`` modules: a
+            cannot capture), ``"autograd"`` (hooks on the ``nn.ReLU`` modules: a
             ReLU called as a function stays a plain ReLU), or ``"auto"`` (the
             engine, else autograd).
 
@@ -301,13 +301,13 @@ def _guided(model, images, target, backend, caller) -> tuple[Tensor, Tensor]:
             targets = targets[:, 0].to(device)
         seed = F.one_hot(targets, logits.shape[1]).to(images.dtype)
         if backend != "autograd":
-            from ..deconv import WalkError
+            from ..deconv import CaptureError
 
             try:
                 return _guided_engine(model, images, seed), targets
-            except WalkError as error:
+            except CaptureError as error:
                 if backend == "deconvnet":
-                    raise ValueError(f"{caller}: the deconvnet engine cannot walk this model ({error}); "
+                    raise ValueError(f"{caller}: the deconvnet engine cannot capture this model ({error}); "
                                      f"use backend='autograd'") from None
         return _guided_autograd(model, images, seed), targets
     finally:

@@ -258,12 +258,18 @@ class Deconvnet:
                         values.pop(j, None)
         return records, {i: values[i] for i in keep}
 
-    def activations(self, images: Tensor, layer: str) -> Tensor:
-        """``layer``'s output for ``images`` (``Tensor[N, *input_shape]``), by the
-        captured graph."""
+    def activations(self, images: Tensor, layer: str, *, layer_input: bool = False) -> Tensor:
+        """``layer``'s output (or, with ``layer_input``, the input it reads) for
+        ``images`` (``Tensor[N, *input_shape]``), by the captured graph."""
         self._check_images(images)
-        top = self._layer_index(layer)
+        top = self._node(layer, layer_input)
+        if top == self.graph.input:
+            return images
         return self._forward(images, [top], "deconvnet", {top})[1][top]
+
+    def _node(self, layer: str, layer_input: bool = False) -> int:
+        top = self._layer_index(layer)
+        return self.graph.layer_input(layer) if layer_input else top
 
     # ---------------------------------------------------------------- way down
 
@@ -326,7 +332,11 @@ class Deconvnet:
             ``Tensor[N, *input_shape]`` in input space.
         """
         self._check(images, [], mode)
-        top = self._layer_index(layer)
+        return self._signal_down(images, self._layer_index(layer), signal, mode)
+
+    @torch.no_grad()
+    def _signal_down(self, images: Tensor, top: int, signal: Tensor, mode: str) -> Tensor:
+        """``project_signal`` from node ``top``."""
         expected = (images.shape[0], *self.graph.nodes[top].shape)
         if not isinstance(signal, Tensor) or tuple(signal.shape) != expected or not signal.is_floating_point():
             got = f"{signal.dtype} {list(signal.shape)}" if isinstance(signal, Tensor) else type(signal).__name__
@@ -436,8 +446,8 @@ class Deconvnet:
         if not isinstance(images, Tensor) or images.dim() != len(self.input_shape) + 1 or \
                 tuple(images.shape[1:]) != self.input_shape or not images.is_floating_point():
             got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"Deconvnet: images must be a float Tensor[N, {', '.join(map(str, self.input_shape))}] "
-                             f"(got {got})")
+            raise ValueError(f"Deconvnet: images must be a Tensor[N, {', '.join(map(str, self.input_shape))}] "
+                             f"of floats (got {got})")
 
     @staticmethod
     def _paste(result: Tensor, rows: list[int], windows: Tensor, corners: Tensor) -> None:
@@ -461,6 +471,8 @@ class Deconvnet:
             return 1.0
         full = cropped = 0
         for i, g in geo.items():
+            if i == self.graph.input:
+                continue
             c, h, w = self.graph.nodes[i].shape
             full += c * h * w
             cropped += c * (g[0][2] - g[0][1]) * (g[1][2] - g[1][1])

@@ -297,15 +297,22 @@ class Graph:
             by_path.setdefault(paths[key], []).append(key)
         named: list[tuple[int, str]] = []
         sites: dict[str, list[str]] = {}
+        self.members: dict[str, set[int]] = {}
         for path, keys in by_path.items():
-            if len(keys) == 1:
-                named.append((outputs[keys[0]], path))
-            else:
-                sites[path] = [f"{path}#{i}" for i in range(len(keys))]
-                named += [(outputs[key], f"{path}#{i}") for i, key in enumerate(keys)]
+            names = [path] if len(keys) == 1 else [f"{path}#{i}" for i in range(len(keys))]
+            if len(keys) > 1:
+                sites[path] = names
+            for key, name in zip(keys, names):
+                named.append((outputs[key], name))
+                self.members[name] = set(members[key])
         # forward order; a container after the inner module whose output it returns
         named.sort(key=lambda item: (item[0], -item[1].partition("#")[0].count(".")))
         return {name: index for index, name in named}, sites
+
+    def layer_input(self, name: str) -> int:
+        """The node a layer (module call) reads its input from."""
+        inside = self.members[name]
+        return min(j for i in inside for j in self.nodes[i].inputs if j not in inside)
 
     def ancestors(self, tops) -> list[int]:
         """The nodes ``tops`` read, directly or not (themselves included), in forward order."""

@@ -1,6 +1,12 @@
-"""The paper's models (ZFNet, AlexNet), small presets, and their layer specs."""
+"""The paper's models (ZFNet, AlexNet), small presets, their layer specs, and
+ResNet / VGG with the module layout and state_dict key names of the common
+PyTorch checkpoints (for the deconvnet on any CNN)."""
 
 from .convnets import PRESETS, alexnet, init_paper, zfnet, zfnet_small
 from .layer_spec import LayerInfo, LayerSpec
+from .resnet import ResNet, resnet18, resnet34, resnet50, resnet101, resnet152
+from .vgg import VGG, vgg11, vgg11_bn, vgg13, vgg13_bn, vgg16, vgg16_bn, vgg19, vgg19_bn
 
-__all__ = ["PRESETS", "LayerInfo", "LayerSpec", "alexnet", "init_paper", "zfnet", "zfnet_small"]
+__all__ = ["PRESETS", "VGG", "LayerInfo", "LayerSpec", "ResNet", "alexnet", "init_paper", "resnet18", "resnet34",
+           "resnet50", "resnet101", "resnet152", "vgg11", "vgg11_bn", "vgg13", "vgg13_bn", "vgg16", "vgg16_bn",
+           "vgg19", "vgg19_bn", "zfnet", "zfnet_small"]

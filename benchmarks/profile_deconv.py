@@ -53,13 +53,13 @@ def main() -> int:
         def run(self, *a, **k):
             start = time.perf_counter()
             result = down(self, *a, **k)
-            key = f"{type(self).__name__} {net.steps[self.top].name}..{net.steps[self.bottom].name}"
+            nodes = net.graph.nodes
+            key = f"{type(self).__name__} {nodes[self.top].module}..{nodes[self.bottom].module}"
             times[key] += time.perf_counter() - start
             return result
         cls.down = run
 
-    for cls in (stages.DeconvStep, stages.ReluConvTranspose, stages.Unpool, stages.Relu, stages.ConvTranspose,
-                stages.LocalResponseNorm, stages.Identity):
+    for cls in (stages.DeconvStep, stages.ReluConvTranspose, stages.ConvTranspose, stages.OpStage):
         timed(cls)
     forward = net._forward
 

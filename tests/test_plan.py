@@ -1,5 +1,5 @@
-"""The deconvnet's plan of stages: every stage against its definition, and
-the shared, checked-once request path of ``project_many``."""
+"""The deconvnet's plan of stages over the captured graph: every stage against
+its definition, and the shared, checked-once request path of ``project_many``."""
 
 from collections import OrderedDict
 
@@ -10,170 +10,117 @@ from torch import nn
 
 from zfcore.deconv import Deconvnet, Request
 from zfcore.deconv import plan as P
-from zfcore.deconv.windows import Windows, window_sizes
-from zfcore.models.layer_table import SUPPORTED, kind_of
+from zfcore.deconv import rules as R
+from zfcore.deconv.windows import Windows
 from zfcore.nn import MaxPool2dSwitches
 
 
-def every_layer_cnn():
-    """Every supported layer type, fused runs and unfused ones, a flatten before a Linear."""
+def every_kind_cnn():
+    """Convolutions (dilated, strided), BatchNorm, fused runs and unfused ones,
+    LRN, identity, dropout, adaptive pooling, a flatten before a Linear."""
     return nn.Sequential(OrderedDict([
         ("conv1", nn.Conv2d(3, 5, 3, padding=1)), ("relu1", nn.ReLU()),
         ("pool1", MaxPool2dSwitches(3, 2, padding=1, ceil_mode=True)),   # pool -> relu -> conv: one deconv_step
         ("lrn", nn.LocalResponseNorm(3)),
-        ("conv2", nn.Conv2d(5, 6, 3, stride=2, padding=2, dilation=2)), ("relu2", nn.ReLU()),  # relu -> conv fused
-        ("id", nn.Identity()),
-        ("pool2", nn.MaxPool2d(2, 1)),                                   # pool over identity: unfused unpool
-        ("conv3", nn.Conv2d(6, 4, 2)), ("drop1", nn.Dropout()),
+        ("conv2", nn.Conv2d(5, 6, 3, stride=2, padding=2, dilation=2)), ("bn2", nn.BatchNorm2d(6)),
+        ("relu2", nn.ReLU()),                                            # pool -> relu -> bn -> conv fused
+        ("pool2", nn.MaxPool2d(2, 1)),
+        ("conv3", nn.Conv2d(6, 4, 2)), ("bn3", nn.BatchNorm2d(4)), ("drop1", nn.Dropout()),
         ("avgpool", nn.AdaptiveAvgPool2d((3, 2))), ("flatten", nn.Flatten()),
         ("fc1", nn.Linear(24, 7)), ("relu3", nn.ReLU()), ("fc2", nn.Linear(7, 4)),
     ]))
 
 
-class FunctionalFlatten(nn.Module):
-    """torchvision's layout: a map enters a Linear layer through torch.flatten."""
-
-    def __init__(self):
-        super().__init__()
-        self.features = nn.Sequential(nn.Conv2d(3, 4, 3, stride=2), nn.ReLU(), nn.MaxPool2d(2))
-        self.classifier = nn.Sequential(nn.Linear(4 * 5 * 4, 6), nn.ReLU(), nn.Linear(6, 3))
-
-    def forward(self, x):
-        return self.classifier(torch.flatten(self.features(x), 1))
-
-
-def _setup(shape=(3, 23, 19), seed=0, factory=every_layer_cnn):
+def _setup(shape=(3, 23, 19), seed=0):
     torch.manual_seed(seed)
-    model = factory().double().eval()
+    model = every_kind_cnn().double().eval()
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.running_mean.uniform_(-0.5, 0.5)
+            m.running_var.uniform_(0.5, 1.5)
+            m.weight.data.uniform_(0.5, 1.5)
     return model, torch.randn(4, *shape, dtype=torch.float64), Deconvnet(model, shape)
 
 
-def test_the_model_covers_every_supported_layer_type():
-    model, _, net = _setup()
-    assert {type(m) for m in model.children()} == set(SUPPORTED)
-    assert [kind_of(m) for m in model.children()] == ["conv", "relu", "pool", "localresponsenorm", "conv", "relu",
-                                                      "identity", "pool", "conv", "dropout", "adaptiveavgpool2d",
-                                                      "flatten", "linear", "relu", "linear"]
-
-
 @pytest.mark.parametrize("mode", ["deconvnet", "guided", "gradient"])
-def test_plan_covers_each_step_once_top_first(mode):
+def test_plan_covers_each_node_once_top_first(mode):
     _, _, net = _setup()
+    top = net.graph.layers["fc2"]
     plan = net.plan("fc2", mode)
-    covered = [i for stage in plan for i in range(stage.top, stage.bottom - 1, -1)]
-    assert covered == list(range(len(net.steps) - 1, -1, -1))
+    covered = [i for stage in plan for i in stage.covers]
+    below = [i for i in net.graph.ancestors([top]) if i != net.graph.input]
+    assert sorted(covered) == below and len(set(covered)) == len(covered)
+    assert [s.top for s in plan] == sorted((s.top for s in plan), reverse=True)
     names = [type(s).__name__ for s in plan]
     if mode == "deconvnet":
-        assert names == ["LinearTranspose", "Relu", "LinearTranspose", "Unflatten", "AveragePoolTranspose",
-                         "Identity", "ConvTranspose", "Unpool", "Identity", "ReluConvTranspose",
-                         "LocalResponseNorm", "DeconvStep"]
-    else:  # no fusion: the ReLUs use the forward's masks
+        assert names.count("DeconvStep") == 2, names  # pool2 -> relu2 -> bn2 -> conv2 included
+        assert names.count("ConvTranspose") == 1  # conv3 with bn3 folded
+    else:  # no fusion through ReLUs: they use the forward's masks
         assert "DeconvStep" not in names and "ReluConvTranspose" not in names
-        assert names.count("Relu") == 3
+        assert names.count("ConvTranspose") == 2
     assert net.plan("fc2", mode) is plan  # compiled once
-    _, _, net = _setup((3, 23, 19), factory=FunctionalFlatten)
-    names = [(type(s).__name__, s.top) for s in net.plan(net.layers[-1], mode)]
-    fused = [("DeconvStep", 2)] if mode == "deconvnet" else [("Unpool", 2), ("Relu", 1), ("ConvTranspose", 0)]
-    assert names == [("LinearTranspose", 5), ("Relu", 4), ("LinearTranspose", 3), ("Unflatten", 3)] + fused
 
 
-def _records(net, images, top, mode):
-    records, _ = net._forward(images, top, mode, set())
-    return records
+def _values(net, images):
+    """Every node's output, by the captured graph."""
+    keep = set(range(len(net.graph.nodes))) - {net.graph.input}
+    _, outputs = net._forward(images, [net.graph.output], "gradient", keep)
+    return {net.graph.input: images, **outputs}
 
 
-CASES = [(every_layer_cnn, top) for top in range(15)] + [(FunctionalFlatten, top) for top in range(6)]
+def _apply_chain(net, stage, x):
+    """The nodes a stage covers, bottom to top, on ``x`` (the bottom's input)."""
+    consts = net.consts()
+    values = {stage.inputs[0]: x}
+    for i in reversed(stage.covers):
+        node = net.graph.nodes[i]
+        values[i] = R.apply(net.graph, consts, node, values)
+    return values[stage.top]
 
 
-@pytest.mark.parametrize("factory, top", CASES)
-def test_each_gradient_stage_is_the_vector_jacobian_product_of_its_layers(factory, top):
+@pytest.mark.parametrize("layer", ["conv1", "pool1", "lrn", "relu2", "pool2", "bn3", "avgpool", "fc1", "fc2"])
+def test_each_gradient_stage_is_the_vector_jacobian_product_of_its_nodes(layer):
     """In gradient mode every stage (on whole maps, requests reordered) is the
-    VJP of the layers it covers, by autograd, in float64."""
-    model, images, net = _setup(seed=top, factory=factory)
-    records = _records(net, images, top, "gradient")
+    VJP of the nodes it covers, by autograd, in float64."""
+    _, images, net = _setup(seed=len(layer))
+    top = net.graph.layers[layer]
+    records, _ = net._forward(images, [top], "gradient", set())
+    values = _values(net, images)
     index = torch.tensor([2, 0, 3, 3, 1])  # rows of the records each signal row belongs to
-    for stage in net.plan(net.layers[top], "gradient"):
-        if isinstance(stage, P.Unflatten):  # a Flatten layer, or the flatten before a Linear one
-            rec = records[stage.top]
-            x = torch.randn(len(index), *(rec.flat_from or rec.input_shape)[1:], dtype=torch.float64)
-            layers = [nn.Flatten()]
-        else:
-            x = _input_of(net, images, stage.bottom)[index]
-            layers = [net.steps[i].module for i in range(stage.bottom, stage.top + 1)]
-        x = x.clone().requires_grad_()
-        y = x
-        for layer in layers:
-            y = layer(y)
+    run = R.Run(net.graph, net.consts(), "gradient", net.lrn, records, None, index)
+    for stage in net.plan(layer, "gradient"):
+        assert len(stage.inputs) == 1
+        x = values[stage.inputs[0]][index].clone().requires_grad_()
+        with torch.enable_grad():
+            y = _apply_chain(net, stage, x)
         signal = torch.randn_like(y)
         expected, = torch.autograd.grad(y, x, signal)
-        got = stage.down(signal, records, None, index)
-        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=f"{type(stage).__name__} at {top}")
-    assert got.shape == (len(index), *images.shape[1:])
-
-
-@torch.no_grad()
-def _input_of(net, images, i):
-    """The input of step ``i`` (after the flatten before it, if any)."""
-    x = images
-    for step in net.steps[:i + 1]:
-        if step.flatten_before:
-            x = torch.flatten(x, 1)
-        if step is net.steps[i]:
-            return x
-        x = step.module(x)
+        got, = stage.down(signal, run)
+        torch.testing.assert_close(got, expected, rtol=1e-10, atol=1e-12, msg=f"{type(stage).__name__} {layer}")
 
 
 def test_fused_deconvnet_stages_equal_their_unfused_composition():
-    model, images, net = _setup()
-    records = _records(net, images, 5, "deconvnet")
+    _, images, net = _setup()
+    top = net.graph.layers["pool2"]
+    records, _ = net._forward(images, [top], "deconvnet", set())
     index = torch.tensor([1, 1, 0, 3])
-    fused = {type(s): s for s in net.plan("relu2", "deconvnet")}
-    rct = fused[P.ReluConvTranspose]   # relu2 -> conv2
-    y = torch.randn(4, *records[5].input_shape[1:], dtype=torch.float64)
-    conv = net.steps[4].module
-    expected = F.conv_transpose2d(F.relu(y), conv.weight, None, conv.stride, conv.padding,
-                                  P.output_padding(conv, records[4].input_shape, y.shape), 1, conv.dilation)
-    assert expected.shape[-2:] == records[4].input_shape[-2:]
-    torch.testing.assert_close(rct.down(y, records, None, index), expected, rtol=1e-12, atol=1e-12)
-    step = fused[P.DeconvStep]          # pool1 -> relu1 -> conv1
-    pooled = torch.randn(4, *records[3].input_shape[1:], dtype=torch.float64)
-    unpooled = P.Unpool(2, 2, pool=net.steps[2].module).down(pooled, records, None, index)
-    conv = net.steps[0].module
-    expected = F.conv_transpose2d(F.relu(unpooled), conv.weight, None, conv.stride, conv.padding,
-                                  P.output_padding(conv, records[0].input_shape, unpooled.shape))
-    torch.testing.assert_close(step.down(pooled, records, None, index), expected, rtol=1e-12, atol=1e-12)
-    assert (expected != 0).float().mean() > 0.3
-@pytest.mark.parametrize("mode", ["deconvnet", "guided", "gradient"])
-def test_cropped_stages_equal_the_whole_maps_on_every_window(mode):
-    """On the conv stack, the way down on windows pasted back equals the way
-    down on whole maps: units at corners, edges and the centre of each layer."""
-    model, images, net = _setup((3, 41, 37))
-    spec = net.layer_spec()
-    for layer in net.layers[:10]:
-        _, h, w = spec[layer].shape
-        positions = [(0, 0), (h - 1, w - 1), (0, w - 1), (h // 2, w // 2)]
-        requests = [Request(i % 4, layer, i % spec[layer].shape[0], p) for i, p in enumerate(positions)]
-        top = net.layers.index(layer)
-        records, outputs = net._forward(images, top, mode, {top})
-        windows, corners = net._down_cropped(outputs[top], requests, torch.tensor([r.image for r in requests]),
-                                             records, top, mode)
-        pasted = images.new_zeros(len(requests), *images.shape[1:])
-        net._paste(pasted, list(range(len(requests))), windows, corners)
-        torch.testing.assert_close(pasted, net.project_many(images, requests, mode, crop=False), rtol=1e-10,
-                                   atol=1e-12, msg=f"{mode} {layer}")
-
-
-def test_window_sizes_are_the_receptive_field_sizes():
-    _, _, net = _setup()
-    spec = net.layer_spec()
-    for top in range(9):
-        assert window_sizes(net._rules, top)[-1] == spec[net.layers[top]].size
+    run = R.Run(net.graph, net.consts(), "deconvnet", net.lrn, records, None, index)
+    fused = [s for s in net.plan("pool2", "deconvnet") if isinstance(s, (P.DeconvStep, P.ReluConvTranspose))]
+    assert len(fused) == 2
+    for stage in fused:
+        signal = torch.randn(4, *net.graph.nodes[stage.top].shape, dtype=torch.float64)
+        expected = signal
+        for i in stage.covers:  # one node at a time, by its rule
+            node = net.graph.nodes[i]
+            expected, = R.rule_of(node).down(node, expected, run)
+        got, = stage.down(signal, run)
+        torch.testing.assert_close(got, expected, rtol=1e-12, atol=1e-12)
+        assert (expected != 0).float().mean() > 0.2
 
 
 def test_windows_crop_reads_zeros_outside_the_map():
     t = torch.arange(2 * 3 * 4 * 5, dtype=torch.float64).reshape(2, 3, 4, 5)
-    w = Windows([None], 0, torch.tensor([[-1, -2], [2, 3]]), torch.tensor([1, 0]))
-    w.sizes[0] = (3, 4)
+    w = Windows({0: ((1, 0, 3), (1, 0, 4))}, torch.tensor([[-1, -2], [2, 3]]), torch.tensor([1, 0]))
     crops = w.crop(t, 0)
     padded = F.pad(t, (2, 2, 1, 1))
     torch.testing.assert_close(crops[0], padded[1, :, 0:3, 0:4])
@@ -191,7 +138,7 @@ def test_layers_of_one_call_share_one_forward_and_equal_separate_calls():
     forward = net._forward
     net._forward = lambda *a: calls.append(a[1]) or forward(*a)
     together = net.project_many(images, requests)
-    assert calls == [len(net.steps) - 1]
+    assert len(calls) == 1
     net._forward = forward
     for row, r in enumerate(requests):
         torch.testing.assert_close(together[row:row + 1], net.project_many(images, [r]), rtol=1e-12, atol=1e-12)

@@ -41,6 +41,7 @@ class Stage:
     top: int
     bottom: int
     inputs: tuple[int, ...]
+    covers: tuple[int, ...] = field(default=(), init=False)  # the nodes it undoes, top first
 
     def down(self, signal: Tensor, run: R.Run) -> tuple[Tensor, ...]:
         raise NotImplementedError
@@ -191,10 +192,8 @@ def compile_plan(graph: Graph, rule_of, top: int, mode: str, consts: dict) -> li
                 stage = ConvTranspose(i, j, nodes[j].inputs, conv=nodes[j], bn=node)
         if stage is None:
             stage = OpStage(i, i, node.inputs, node=node, rule=rule)
-        for k in graph.ancestors([stage.top]):
-            if stage.bottom <= k <= stage.top and k not in covered and k in (
-                    stage.top, stage.bottom, getattr(getattr(stage, "bn", None), "index", None),
-                    getattr(getattr(stage, "relu", None), "index", None)):
-                covered.add(k)
+        stage.covers = tuple(sorted({stage.top, stage.bottom} | {
+            getattr(getattr(stage, name, None), "index", stage.top) for name in ("bn", "relu")}, reverse=True))
+        covered.update(stage.covers)
         plan.append(stage)
     return plan

@@ -616,3 +616,25 @@ def test_the_top9_pipeline_takes_a_resnet():
         whole = net.project(images[image:image + 1], layer, 1)[0]
         assert projected[layer].projections[1, 0].abs().sum() > 0
         assert torch.isclose(projected[layer].projections[1, 0].abs().sum(), whole.abs().sum(), rtol=1e-4), layer
+
+
+def test_call_sites_name_a_reused_relu_in_the_analyses():
+    """``NAME#i`` in Grad-CAM and the streaming top-k: the i-th call's output;
+    a bare name of a module called twice is an error listing the call sites."""
+    from torch.utils.data import TensorDataset
+
+    from zfcore.analysis import top_k
+    from zfcore.analysis.gradcam import grad_cam
+
+    model, images, net, _ = _setup("resnet_basic")
+    dataset = TensorDataset(images, torch.zeros(len(images), dtype=torch.long))
+    found = top_k(model, dataset, ["layer1.0.relu#1", "layer1.0.relu#0"], k=1, batch_size=3, progress=False)
+    for layer in ("layer1.0.relu#0", "layer1.0.relu#1"):
+        strongest = net.activations(images, layer).flatten(2).amax(2).argmax(0)
+        assert torch.equal(found[layer].images[:, 0], strongest), layer
+    with pytest.raises(ValueError, match=r"name one call: layer1\.0\.relu#0, layer1\.0\.relu#1"):
+        top_k(model, dataset, ["layer1.0.relu"], k=1, batch_size=3, progress=False)
+    with pytest.raises(ValueError, match=r"name one call: layer1\.0\.relu#0, layer1\.0\.relu#1"):
+        grad_cam(model, images, "layer1.0.relu", progress=False)
+    first, second = (grad_cam(model, images, f"layer1.0.relu#{i}", progress=False) for i in (0, 1))
+    assert first.shape == second.shape and not torch.allclose(first, second)

@@ -28,10 +28,21 @@ def check_layers(model: nn.Module, layers: Sequence[str] | str, caller: str) -> 
         raise ValueError(f"{caller}: layers is empty; name at least one layer")
     modules = dict(model.named_modules())
     for name in layers:
-        if not isinstance(name, str) or name == "" or name not in modules:
+        path, call = call_site(name) if isinstance(name, str) else (None, None)
+        if not isinstance(name, str) or path == "" or path not in modules or call == -1:
             known = ", ".join(n for n in modules if n)
-            raise ValueError(f"{caller}: no layer named {name!r} in the model; layers are {known}")
+            raise ValueError(f"{caller}: no layer named {name!r} in the model; layers are {known} (a module "
+                             "called more than once: NAME#0, NAME#1, ...)")
     return layers
+
+
+def call_site(name: str) -> tuple[str, int | None]:
+    """``"NAME#i"`` -> ``("NAME", i)`` (the module's i-th call in a forward);
+    ``"NAME"`` -> ``("NAME", None)``; a malformed call index gives -1."""
+    path, sep, call = name.partition("#")
+    if not sep:
+        return path, None
+    return path, int(call) if call.isdigit() else -1
 
 
 def module_order(model: nn.Module) -> dict[str, int]:
@@ -51,11 +62,13 @@ class LayerTap:
         self.model, self.layers, self.reduce = model, list(layers), reduce
         self.outputs: dict[str, Tensor] = {}
         self._handles = []
+        self._calls: dict[str, int] = {}
+        self._checked = False  # the first pass runs the whole forward: a module called twice is found
 
     def __enter__(self):
         modules = dict(self.model.named_modules())
         for name in self.layers:
-            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
+            self._handles.append(modules[call_site(name)[0]].register_forward_hook(self._hook(name)))
         return self
 
     def __exit__(self, *exc):
@@ -65,23 +78,33 @@ class LayerTap:
         return False
 
     def _hook(self, name: str):
+        path, call = call_site(name)
+
         def hook(_module, _inputs, output):
+            index = self._calls.get(name, 0)
+            self._calls[name] = index + 1
+            if call is None and index == 1:
+                raise ValueError(f"layer {path!r} runs more than once in one forward; name one call: "
+                                 f"{path}#0, {path}#1, ...")
+            if index != (call or 0):
+                return
             if not isinstance(output, Tensor):
                 raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a Tensor")
             output = output.detach()
             reduce = self.reduce.get(name) if isinstance(self.reduce, dict) else self.reduce
             self.outputs[name] = output if reduce is None else reduce(output)
-            if len(self.outputs) == len(self.layers):
+            if len(self.outputs) == len(self.layers) and self._checked:
                 raise _Stop
         return hook
 
     @torch.no_grad()
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        self.outputs = {}
+        self.outputs, self._calls = {}, {}
         try:
             self.model(x)
         except _Stop:
             pass
+        self._checked = True
         missing = [n for n in self.layers if n not in self.outputs]
         if missing:
             raise ValueError(f"layers {', '.join(missing)} did not run in the model's forward")

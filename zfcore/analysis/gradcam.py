@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ._render import begin
-from ._stream import check_layers, model_device
+from ._stream import call_site, check_layers, model_device
 
 __all__ = ["GradCam", "analyze_embedded", "default_layer", "grad_cam", "grad_cam_analysis", "guided_backprop",
            "guided_grad_cam", "peaks", "pointing_hits", "render", "upsample"]
@@ -109,26 +109,31 @@ class _Swap:
     repeated ``repeats`` times along the batch, so the layers above see one copy
     per explained class and the gradient of each copy is its own row."""
 
-    def __init__(self, repeats: int, caller: str):
+    def __init__(self, repeats: int, caller: str, layer: str = ""):
         self.repeats, self.caller, self.leaf = repeats, caller, None
+        self.path, self.call = call_site(layer)
+        self.calls = 0
 
     def __call__(self, _module, _inputs, output):
+        index, self.calls = self.calls, self.calls + 1
+        if self.call is not None and index != self.call:
+            return None
         if not isinstance(output, Tensor) or output.dim() != 4:
             raise ValueError(f"{self.caller}: the layer's output must be a Tensor[N, C, h, w], a convolutional "
                              f"layer's (got {_describe(output)})")
         if self.leaf is not None:
-            raise ValueError(f"{self.caller}: the layer runs more than once in the model's forward; name a layer "
-                             f"that runs once")
+            raise ValueError(f"{self.caller}: the layer runs more than once in the model's forward; name one "
+                             f"call: {self.path}#0, {self.path}#1, ...")
         self.leaf = output.detach().repeat_interleave(self.repeats, 0).requires_grad_()
         return self.leaf.clone()  # a new tensor: an in-place layer above must not write into our leaf
 
 
 def _cam_batch(model: nn.Module, module: nn.Module, images: Tensor, targets: Tensor | None,
-               caller: str) -> tuple[Tensor, Tensor, Tensor]:
+               caller: str, layer: str = "") -> tuple[Tensor, Tensor, Tensor]:
     """``(maps[B, K, h, w], logits[B, classes], targets[B, K])`` of one batch of images."""
     b = len(images)
     k = 1 if targets is None else targets.shape[1]
-    swap = _Swap(k, caller)
+    swap = _Swap(k, caller, layer)
     handle = module.register_forward_hook(swap)
     try:
         with torch.enable_grad():
@@ -160,7 +165,7 @@ def _grad_cam(model, images, layer, target, batch_size, progress, caller) -> tup
     check_layers(model, [layer], caller)
     _check_batch_size(batch_size, caller)
     targets = _targets(target, len(images), caller)
-    module = dict(model.named_modules())[layer]
+    module = dict(model.named_modules())[call_site(layer)[0]]
     device = model_device(model)
     was_training = model.training
     model.eval()
@@ -170,7 +175,7 @@ def _grad_cam(model, images, layer, target, batch_size, progress, caller) -> tup
                           disable=not progress or len(images) <= batch_size):
             x = images[start:start + batch_size].to(device)
             t = None if targets is None else targets[start:start + batch_size]
-            m, z, c = _cam_batch(model, module, x, t, caller)
+            m, z, c = _cam_batch(model, module, x, t, caller, layer)
             maps.append(m)
             logits.append(z)
             chosen.append(c)

@@ -159,9 +159,8 @@ def test_bad_arguments_get_clear_errors():
         (dict(inputs=x, neuron_selector=(1, 2, 99)), "outside the layer's output"),
         (dict(inputs=x, neuron_selector="conv"), "must be an int, a tuple of ints and slices, or a callable"),
         (dict(inputs=x, neuron_selector=lambda t: t.sum((2, 3))), "must return a scalar Tensor or a Tensor\\[3\\]"),
-        (dict(inputs=(x, x), neuron_selector=(1, 2, 3)), "one input tensor"),
+        (dict(inputs=(x, x[:2]), neuron_selector=(1, 2, 3)), "same number of examples"),
         (dict(inputs=x.long(), neuron_selector=(1, 2, 3)), "float Tensor"),
-        (dict(inputs=x, neuron_selector=(1, 2, 3), additional_forward_args=(1,)), "additional_forward_args"),
     ]:
         with pytest.raises(ValueError, match=message):
             deconv.attribute(**kwargs)
@@ -229,3 +228,39 @@ def test_attributions_equal_captum_where_it_is_installed(mode):
             got = CLASSES[mode](model, layer).attribute(x, selector, attribute_to_neuron_input=to_input)
             expected = theirs(model, layer).attribute(x, selector, attribute_to_neuron_input=to_input)
             torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12, msg=f"{name} {mode} {selector}")
+
+
+def test_several_inputs_and_additional_forward_args():
+    """A tuple of inputs gives a tuple of attributions; additional arguments reach
+    the forward (a constant int, an extra tensor) and are not attributed."""
+    class TwoInputs(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b, self.relu, self.out = nn.Linear(3, 4), nn.Linear(2, 4), nn.ReLU(), nn.Linear(4, 2)
+
+        def forward(self, x, y, scale=1, z=None):
+            h = self.relu(self.a(x) + self.b(y) * scale)
+            return self.out(h if z is None else h + z)
+
+    torch.manual_seed(0)
+    model = TwoInputs().double().eval()
+    x, y, z = (torch.randn(5, n, dtype=torch.float64) for n in (3, 2, 4))
+    for extra in [None, (2,), (3, z)]:
+        args = () if extra is None else extra
+        got = NeuronGradient(model, model.out).attribute((x, y), 1, additional_forward_args=extra)
+        xg, yg = x.clone().requires_grad_(), y.clone().requires_grad_()
+        expected = torch.autograd.grad(model(xg, yg, *args)[:, 1].sum(), (xg, yg))
+        assert isinstance(got, tuple) and len(got) == 2
+        for g, e in zip(got, expected):
+            torch.testing.assert_close(g, e, rtol=1e-12, atol=1e-14)
+        # the ReLU rule applies on the way down: guided keeps only positive signals through it
+        guided = NeuronGuidedBackprop(model, model.out).attribute((x, y), 1, additional_forward_args=extra)
+        assert guided[0].shape == x.shape and guided[1].shape == y.shape
+    captum = pytest.importorskip("captum.attr")
+    for ours, theirs in [(NeuronDeconvolution, captum.NeuronDeconvolution),
+                         (NeuronGuidedBackprop, captum.NeuronGuidedBackprop), (NeuronGradient, captum.NeuronGradient)]:
+        for extra in [None, (2,), (3, z)]:
+            got = ours(model, model.out).attribute((x, y), 0, additional_forward_args=extra)
+            expected = theirs(model, model.out).attribute((x, y), 0, additional_forward_args=extra)
+            for g, e in zip(got, expected):
+                torch.testing.assert_close(g, e, rtol=1e-10, atol=1e-12)

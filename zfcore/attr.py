@@ -14,7 +14,7 @@ one byte, fused kernels) instead of autograd hooks:
   dimension (slices select several neurons, whose sum is attributed), or a
   callable taking the layer's output and returning ``Tensor[N]``;
 - ``inputs``: a float tensor of any rank (``Tensor[N, C, H, W]`` images, or
-  ``Tensor[N, D]`` features of an MLP) or a one-element tuple of it; the
+  ``Tensor[N, D]`` features of an MLP) or a tuple of several; the
   attributions come back in the same form, shaped as the inputs;
 - ``attribute_to_neuron_input=True`` selects the neuron in the layer's input;
 - ``multiplies_by_inputs`` is False and ``has_convergence_delta()`` is False,
@@ -29,11 +29,11 @@ LocalResponseNorm layers and every other nonlinearity pass their gradient,
 as under autograd. Only the graph up to the layer matters: an op above it
 (a final Softmax) is never touched.
 
-Limits: one input tensor (a model of several inputs, or
-``additional_forward_args``, is refused with a clear error); a module called
-more than once in a forward is named by its call site, ``"NAME#0"``; any
-model that ``zfcore.deconv.Deconvnet`` captures; ``device_ids`` is accepted
-and ignored.
+Several inputs (a tuple in, a tuple of attributions out) and
+``additional_forward_args`` (passed to the forward, not attributed) are
+captured for each call. A module called more than once in a forward is named
+by its call site, ``"NAME#0"``; any model that ``zfcore.deconv.Deconvnet``
+captures; ``device_ids`` is accepted and ignored.
 
 Example:
     >>> from zfcore.attr import NeuronDeconvolution
@@ -92,43 +92,48 @@ class _NeuronAttribution:
         docstring for the conventions); the same form as ``inputs``."""
         name = type(self).__name__
         as_tuple = isinstance(inputs, tuple)
-        if as_tuple:
-            if len(inputs) != 1:
-                raise ValueError(f"{name}: zfcore attributes one input tensor (got a tuple of {len(inputs)})")
-            inputs = inputs[0]
-        if not isinstance(inputs, Tensor) or inputs.dim() < 1 or not inputs.is_floating_point():
-            got = f"{inputs.dtype} {list(inputs.shape)}" if isinstance(inputs, Tensor) else type(inputs).__name__
-            raise ValueError(f"{name}: inputs must be a float Tensor[N, ...] or a tuple of one (got {got})")
-        if additional_forward_args is not None:
-            raise ValueError(f"{name}: additional_forward_args are not supported: zfcore captures a model of "
-                             "one input tensor")
+        tensors = inputs if as_tuple else (inputs,)
+        if not tensors or not all(isinstance(t, Tensor) and t.dim() >= 1 and t.is_floating_point()
+                                  for t in tensors):
+            got = ", ".join(f"{t.dtype} {list(t.shape)}" if isinstance(t, Tensor) else type(t).__name__
+                            for t in tensors)
+            raise ValueError(f"{name}: inputs must be a float Tensor[N, ...] or a tuple of them (got {got})")
+        if len({t.shape[0] for t in tensors}) != 1:
+            raise ValueError(f"{name}: every input must have the same number of examples (got "
+                             f"{[t.shape[0] for t in tensors]})")
+        extra = () if additional_forward_args is None else (
+            additional_forward_args if isinstance(additional_forward_args, tuple) else (additional_forward_args,))
         if not isinstance(attribute_to_neuron_input, bool):
             raise TypeError(f"{name}: attribute_to_neuron_input must be a bool (got {attribute_to_neuron_input!r})")
-        x = inputs.detach()
-        net = self._engine(x)
+        args = tuple(t.detach() for t in tensors) + tuple(
+            a.detach() if isinstance(a, Tensor) else a for a in extra)
+        if len(args) == 1:
+            net, x = self._engine(args[0]), args[0]
+        else:  # several inputs, or extra arguments (a constant of the capture): captured for this call
+            net = Deconvnet(self.model, lrn="gradient", example_inputs=args)
+            x = args
         top = net._node(self._layer_name, attribute_to_neuron_input)
         seed = self._seed(net, x, attribute_to_neuron_input, neuron_selector)
-        if top == net.graph.input:  # the input of the first layer is the image itself
-            result = seed
-        else:
-            result = net._signal_down(x, top, seed, self.mode)
-        result = result.to(inputs.dtype)
-        return (result,) if as_tuple else result
+        result = net._signal_down(x, top, seed, self.mode)
+        results = result if isinstance(result, tuple) else (result,)
+        results = tuple(r.to(t.dtype) for r, t in zip(results, tensors))
+        return results if as_tuple else results[0]
 
     def _seed(self, net: Deconvnet, x: Tensor, layer_input: bool, selector) -> Tensor:
         """The gradient of the selected neuron (or of the callable's output)
         with respect to the layer's output (or input)."""
         name = type(self).__name__
+        n = (x[0] if isinstance(x, tuple) else x).shape[0]
         with torch.no_grad():
             out = net.activations(x, self._layer_name, layer_input=layer_input)
         with torch.enable_grad():
             out = out.detach().clone().requires_grad_()
             if callable(selector):
                 value = selector(out)
-                if not isinstance(value, Tensor) or value.shape not in ((), (x.shape[0],)):
+                if not isinstance(value, Tensor) or value.shape not in ((), (n,)):
                     got = list(value.shape) if isinstance(value, Tensor) else type(value).__name__
                     raise ValueError(f"{name}: a callable neuron_selector must return a scalar Tensor or a "
-                                     f"Tensor[{x.shape[0]}], one value per example (got {got})")
+                                     f"Tensor[{n}], one value per example (got {got})")
             else:
                 value = self._select(out, selector)
             seed, = torch.autograd.grad(value.sum(), out, allow_unused=True)

@@ -92,9 +92,12 @@ class Deconvnet:
         torch.Size([8, 3, 224, 224])
     """
 
-    def __init__(self, model, input_shape: Sequence[int] | None = None, lrn: str = "skip"):
+    def __init__(self, model, input_shape: Sequence[int] | None = None, lrn: str = "skip", *,
+                 example_inputs: tuple | None = None):
         if lrn not in ("skip", "gradient"):
             raise ValueError(f"Deconvnet: lrn must be 'skip' or 'gradient' (got {lrn!r})")
+        if example_inputs is not None:
+            input_shape = tuple(example_inputs[0].shape[1:])
         if input_shape is None and isinstance(model, torch.nn.Module):
             raise ValueError("Deconvnet: input_shape (C, H, W) is required for a module")
         if input_shape is not None and (isinstance(input_shape, (str, bytes)) or not all(
@@ -102,7 +105,7 @@ class Deconvnet:
             raise ValueError(f"Deconvnet: input_shape must be positive ints, such as (3, 224, 224) "
                              f"(got {input_shape!r})")
         self.lrn = lrn
-        ep, module = capture(model, tuple(input_shape) if input_shape is not None else None)
+        ep, module = capture(model, tuple(input_shape) if input_shape is not None else None, example=example_inputs)
         self.model = model
         self.graph = Graph(ep, module)
         shape = self.graph.nodes[self.graph.input].shape
@@ -219,10 +222,11 @@ class Deconvnet:
         needed = graph.ancestors(tops)
         inside = set(needed)
         left = {i: sum(1 for u in graph.nodes[i].users if u in inside) for i in needed}
-        values: dict[int, Tensor] = {graph.input: images}
+        inputs = images if isinstance(images, tuple) else (images,)
+        values: dict[int, Tensor] = dict(zip(graph.inputs, inputs))
         records: dict[int, tuple] = {}
         # memory an in-place ReLU must not overwrite: the caller's images, kept outputs, records
-        held = {images.untyped_storage().data_ptr()}
+        held = {t.untyped_storage().data_ptr() for t in inputs if isinstance(t, Tensor)}
         with torch.no_grad():
             for i in needed:
                 node = graph.nodes[i]
@@ -254,17 +258,18 @@ class Deconvnet:
                     held.add(y.untyped_storage().data_ptr())
                 for j in node.inputs:
                     left[j] -= 1
-                    if left[j] == 0 and j not in keep and j != graph.input:
+                    if left[j] == 0 and j not in keep and j not in graph.inputs:
                         values.pop(j, None)
         return records, {i: values[i] for i in keep}
 
     def activations(self, images: Tensor, layer: str, *, layer_input: bool = False) -> Tensor:
         """``layer``'s output (or, with ``layer_input``, the input it reads) for
         ``images`` (``Tensor[N, *input_shape]``), by the captured graph."""
-        self._check_images(images)
+        if not isinstance(images, tuple):
+            self._check_images(images)
         top = self._node(layer, layer_input)
-        if top == self.graph.input:
-            return images
+        if top in self.graph.inputs:
+            return (images if isinstance(images, tuple) else (images,))[self.graph.inputs.index(top)]
         return self._forward(images, [top], "deconvnet", {top})[1][top]
 
     def _node(self, layer: str, layer_input: bool = False) -> int:
@@ -274,7 +279,7 @@ class Deconvnet:
     # ---------------------------------------------------------------- way down
 
     def _down(self, signal: Tensor, records: dict, top: int, mode: str, windows: Windows | None = None,
-              index: Tensor | None = None) -> Tensor:
+              index: Tensor | None = None, every_input: bool = False) -> Tensor:
         """Run the plan from node ``top``: on whole maps (``index``: each signal
         row's image in ``records``), or on ``windows``. Returns the signal at the input."""
         graph = self.graph
@@ -294,6 +299,9 @@ class Deconvnet:
                 if windows is not None:
                     out = self._place(out, natural[k], windows, j)
                 signals[j] = signals[j] + out if j in signals else out
+        if every_input:  # a model of several inputs (on whole maps)
+            return tuple(signals[i] if i in signals else signal.new_zeros((signal.shape[0], *graph.nodes[i].shape))
+                         for i in graph.inputs)
         result = signals.get(graph.input)
         if result is None:  # nothing reached the input (a constant output)
             shape = self.input_shape if windows is None else (self.input_shape[0], *windows.size(graph.input))
@@ -336,17 +344,24 @@ class Deconvnet:
 
     @torch.no_grad()
     def _signal_down(self, images: Tensor, top: int, signal: Tensor, mode: str) -> Tensor:
-        """``project_signal`` from node ``top``."""
-        expected = (images.shape[0], *self.graph.nodes[top].shape)
+        """``project_signal`` from node ``top``; ``images`` may be a tuple (a model
+        of several inputs: one signal per input comes back)."""
+        n = (images[0] if isinstance(images, tuple) else images).shape[0]
+        expected = (n, *self.graph.nodes[top].shape)
         if not isinstance(signal, Tensor) or tuple(signal.shape) != expected or not signal.is_floating_point():
             got = f"{signal.dtype} {list(signal.shape)}" if isinstance(signal, Tensor) else type(signal).__name__
             raise ValueError(f"Deconvnet: signal must be a float Tensor[{', '.join(map(str, expected))}] "
                              f"(got {got})")
-        if top == self.graph.input:
-            return signal.to(images.dtype).clone()
+        inputs = images if isinstance(images, tuple) else (images,)
+        if top in self.graph.inputs:
+            result = tuple(signal.to(t.dtype).clone() if i == top else
+                           torch.zeros_like(t) if isinstance(t, Tensor) else None
+                           for i, t in zip(self.graph.inputs, inputs))
+            return result if isinstance(images, tuple) else result[0]
         records, _ = self._forward(images, [top], mode, set())
-        index = torch.arange(images.shape[0], device=images.device)
-        return self._down(signal.to(images.dtype), records, top, mode, index=index)
+        index = torch.arange(inputs[0].shape[0], device=inputs[0].device)
+        return self._down(signal.to(inputs[0].dtype), records, top, mode, index=index,
+                          every_input=isinstance(images, tuple))
 
     def project(self, images: Tensor, layer: str, channel: int, position=None, mode: str = "deconvnet") -> Tensor:
         """Project one unit or map of ``layer`` back to input space, for every image.

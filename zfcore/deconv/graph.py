@@ -44,16 +44,18 @@ class CaptureError(ValueError):
 LRN_TYPES = ("torch.nn.modules.normalization.LocalResponseNorm", "zfcore.nn.normalization.LocalResponseNorm")
 
 
-def _export(module: nn.Module, example: Tensor) -> ExportedProgram:
+def _export(module: nn.Module, example: tuple) -> ExportedProgram:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # torch.export's own deprecation notes
-        return torch.export.export(module, (example,), strict=False)
+        return torch.export.export(module, tuple(example), strict=False)
 
 
-def capture(source, input_shape, dtype=None, device=None) -> tuple[ExportedProgram, nn.Module | None]:
-    """``source``'s eval-mode forward on ``Tensor[2, *input_shape]`` as a core-ATen
-    ``ExportedProgram``, and the ``nn.Module`` it came from (None for an
-    ``ExportedProgram``). The module's training flag is restored afterwards."""
+def capture(source, input_shape, dtype=None, device=None, example: tuple | None = None
+            ) -> tuple[ExportedProgram, nn.Module | None]:
+    """``source``'s eval-mode forward on ``Tensor[2, *input_shape]`` (or on the
+    arguments ``example``) as a core-ATen ``ExportedProgram``, and the
+    ``nn.Module`` it came from (None for an ``ExportedProgram``). The module's
+    training flag is restored afterwards."""
     if isinstance(source, ExportedProgram):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
@@ -67,7 +69,7 @@ def capture(source, input_shape, dtype=None, device=None) -> tuple[ExportedProgr
             tensor = next(source.buffers(), None)
         dtype = dtype or (tensor.dtype if tensor is not None and tensor.is_floating_point() else torch.float32)
         device = device or (tensor.device if tensor is not None else torch.device("cpu"))
-    example = torch.randn(2, *input_shape, dtype=dtype, device=device)
+    example = example if example is not None else (torch.randn(2, *input_shape, dtype=dtype, device=device),)
     was_training = source.training
     source.eval()
     try:
@@ -82,14 +84,14 @@ def capture(source, input_shape, dtype=None, device=None) -> tuple[ExportedProgr
         source.train(was_training)
 
 
-def _fallback(model: nn.Module, example: Tensor, error: Exception) -> ExportedProgram:
+def _fallback(model: nn.Module, example: tuple, error: Exception) -> ExportedProgram:
     """``torch.fx.symbolic_trace``, then export of the traced module, where the
     trace computes what the model computes; else the export's error."""
     reason = "\n".join(str(error).strip().splitlines()[:12])
     try:
         traced = fx.symbolic_trace(model)
         with torch.no_grad():
-            same = torch.equal(traced(example), model(example))
+            same = torch.equal(traced(*example), model(*example))
         if not same:
             raise CaptureError("the symbolic trace computes another function")
         return _export(traced, example)
@@ -166,9 +168,8 @@ class Graph:
                 users_inputs.append(spec.arg.name)
             elif spec.target in state:
                 self.params[spec.arg.name] = state[spec.target]
-        if len(users_inputs) != 1:
-            raise CaptureError(f"Deconvnet: the model must take one input tensor (its graph takes "
-                               f"{len(users_inputs)})")
+        if not users_inputs:
+            raise CaptureError("Deconvnet: the model's graph takes no input tensor")
         fx_nodes = {n.name: n for n in graph.nodes}
         output = next(n for n in graph.nodes if n.op == "output")
         # live nodes: what the output needs
@@ -192,11 +193,12 @@ class Graph:
         lrn_open: dict[str, GraphNode] = {}
         splits: dict[str, tuple] = {}  # call key -> its LRN node while its ops are read
         for n in graph.nodes:
-            if n.name not in dynamic or n.name not in live or n.op == "output":
-                continue
-            if n.op == "placeholder":
-                self.batch = int(n.meta["val"].shape[0])
+            if n.op == "placeholder" and n.name in users_inputs:
+                if not self.nodes:
+                    self.batch = int(n.meta["val"].shape[0])
                 self._add(n, "input", (), "", ())
+                continue
+            if n.name not in dynamic or n.name not in live or n.op == "output":
                 continue
             stack_meta = n.meta.get("nn_module_stack") or {}
             calls = tuple(stack_meta)
@@ -250,7 +252,8 @@ class Graph:
                 self.alias[n.name] = parent.index
                 continue
             self._add(n, n.target, inputs, module, calls)
-        self.input = 0
+        self.inputs = [self.alias[name] for name in users_inputs]
+        self.input = self.inputs[0]
         self.output = self.alias[output.args[0][0].name] if isinstance(output.args[0], (tuple, list)) \
             else self.alias[output.args[0].name]
         for node in self.nodes:
@@ -264,7 +267,7 @@ class Graph:
     def _add(self, n: fx.Node, op, inputs, module, calls) -> GraphNode:
         value = n.meta.get("val")
         value = value[0] if isinstance(value, (tuple, list)) else value
-        if isinstance(value, Tensor) and self.nodes and (value.dim() == 0 or value.shape[0] != self.batch):
+        if isinstance(value, Tensor) and op != "input" and (value.dim() == 0 or value.shape[0] != self.batch):
             raise CaptureError(f"Deconvnet: node {n.name!r} ({_op_name(op)}) in module {module or '<model>'!r} "
                                f"mixes the examples of a batch (output {list(value.shape)} from a batch of "
                                f"{self.batch}); the engine needs every example computed on its own")

@@ -12,6 +12,7 @@ import os
 import platform
 import subprocess
 import sys
+import time
 from dataclasses import asdict, dataclass
 
 import numpy as np
@@ -93,6 +94,22 @@ def time_cpu(fn, threads: int, min_run_time: float) -> Timing:
     return Timing.of(np.array(times) * 1e3)
 
 
+def repeated(sides: dict, repeats: int, warmups: dict | None = None) -> dict[str, list[float]]:
+    """Run each side ``repeats`` times, interleaved (a b a b ...), after one
+    untimed warm-up each (the side itself, or ``warmups[side]`` where given: a
+    shorter call that pays the same first-call costs); the wall times in ms,
+    per side."""
+    for name, fn in sides.items():
+        (warmups or {}).get(name, fn)()
+    samples = {name: [] for name in sides}
+    for _ in range(repeats):
+        for name, fn in sides.items():
+            start = time.perf_counter()
+            fn()
+            samples[name].append((time.perf_counter() - start) * 1e3)
+    return samples
+
+
 @dataclass
 class Row:
     op: str
@@ -112,23 +129,29 @@ class Row:
         return {**asdict(self), "ratio": round(self.ratio, 3)}
 
 
-def write(name: str, rows: list[Row], env: dict, notes: list[str], directory: str | None = None) -> None:
+def write(name: str, rows: list[Row], env: dict, notes: list[str], directory: str | None = None,
+          baseline: str = "PyTorch", extra: dict | None = None, tables: list[str] | None = None) -> None:
+    """``name``.json and ``name``.md in ``directory``. ``baseline`` names the other
+    side in the table's headings; ``extra`` adds top-level keys to the JSON and
+    ``tables`` markdown lines (more tables) before the notes."""
     directory = directory or RESULTS
     os.makedirs(directory, exist_ok=True)
     print(f"results: {os.path.join(directory, name)}.json and .md", file=sys.stderr)
     with open(os.path.join(directory, f"{name}.json"), "w") as f:
-        json.dump({"environment": env, "notes": notes, "rows": [r.as_dict() for r in rows]}, f, indent=1)
-    lines = [f"# zfcore vs pure PyTorch: {name}", "",
+        json.dump({"environment": env, "notes": notes, "rows": [r.as_dict() for r in rows], **(extra or {})},
+                  f, indent=1)
+    title = "pure PyTorch" if baseline == "PyTorch" else baseline
+    lines = [f"# zfcore vs {title}: {name}", "",
              f"Command: `{env['command']}`  ", f"Device: {env['device']}  ",
              f"torch {env['torch']}, triton {env['triton']}, Python {env['python']}, commit {env['commit']}", "",
-             "Ratio = PyTorch median / zfcore median (higher is better for zfcore); times in ms, "
+             f"Ratio = {baseline} median / zfcore median (higher is better for zfcore); times in ms, "
              "median [p20, p80].", "",
-             "| op | case | shape | dtype | layout | PyTorch baseline | PyTorch ms | zfcore ms | ratio |",
+             f"| op | case | shape | dtype | layout | {baseline} baseline | {baseline} ms | zfcore ms | ratio |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         fmt = lambda t: f"{t.median_ms:.2f} [{t.p20_ms:.2f}, {t.p80_ms:.2f}]"  # noqa: E731
         lines.append(f"| {r.op} | {r.case} | {r.shape} | {r.dtype} | {r.layout} | {r.baseline} | "
                      f"{fmt(r.pytorch)} | {fmt(r.zfcore)} | **{r.ratio:.2f}x** |")
-    lines += [""] + [f"- {n}" for n in notes]
+    lines += [""] + (tables or []) + [f"- {n}" for n in notes]
     with open(os.path.join(directory, f"{name}.md"), "w") as f:
         f.write("\n".join(lines) + "\n")

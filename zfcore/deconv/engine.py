@@ -40,6 +40,7 @@ from torch import Tensor
 
 from ..models import LayerSpec
 from ..models.layer_spec import LayerInfo
+from ..models.layer_table import kind_of
 from ..nn.normalization import local_response_norm
 from ..ops import max_pool2d_switches
 from . import rules as R
@@ -164,11 +165,14 @@ class Deconvnet:
     @cached_property
     def _spec(self) -> LayerSpec:
         infos = []
+        modules = dict(self.model.named_modules()) if isinstance(self.model, torch.nn.Module) else {}
         height, width = (self.input_shape[-2:] if len(self.input_shape) == 3 else (1, 1))
         for name, top in self.graph.layers.items():
             node = self.graph.nodes[top]
             geo = self._geometry(top)
-            kind = self._rule(top).kind if node.op != "input" else "input"
+            module = modules.get(name.partition("#")[0])
+            kind = kind_of(module) if module is not None and kind_of(module) is not None else (
+                self._rule(top).kind if node.op != "input" else "input")
             if geo is None or self.graph.input not in geo:
                 infos.append(LayerInfo(name, kind, node.shape, (height, width), (1, 1),
                                        ((height - 1) / 2, (width - 1) / 2)))

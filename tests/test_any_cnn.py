@@ -638,3 +638,26 @@ def test_call_sites_name_a_reused_relu_in_the_analyses():
         grad_cam(model, images, "layer1.0.relu", progress=False)
     first, second = (grad_cam(model, images, f"layer1.0.relu#{i}", progress=False) for i in (0, 1))
     assert first.shape == second.shape and not torch.allclose(first, second)
+
+
+def test_a_forward_that_fails_raises_its_own_error():
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise AssertionError("the model's own check")
+    with pytest.raises(AssertionError, match="the model's own check"):
+        Deconvnet(Broken(), (3, 4, 4))
+
+
+def test_occlusion_takes_a_resnet():
+    from zfcore.analysis.occlusion import occlusion
+
+    model, images, _, _ = _setup("resnet_basic")
+    result = occlusion(model, images[:2], torch.tensor([1, 3]), layer="layer2", patch_size=8, stride=8,
+                       progress=False)
+    assert torch.isfinite(result.true_prob).all() and result.true_prob.shape[0] == 2
+    # image 0 with the first square occluded, by hand: the first entry of its map
+    x = images[:1].clone()
+    x[..., :8, :8] = 0
+    with torch.no_grad():
+        by_hand = torch.softmax(model(x), 1)[0, 1]
+    torch.testing.assert_close(result.true_prob[0, 0, 0].double(), by_hand, rtol=1e-6, atol=1e-9)

@@ -88,6 +88,8 @@ def _fallback(model: nn.Module, example: tuple, error: Exception) -> ExportedPro
     """``torch.fx.symbolic_trace``, then export of the traced module, where the
     trace computes what the model computes; else the export's error."""
     reason = "\n".join(str(error).strip().splitlines()[:12])
+    with torch.no_grad():
+        model(*example)  # a model whose own forward fails raises its own error, unchanged
     try:
         traced = fx.symbolic_trace(model)
         with torch.no_grad():

@@ -661,3 +661,27 @@ def test_occlusion_takes_a_resnet():
     with torch.no_grad():
         by_hand = torch.softmax(model(x), 1)[0, 1]
     torch.testing.assert_close(result.true_prob[0, 0, 0].double(), by_hand, rtol=1e-6, atol=1e-9)
+
+
+def test_an_in_place_relu_never_writes_into_a_live_view():
+    """x.flatten(1) read after torch.relu(x): the ReLU may not run in place."""
+    class ViewThenRelu(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.fc = nn.Conv2d(3, 4, 3), nn.Linear(4 * 6 * 6, 2)
+
+        def forward(self, x):
+            x = self.conv(x)
+            y = x.flatten(1)
+            return self.fc(torch.relu(x).flatten(1) + y)
+
+    torch.manual_seed(0)
+    model = ViewThenRelu().double().eval()
+    images = torch.randn(2, 3, 8, 8, dtype=torch.float64)
+    net = Deconvnet(model, (3, 8, 8))
+    out = net.graph.output
+    torch.testing.assert_close(net._forward(images, [out], "deconvnet", {out})[1][out], model(images).detach(),
+                               rtol=1e-12, atol=1e-12)
+    for mode in MODES:
+        torch.testing.assert_close(net.project(images, "fc", 1, mode=mode), oracle(model, images, "fc", 1, None, mode),
+                                   rtol=1e-9, atol=1e-12)

@@ -246,8 +246,12 @@ class Deconvnet:
                 elif rule.kind == "relu":
                     if record == "mask":
                         records[i] = (x > 0,)
-                    inplace = left[node.inputs[0]] == 1 and node.inputs[0] not in keep and \
-                        x.untyped_storage().data_ptr() not in held
+                    ptr = x.untyped_storage().data_ptr()
+                    # in place only where nothing else reads this memory: no other reader of the
+                    # input, no record or kept output, no live view of it (a flatten read later)
+                    inplace = left[node.inputs[0]] == 1 and node.inputs[0] not in keep and ptr not in held \
+                        and sum(v.untyped_storage().data_ptr() == ptr for v in values.values()
+                                if isinstance(v, Tensor)) == 1
                     y = torch.relu_(x) if inplace else torch.relu(x)
                 else:
                     if record == "inputs":

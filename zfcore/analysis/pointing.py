@@ -212,7 +212,7 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
     against the object's box (see the module's docstring).
 
     Args:
-        model: a plain CNN the deconvnet engine walks, giving class scores.
+        model: a CNN the deconvnet engine captures, giving class scores.
         images: ``Tensor[N, C, H, W]`` in the model's input space.
         labels: the true classes, ``LongTensor[N]``.
         boxes: ``LongTensor[N, 4]``, x0, y0, x1, y1 in pixels, ends exclusive.

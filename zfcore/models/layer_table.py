@@ -1,6 +1,7 @@
-"""The layers zfcore understands, in one table: the deconvnet's walk accepts
-exactly these, ``LayerSpec`` computes their shapes and receptive fields, and
-the deconvnet's plan of stages undoes each of them by its kind."""
+"""The module types of plain sequential CNNs, in one table: ``LayerSpec``
+computes their shapes and receptive fields, occlusion's incremental path reuses
+them, and the deconvnet engine names its layers' kinds by them. (The engine
+itself reads the captured graph: its op table is ``zfcore.deconv.rules``.)"""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ WINDOWED = ("conv", "pool")  # a kernel sliding with a stride over padded input
 
 
 def kind_of(module: nn.Module) -> str | None:
-    """``module``'s kind (``KINDS``' values), or None for a layer zfcore cannot walk."""
+    """``module``'s kind (``KINDS``' values), or None for a type outside this table."""
     for cls, kind in KINDS.items():
         if isinstance(module, cls):
             return kind

@@ -685,3 +685,16 @@ def test_an_in_place_relu_never_writes_into_a_live_view():
     for mode in MODES:
         torch.testing.assert_close(net.project(images, "fc", 1, mode=mode), oracle(model, images, "fc", 1, None, mode),
                                    rtol=1e-9, atol=1e-12)
+
+
+def test_captured_graphs_are_reused_until_the_model_changes():
+    torch.manual_seed(0)
+    model = vgg_bn().eval()
+    first, second = Deconvnet(model, (3, 20, 22)), Deconvnet(model, (3, 20, 22))
+    assert second.graph is first.graph  # one capture
+    assert Deconvnet(model, (3, 24, 22)).graph is not first.graph  # another input shape
+    model.features[4].padding = (0, 0)  # a setting capture bakes in (the second conv)
+    changed = Deconvnet(model, (3, 20, 22))
+    assert changed.graph is not first.graph and changed.layer_spec()["features.4"].shape[1:] == (8, 9)
+    model.features[0] = nn.Conv2d(3, 8, 5, padding=2)  # a module replaced
+    assert Deconvnet(model, (3, 20, 22)).graph is not changed.graph

@@ -31,6 +31,7 @@ result equals autograd's gradient of the unit times the unit's value.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 from functools import cached_property
@@ -49,6 +50,35 @@ from .plan import Stage, compile_plan
 from .windows import Windows, geometries
 
 MODES = ("deconvnet", "guided", "gradient")
+
+# A module's captured graphs, by input shape, dtype and device, while the module
+# lives and keeps its structure (its submodules, their settings and parameter objects): capture
+# (torch.export) costs about a second, and the analyses build engines often.
+# Weights changed in place are read afresh (Deconvnet.consts).
+_GRAPHS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _settings(module: torch.nn.Module) -> tuple:
+    """A module's plain settings (stride, alpha, eps, inplace, ...): what capture bakes in."""
+    return tuple(sorted((k, v) for k, v in vars(module).items() if not k.startswith("_") and k != "training"
+                        and isinstance(v, (int, float, bool, str, tuple, type(None)))))
+
+
+def _structure(model: torch.nn.Module) -> tuple:
+    return (tuple((name, type(m), id(m), _settings(m)) for name, m in model.named_modules()),
+            tuple((name, id(t)) for name, t in (*model.named_parameters(), *model.named_buffers())))
+
+
+def _captured(model, input_shape, example_inputs) -> Graph:
+    if not isinstance(model, torch.nn.Module) or example_inputs is not None:
+        return Graph(*capture(model, input_shape, example=example_inputs))
+    tensor = next(model.parameters(), None)
+    key = (input_shape, tensor.dtype if tensor is not None else None, tensor.device if tensor is not None else None)
+    structure = _structure(model)
+    cached = _GRAPHS.setdefault(model, {})
+    if key not in cached or cached[key][0] != structure:
+        cached[key] = (structure, Graph(*capture(model, input_shape)))
+    return cached[key][1]
 
 
 @dataclass(frozen=True)
@@ -106,9 +136,8 @@ class Deconvnet:
             raise ValueError(f"Deconvnet: input_shape must be positive ints, such as (3, 224, 224) "
                              f"(got {input_shape!r})")
         self.lrn = lrn
-        ep, module = capture(model, tuple(input_shape) if input_shape is not None else None, example=example_inputs)
         self.model = model
-        self.graph = Graph(ep, module)
+        self.graph = _captured(model, tuple(input_shape) if input_shape is not None else None, example_inputs)
         shape = self.graph.nodes[self.graph.input].shape
         if input_shape is not None and tuple(input_shape) != shape:
             raise ValueError(f"Deconvnet: input_shape {tuple(input_shape)} differs from the program's input "

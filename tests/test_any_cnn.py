@@ -590,8 +590,6 @@ def test_random_dag_cnns_equal_the_oracle(program, mode, seed):
         got = net.project(images, layer, channel, position, mode)
         expected = oracle(model, images, path, channel, position, mode, call)
         torch.testing.assert_close(got, expected, rtol=1e-9, atol=1e-12, msg=f"{program} {mode} {position}")
-    if position != "map":
-        pass
     requests = [Request(0, layer, channel, (0, 0)), Request(1, layer, channel, (6, 5))]
     torch.testing.assert_close(net.project_many(images, requests, mode),
                                net.project_many(images, requests, mode, crop=False), rtol=1e-9, atol=1e-12)

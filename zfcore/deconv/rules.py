@@ -294,10 +294,6 @@ def add_down(node, signal, run):
     return tuple(grads)
 
 
-def _elementwise_window(node, geometry, run=None):
-    return pointwise(node, geometry)
-
-
 def scale_down(node, signal, run):
     """mul/div by a constant (or a scalar)."""
     a, b = node.fx.args[:2]
@@ -434,10 +430,6 @@ def gradient_down(node, signal, run):
     """An op that goes down by its gradient at the recorded inputs."""
     primals = [run.read(node.index, k) for k in range(len(node.inputs))]
     return _vjp(lambda *xs: _call_with(run, node, xs), primals, signal)
-
-
-def _gradient_window(node, geometry, run=None):
-    return pointwise(node, geometry)
 
 
 def lrn_down(node, signal, run):

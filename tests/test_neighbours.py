@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch import nn
 
-from zfcore.analysis.neighbours import features, last_hidden_layer, nearest_neighbours, render, shown_queries
+from zfcore.analysis.neighbours import features, last_hidden_layer, nearest_neighbours, run, shown_queries
+from zfcore.report.pages.neighbours import render
 from zfcore.models import zfnet_small
 
 
@@ -159,8 +160,12 @@ def test_bad_arguments_are_named():
         features(model, images, "fc9", progress=False)
     nan = images.clone()
     nan[2, 0, 0, 0] = math.nan
-    with pytest.raises(ValueError, match="^nearest_neighbours: the features of layer 'flatten' contain NaN"):
+    with pytest.raises(ValueError, match="^nearest_neighbours: images hold NaN or infinite values"):
         nearest_neighbours(model, nan, labels, "flatten", progress=False)
+    with torch.no_grad():
+        model.conv.weight[0, 0, 0, 0] = math.nan   # finite images, NaN features
+    with pytest.raises(ValueError, match="^nearest_neighbours: the features of layer 'flatten' contain NaN"):
+        nearest_neighbours(model, images, labels, "flatten", progress=False)
 
 
 def test_render_writes_its_figures_and_the_result_survives_weights_only(tmp_path):
@@ -194,14 +199,12 @@ def tiny_loaded(monkeypatch, tmp_path):
                   1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
 
 
-def test_analyze_embedded_indexes_the_images_it_hands_to_render(monkeypatch, tmp_path):
-    from zfcore.analysis.neighbours import analyze_embedded
-
-    from zfcore.analyze import _embedded_val
+def test_run_indexes_the_images_it_hands_to_render(monkeypatch, tmp_path):
+    from zfcore.load import embedded_dataset
 
     loaded = tiny_loaded(monkeypatch, tmp_path)
-    result, extra = analyze_embedded(loaded, quick=True, progress=False, seed=0)
-    base = _embedded_val(loaded).base
+    base = embedded_dataset(loaded)
+    result, extra = run(loaded, base, quick=True, progress=False, seed=0)
     assert result.layer == "relu7" and result.metric == "cosine" and len(result.queries) == len(base.labels) == 30
     again = nearest_neighbours(loaded.model, loaded.preprocess(base.images), base.labels, "relu7", progress=False)
     assert torch.equal(again.feature_index, result.feature_index) and torch.equal(again.pixel_index, result.pixel_index)

@@ -2,8 +2,8 @@
 Fergus, *Visualizing and Understanding Convolutional Networks* (ECCV 2014)."""
 
 from . import models, nn, ops
-from .load import Loaded, load
+from .load import Dataset, Loaded, Subject, load
 from .ops import backends
+from .version import __version__
 
-__version__ = "0.1.0"
-__all__ = ["Loaded", "backends", "load", "models", "nn", "ops", "__version__"]
+__all__ = ["Dataset", "Loaded", "Subject", "backends", "load", "models", "nn", "ops", "__version__"]

@@ -23,9 +23,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
+import torch.utils.data
 from torch import Tensor, nn
 
-__all__ = ["Loaded", "load"]
+__all__ = ["Dataset", "Loaded", "PreparedDataset", "Subject", "embedded_dataset", "load", "open_dataset"]
 
 
 def _centre_crop(t: Tensor, size: int) -> Tensor:
@@ -38,8 +39,9 @@ def _centre_crop(t: Tensor, size: int) -> Tensor:
 
 
 @dataclass
-class Loaded:
-    """A model ready to look at.
+class Subject:
+    """A model ready to look at: what every analysis is handed (``Loaded`` is
+    its older name).
 
     Attributes:
         model: the network, in eval mode.
@@ -85,6 +87,9 @@ class Loaded:
         return self.path.parent if self.path is not None else None
 
 
+Loaded = Subject
+
+
 def _fail(path, why: str) -> ValueError:
     return ValueError(f"zfcore.load: {os.fspath(path)!r} is not a zfcore model ({why})")
 
@@ -116,7 +121,7 @@ def read_state(path: str | os.PathLike) -> dict:
     return state
 
 
-def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
+def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Subject:
     """Load a ``model.pt`` or training checkpoint (or a run folder holding a
     ``model.pt``) written by ``zfcore train``.
 
@@ -160,6 +165,134 @@ def load(path: str | os.PathLike, device: str | torch.device = "cpu") -> Loaded:
     if mean.dim() != 3 or mean.shape[0] != 3 or min(mean.shape[1:]) < size:
         raise _fail(path, f"its mean image has shape {tuple(mean.shape)}, expected [3, S, S] with S >= {size}")
     resize = prep.get("resize")
-    return Loaded(model=model.to(device).eval(), classes=classes, input_shape=(3, size, size), mean=mean,
+    return Subject(model=model.to(device).eval(), classes=classes, input_shape=(3, size, size), mean=mean,
                   scale=float(prep.get("scale", 1.0)), resize=int(resize) if resize is not None else None,
                   config=dict(config), history=list(state.get("history") or []), path=path)
+
+
+# ----------------------------------------------------------------- data handed to the analyses
+
+
+@dataclass
+class Dataset:
+    """Images an analysis runs on, held in memory, handed down by the caller
+    (``zfcore analyze``, ``zfcore visualize``, ``zfcore demo``); no analysis finds
+    its own data.
+
+    Attributes:
+        images: uint8 ``[N, 3, H, W]`` pixels (``Subject.preprocess`` brings them
+            to the model's input).
+        labels: int64 ``[N]``, indices into ``classes``.
+        classes: class names (untrusted text).
+        description: one line saying where the images come from.
+        boxes: int64 ``[N, 4]`` object boxes ``(top, left, bottom, right)``, or None.
+        landmarks: float ``[N, P, 2]`` landmark points ``(row, col)``, or None.
+        train: a disjoint split of the same source to fit on (the linear probes),
+            or None.
+    """
+
+    images: Tensor
+    labels: Tensor
+    classes: list[str]
+    description: str = ""
+    boxes: Tensor | None = None
+    landmarks: Tensor | None = None
+    train: "Dataset | None" = None
+
+    def __post_init__(self) -> None:
+        images, labels = self.images, self.labels
+        if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or images.dtype != torch.uint8:
+            got = f"{images.dtype} {tuple(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"Dataset: images must be a uint8 Tensor[N, 3, H, W] (got {got})")
+        if not isinstance(labels, Tensor) or labels.shape != (len(images),):
+            got = tuple(labels.shape) if isinstance(labels, Tensor) else type(labels).__name__
+            raise ValueError(f"Dataset: labels must be a Tensor[{len(images)}] (got {got})")
+        for name, value, tail in (("boxes", self.boxes, (4,)), ("landmarks", self.landmarks, None)):
+            if value is not None and (not isinstance(value, Tensor) or value.shape[0] != len(images)
+                                      or (tail is not None and tuple(value.shape[1:]) != tail)):
+                got = tuple(value.shape) if isinstance(value, Tensor) else type(value).__name__
+                raise ValueError(f"Dataset: {name} must have one row per image ({len(images)}; got {got})")
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def subset(self, index) -> "Dataset":
+        """The images at ``index`` (a slice, a list or a tensor of indices), with
+        their labels, boxes and landmarks."""
+        pick = (lambda t: None if t is None else t[index])
+        return Dataset(self.images[index], self.labels[index], self.classes, self.description,
+                       pick(self.boxes), pick(self.landmarks), self.train)
+
+
+def embedded_dataset(subject: Subject, split: str = "val", per_class: int | None = None, *,
+                     train_per_class: int | None = None) -> Dataset:
+    """The embedded data of ``subject``'s run: its ``split`` with the run's seed
+    and image size (``per_class`` default: the validation share of the run,
+    a fifth of its training ``per_class``), with boxes and landmarks; with
+    ``train_per_class``, that many training images per class ride along as
+    ``train``."""
+    from .data import SyntheticShapes
+
+    config = subject.config
+    seed, size = int(config.get("seed", 0)), subject.input_shape[-1]
+    if per_class is None:
+        per_class = max(1, int(config.get("per_class", 500)) // 5)
+    base = SyntheticShapes(split, seed=seed, size=size, per_class=per_class)
+    train = None
+    if train_per_class is not None:
+        shapes = SyntheticShapes("train", seed=seed, size=size, per_class=train_per_class)
+        train = Dataset(shapes.images, shapes.labels, list(SyntheticShapes.classes),
+                        f"embedded training images (seed {seed}, {size} px)", shapes.boxes, shapes.landmarks)
+    return Dataset(base.images, base.labels, list(SyntheticShapes.classes),
+                   f"embedded validation images (seed {seed}, {size} px)", base.boxes, base.landmarks, train)
+
+
+class PreparedDataset(torch.utils.data.Dataset):
+    """A dataset of uint8 images brought to a subject's input space, read lazily
+    (an image folder of any size streams through ``zfcore visualize``)."""
+
+    def __init__(self, base, loaded: Subject, classes: list[str], description: str, skipped: int = 0):
+        self.base, self.loaded = base, loaded
+        self.classes, self.description, self.skipped = classes, description, skipped
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    def __getitem__(self, index: int):
+        image, label = self.base[index]
+        return self.loaded.preprocess(image), label
+
+    def label(self, index: int) -> int:
+        for name in ("labels", "targets"):
+            labels = getattr(self.base, name, None)
+            if labels is not None:
+                return int(labels[index])
+        return int(self.base[index][1])
+
+
+def open_dataset(loaded: Subject, data: str) -> PreparedDataset:
+    """``"synthetic"``: the embedded validation images of the model's run (same
+    seed, size and count as its training run's validation split); otherwise an
+    image folder with one subfolder per class, resized and centre-cropped as
+    the run's training did (unreadable files skipped and counted)."""
+    import warnings
+
+    from .data import ImageFolderDataset, SyntheticShapes
+
+    config = loaded.config
+    size = loaded.input_shape[-1]
+    if data == "synthetic":
+        per_class = max(1, int(config.get("per_class", 500)) // 5)
+        base = SyntheticShapes("val", seed=int(config.get("seed", 0)), size=size, per_class=per_class)
+        return PreparedDataset(base, loaded, list(SyntheticShapes.classes),
+                               f"embedded validation images (seed {config.get('seed', 0)}, {size} px)")
+    folder = Path(data)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"visualize: data must be 'synthetic' or an image folder; {os.fspath(data)!r} "
+                                f"is not a folder")
+    resize = loaded.resize if loaded.resize is not None else round(size * 256 / 224)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        base = ImageFolderDataset(folder, resize=max(resize, size))
+    return PreparedDataset(base, loaded, list(base.classes), f"image folder {os.fspath(folder)}",
+                           skipped=len(base.skipped))

@@ -23,6 +23,7 @@ import torch
 from torch import Tensor, nn
 from torch.utils.data import Dataset
 
+from .version import __version__
 from .load import Loaded, load
 
 __all__ = ["PreparedDataset", "demo", "open_dataset", "visualize"]
@@ -148,7 +149,6 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
         resume: continue an interrupted top-k pass from ``out/results/topk-state.pt``.
         activation_image: the dataset index shown on the activations page.
     """
-    from . import __version__
     from .analysis import activations, dead_units, filters, top_k, top_k_projections
     from .deconv import MODES, Deconvnet
     from .report import render, save_results

@@ -41,20 +41,19 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from ._render import begin
-from ._stream import LayerTap, check_layers, model_device
+from ._args import check_choice, check_images, check_labels, check_layers, check_positive_int, layer_features
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["Neighbours", "features", "nearest_neighbours", "last_hidden_layer", "shown_queries", "display_images",
-           "analyze_embedded", "render"]
+__all__ = ["ANALYSIS", "Neighbours", "features", "last_hidden_layer", "nearest_neighbours", "run", "shown_queries"]
 
 METRICS = ("cosine", "euclidean")
 _QUERY_BLOCK = 1024  # query rows of the distance matrix held at once
 
 
 @dataclass
-class Neighbours:
+class Neighbours(Result):
     """The ``k`` nearest neighbours of ``Q`` query images among ``N``.
 
     ``queries[Q]``: the queries' indices in the set; ``feature_index[Q, k]``
@@ -74,13 +73,6 @@ class Neighbours:
     pixel_distance: Tensor
     feature_share: float
     pixel_share: float
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Neighbours":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def same_class(self, space: str) -> Tensor:
         """``bool[Q, k]``: whether each neighbour in ``space`` (``"feature"`` or
@@ -112,44 +104,6 @@ def last_hidden_layer(model: nn.Module) -> str:
     raise ValueError("last_hidden_layer: the model has no nn.Linear with a layer before it; name a layer")
 
 
-def _check_images(images, caller: str) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{caller}: images must be a float Tensor[N, C, H, W] in the model's input space (got {got})")
-
-
-def _check_labels(labels, n: int, caller: str) -> None:
-    integer = isinstance(labels, Tensor) and not labels.is_floating_point() and labels.dtype != torch.bool
-    if not integer or labels.shape != (n,):
-        got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"{caller}: labels must be an integer Tensor[{n}] of class indices (got {got})")
-    if n and int(labels.min()) < 0:
-        raise ValueError(f"{caller}: labels must be non-negative class indices (got {int(labels.min())})")
-
-
-def _check_positive(value, name: str, caller: str) -> None:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{caller}: {name} must be a positive int (got {value!r})")
-
-
-def _layer_features(model: nn.Module, images: Tensor, layer: str, batch_size: int, progress: bool,
-                    caller: str) -> Tensor:
-    device = model_device(model)
-    was_training = model.training
-    model.eval()
-    chunks = []
-    try:
-        with LayerTap(model, [layer]) as tap:
-            for start in tqdm(range(0, len(images), batch_size), desc=f"{caller}: {layer}", unit="batch",
-                              disable=not progress):
-                chunks.append(tap(images[start:start + batch_size].to(device))[layer].flatten(1))
-    finally:
-        model.train(was_training)
-    if not chunks:
-        raise ValueError(f"{caller}: images is empty")
-    return torch.cat(chunks)
-
-
 def features(model: nn.Module, images: Tensor, layer: str, *, batch_size: int = 64,
              progress: bool = True) -> Tensor:
     """The output of ``layer`` for each image, flattened.
@@ -168,9 +122,9 @@ def features(model: nn.Module, images: Tensor, layer: str, *, batch_size: int = 
         >>> f = features(model, images, "relu7")   # [N, 256] for zfnet_small
     """
     check_layers(model, [layer], "features")
-    _check_images(images, "features")
-    _check_positive(batch_size, "batch_size", "features")
-    return _layer_features(model, images, layer, batch_size, progress, "features")
+    check_images(images, "features")
+    check_positive_int(batch_size, "batch_size", "features")
+    return layer_features(model, images, layer, batch_size, progress, "features")
 
 
 def _distances(q: Tensor, x: Tensor, metric: str) -> Tensor:
@@ -227,16 +181,15 @@ def nearest_neighbours(model: nn.Module, images: Tensor, labels: Tensor, layer: 
     """
     caller = "nearest_neighbours"
     check_layers(model, [layer], caller)
-    _check_images(images, caller)
+    check_images(images, caller)
     n = len(images)
-    _check_labels(labels, n, caller)
-    if metric not in METRICS:
-        raise ValueError(f"{caller}: metric must be 'cosine' or 'euclidean' (got {metric!r})")
-    _check_positive(k, "k", caller)
+    check_labels(labels, n, caller)
+    check_choice(metric, METRICS, "metric", caller)
+    check_positive_int(k, "k", caller)
     if k >= n:
         raise ValueError(f"{caller}: k must be less than the number of images, {n} (got {k}); a query is not "
                          f"its own neighbour")
-    _check_positive(batch_size, "batch_size", caller)
+    check_positive_int(batch_size, "batch_size", caller)
     if queries is None:
         queries = torch.arange(n)
     else:
@@ -257,13 +210,11 @@ def nearest_neighbours(model: nn.Module, images: Tensor, labels: Tensor, layer: 
             raise ValueError(f"{caller}: queries must be indices in [0, {n}) (got {int(queries.min())} .. "
                              f"{int(queries.max())})")
         queries = queries.long()
-    feats = _layer_features(model, images, layer, batch_size, progress, caller)
+    feats = layer_features(model, images, layer, batch_size, progress, caller)
     if not torch.isfinite(feats).all():
         raise ValueError(f"{caller}: the features of layer {layer!r} contain NaN or inf")
     device = feats.device
     pixels = images.to(device).flatten(1)
-    if not torch.isfinite(pixels).all():
-        raise ValueError(f"{caller}: images contain NaN or inf")
     q = queries.to(device)
     feature_index, feature_distance = _knn(feats, q, k, metric)
     pixel_index, pixel_distance = _knn(pixels, q, k, metric)
@@ -275,40 +226,23 @@ def nearest_neighbours(model: nn.Module, images: Tensor, labels: Tensor, layer: 
                       float((labels[pixel_index] == own).double().mean()))
 
 
-def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int) -> tuple[Neighbours, dict]:
-    """``nearest_neighbours`` of the last hidden layer (``relu7``) on the run's
-    embedded validation images, cosine, ``k = 5``: every image a query;
-    ``quick``: 200 images drawn with ``seed``. Extra for ``render``: the uint8
-    images its figure draws (``images``, ``image_index``: their indices in the
-    set) and the class names."""
-    from ..analyze import _embedded_val
-
-    base = _embedded_val(loaded).base
-    n = len(base.labels)
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Neighbours, dict]:
+    """``nearest_neighbours`` of the last hidden layer (``relu7``) on
+    ``dataset``, cosine, ``k = 5``: every image a query; ``quick``: 200 images
+    drawn with ``seed``. Extra for the page: the uint8 images its figure draws
+    (``images``, ``image_index``: their indices in the set) and the class names."""
+    n = len(dataset)
     index = torch.arange(n)
     if quick and n > 200:
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(n, generator=generator)[:200].sort().values
-    images = loaded.preprocess(base.images[index])
-    result = nearest_neighbours(loaded.model, images, base.labels[index], last_hidden_layer(loaded.model),
+    images = subject.preprocess(dataset.images[index])
+    result = nearest_neighbours(subject.model, images, dataset.labels[index], last_hidden_layer(subject.model),
                                 k=5, metric="cosine", progress=progress)
     rows = shown_queries(result)
     drawn = torch.cat([result.queries[rows], result.feature_index[rows].flatten(),
                        result.pixel_index[rows].flatten()]).unique()
-    return result, {"images": base.images[index][drawn], "image_index": drawn, "classes": list(loaded.classes)}
-
-
-def display_images(images: Tensor, image_index: Tensor | None, n: int) -> Tensor:
-    """uint8 ``[n, 3, H, W]``: ``images`` as they are, or (with ``image_index``)
-    placed at those indices of the set, black elsewhere (a saved result keeps
-    only the images its figures draw)."""
-    if image_index is None:
-        return images
-    if image_index.shape != (len(images),) or (len(image_index) and int(image_index.max()) >= n):
-        raise ValueError(f"render: image_index must be a LongTensor[{len(images)}] of indices below {n}")
-    full = torch.zeros((n, *images.shape[1:]), dtype=images.dtype)
-    full[image_index.long()] = images
-    return full
+    return result, {"images": dataset.images[index][drawn], "image_index": drawn, "classes": list(dataset.classes)}
 
 
 def shown_queries(result: Neighbours, count: int = 8) -> list[int]:
@@ -324,123 +258,8 @@ def shown_queries(result: Neighbours, count: int = 8) -> list[int]:
     return rows
 
 
-_FRAME = {None: (255, 255, 255), True: (40, 160, 40), False: (220, 30, 30)}
-
-
-def _mosaic(result: Neighbours, images: Tensor, rows: list[int], name) -> tuple[Tensor, list]:
-    """One uint8 ``[H, W, 3]`` picture of the rows of ``rows`` (query, feature
-    neighbours, a gap, query, pixel neighbours; each image framed by whether it
-    has the query's class) and the ``(x, y, text)`` captions above the cells
-    (``name``: class index -> display name)."""
-    _, _, h, w = images.shape
-    frame, label_space, gap = max(2, h // 20), 14, w // 2
-    cell_h, cell_w = h + 2 * frame + label_space, w + 2 * frame
-    k = result.k
-    width = (2 * k + 2) * cell_w + gap
-    canvas = torch.full((len(rows) * cell_h + label_space, width, 3), 255, dtype=torch.uint8)
-    texts = [(cell_w * (1 + k / 2), label_space - 2, f"{result.layer} features"),
-             (cell_w * (k + 1 + 1 + k / 2) + gap, label_space - 2, "pixels")]
-    for r, row in enumerate(rows):
-        query = int(result.queries[row])
-        own = int(result.labels[query])
-        cells = [(query, name(own), None)]
-        cells += [(int(j), f"{float(d):.3g}", int(result.labels[j]) == own)
-                  for j, d in zip(result.feature_index[row], result.feature_distance[row])]
-        cells += [(query, name(own), None)]
-        cells += [(int(j), f"{float(d):.3g}", int(result.labels[j]) == own)
-                  for j, d in zip(result.pixel_index[row], result.pixel_distance[row])]
-        top = label_space + r * cell_h + label_space
-        for c, (index, text, same) in enumerate(cells):
-            left = c * cell_w + (gap if c > k else 0)
-            canvas[top:top + h + 2 * frame, left:left + cell_w] = torch.tensor(_FRAME[same], dtype=torch.uint8)
-            canvas[top + frame:top + frame + h, left + frame:left + frame + w] = images[index].permute(1, 2, 0)
-            texts.append((left + cell_w / 2, top - 1, text))
-    return canvas, texts
-
-
-def render(result: "Neighbours | dict", assets: Path, *, images: Tensor | None = None,
-           image_index: Tensor | None = None, classes: Sequence[str] | None = None) -> dict:
-    """The neighbours as PNGs in ``assets``: with ``images`` (uint8
-    ``[N, 3, H, W]``, the set the result indexes), rows of a query and its
-    neighbours in feature space beside those in pixel space (8 queries, one
-    per class first; a neighbour of another class framed red, of the query's
-    green; ``image_index``: the set's indices of ``images`` when they are
-    only those drawn, as ``analyze_embedded`` gives); the share of same-class neighbours per class as bars; a table;
-    the claim that feature neighbours share the query's class more often than
-    pixel neighbours."""
-    plt, result, assets = begin(result, Neighbours, assets)
-    names = [str(c) for c in classes] if classes is not None else None
-
-    def name(label: int) -> str:
-        return names[label] if names is not None and 0 <= label < len(names) else str(label)
-
-    figures = []
-    k = result.k
-    if images is not None and len(result.queries):
-        images = display_images(images, image_index, len(result.labels))
-        rows = shown_queries(result)
-        mosaic, texts = _mosaic(result, images, rows, name)
-        height, width = mosaic.shape[:2]
-        fig = plt.figure(figsize=(width / 55, height / 55))
-        ax = fig.add_axes((0, 0, 1, 1))
-        ax.imshow(mosaic.numpy(), interpolation="nearest")
-        for x, y, text in texts:
-            ax.text(x, y, text, ha="center", va="bottom", fontsize=7)
-        ax.set_axis_off()
-        fig.savefig(assets / "neighbours_rows.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "neighbours_rows.png",
-                        "caption": f"Each row: a query (white frame, its class above) and its {k} nearest "
-                                   f"images in {result.layer} features ({result.metric} distance above each), "
-                                   f"then the query again and its {k} nearest in raw pixels. Green frame: the "
-                                   f"query's class; red: another class."})
-    feature_same, pixel_same = result.same_class("feature"), result.same_class("pixel")
-    query_labels = result.labels[result.queries]
-    present = sorted(set(query_labels.tolist()))
-    per_class = []
-    n = len(result.labels)
-    counts = torch.bincount(result.labels, minlength=max(present, default=0) + 1)
-    for c in present:
-        rows_c = query_labels == c
-        per_class.append((c, int(rows_c.sum()), float(feature_same[rows_c].double().mean()),
-                          float(pixel_same[rows_c].double().mean()), float(counts[c] - 1) / (n - 1)))
-    if per_class:
-        fig, ax = plt.subplots(figsize=(max(5.0, 0.7 * len(per_class) + 2), 3.2))
-        x = torch.arange(len(per_class)).numpy()
-        ax.bar(x - 0.2, [p[2] for p in per_class], 0.4, label=f"{result.layer} features")
-        ax.bar(x + 0.2, [p[3] for p in per_class], 0.4, label="pixels")
-        ax.scatter(x, [p[4] for p in per_class], marker="_", s=300, color="black", label="chance", zorder=3)
-        ax.set_xticks(x)
-        ax.set_xticklabels([name(p[0]) for p in per_class], rotation=45, ha="right", fontsize=8)
-        ax.set_ylim(0, 1)
-        ax.set_ylabel("same-class share")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(assets / "neighbours_share.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "neighbours_share.png",
-                        "caption": f"Share of the {k} nearest neighbours that have the query's class, per class "
-                                   f"of the query: in {result.layer} features, in pixels, and by chance."})
-    table_rows = [[name(c), q, round(f, 3), round(p, 3), round(ch, 3)] for c, q, f, p, ch in per_class]
-    chance = result.chance() if len(result.queries) else float("nan")
-    table_rows.append(["all", len(result.queries), round(result.feature_share, 3), round(result.pixel_share, 3),
-                       round(chance, 3)])
-    claims = [{"claim": f"Neighbours in {result.layer} features share the query's class more often than "
-                        f"neighbours in pixel space",
-               "holds": result.feature_share > result.pixel_share,
-               "detail": f"{result.feature_share:.1%} of {result.k} {result.metric} neighbours of "
-                         f"{len(result.queries)} queries in {result.layer} against {result.pixel_share:.1%} in "
-                         f"pixels (chance {chance:.1%})"},
-              {"claim": f"Neighbours in {result.layer} features share the query's class more often than chance",
-               "holds": result.feature_share > chance,
-               "detail": f"{result.feature_share:.1%} against {chance:.1%} for {result.k} images drawn at random"}]
-    return {"title": "Nearest neighbours in feature space",
-            "intro": f"For each query image, the {k} nearest other images of the set by {result.metric} distance "
-                     f"between {result.layer} feature vectors, and between raw pixels (the model's input). "
-                     f"Krizhevsky et al. (2012, Fig. 4) found last-layer neighbours semantic rather than "
-                     f"pixel-alike. Ties go to the lower index; a query is never its own neighbour.",
-            "figures": figures,
-            "tables": [{"caption": "share of neighbours with the query's class",
-                        "header": ["query class", "queries", f"{result.layer}", "pixels", "chance"],
-                        "rows": table_rows}],
-            "claims": claims}
+ANALYSIS = Analysis(
+    name="neighbours", group="toolbox", order=10, demo=True, result=Neighbours, run=run,
+    description="nearest neighbours in feature space against pixel space (the lecture's semantic check)",
+    claims=("neighbours in the last hidden layer's features share the query's class more often than in pixels, "
+            "and more often than chance",))

@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import re
 import shutil
 import time
 from pathlib import Path
@@ -26,19 +25,16 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["RESULTS", "load_results", "render", "save_results", "slug"]
+from ..version import __version__
+from ..analysis.result import display_signed
+from .html import TEMPLATES as _TEMPLATES, environment as _environment, save_png as _save_png, slug
+from .pages import nav_entries, render_analyses, saved_analyses
+
+__all__ = ["RESULTS", "load_results", "render", "render_analyses", "rerender", "save_results", "slug"]
 
 RESULTS = "results"
-_TEMPLATES = Path(__file__).with_name("templates")
 _MARKER = ".zfcore-report"
 _CELL = 56  # smallest on-screen side of one projection or patch, in pixels
-
-
-def slug(name: str, index: int) -> str:
-    """A safe file-name stem for an untrusted name: its page number and the
-    name's letters, digits, ``_`` and ``-`` (nothing else; at most 40)."""
-    cleaned = re.sub(r"[^A-Za-z0-9_-]+", "_", str(name)).strip("_")[:40]
-    return f"{index:02d}-{cleaned or 'layer'}"
 
 
 # ----------------------------------------------------------------- results
@@ -81,25 +77,6 @@ def load_results(source: str | os.PathLike) -> tuple[dict, dict[str, dict]]:
 
 
 # ----------------------------------------------------------------- pictures
-
-
-def _save_png(array, path: Path) -> tuple[int, int]:
-    """uint8 ``[3, H, W]`` (channels first, Tensor or ndarray) -> PNG; returns (width, height)."""
-    from PIL import Image
-
-    array = np.ascontiguousarray(np.asarray(array).transpose(1, 2, 0))
-    image = Image.fromarray(array)
-    image.save(path, compress_level=1)
-    return image.size
-
-
-def display_signed(x: Tensor) -> Tensor:
-    """Projections ``[..., 3, h, w]`` for display: grey is 0, each scaled by its
-    own largest magnitude; uint8 of the same shape."""
-    x = torch.nan_to_num(x.float())
-    peak = x.abs().amax(dim=(-3, -2, -1), keepdim=True)
-    scaled = torch.where(peak > 0, 127 * x / peak.clamp_min(torch.finfo(torch.float32).tiny), 0.0)
-    return (128 + scaled).round().clamp(0, 255).to(torch.uint8)
 
 
 # Compositing runs in NumPy: many small images, where torch's thread pool only adds overhead.
@@ -217,21 +194,12 @@ def _dead_plot(layers: list[dict], path: Path) -> bool:
 # ----------------------------------------------------------------- pages
 
 
-def _environment():
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined
-
-    return Environment(loader=FileSystemLoader(str(_TEMPLATES)), autoescape=True, undefined=StrictUndefined,
-                       trim_blocks=True, lstrip_blocks=True)
-
-
 def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, progress: bool = True) -> Path:
     """Write the report's pages from the results saved in ``source`` (by
     ``zfcore visualize``) into ``out`` (default: ``source``); returns the path of
     ``index.html``. Nothing is recomputed."""
     from tqdm import tqdm
 
-    from .. import __version__
-    from ..analyze import nav_entries, render_analyses, saved_analyses
 
     meta, tensors = load_results(source)
     out = Path(out) if out is not None else Path(source)
@@ -345,3 +313,12 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
          curve=curve, epochs=len(history), timings=meta.get("timings", {}))
     render_analyses(source, out)
     return out / "index.html"
+
+
+def rerender(out: str | os.PathLike, *, progress: bool = True) -> None:
+    """The whole report folder re-rendered when it holds ``zfcore visualize``
+    results (so the overview links every analysis), else the analysis pages."""
+    if (Path(out) / RESULTS / "meta.json").is_file():
+        render(out, progress=progress)
+    else:
+        render_analyses(out)

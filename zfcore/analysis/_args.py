@@ -1,0 +1,120 @@
+"""What the analyses share, written once: argument checks with one wording,
+``eval_mode``, and the forward-hook capture ``LayerTap`` (from ``_stream``).
+
+Every check raises ``ValueError("{caller}: {name} must be ... (got ...)")``:
+the function the user called, the argument and what was expected.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from ._stream import LayerTap, check_layers, model_device
+
+__all__ = ["LayerTap", "check_choice", "check_images", "check_labels", "check_layers", "check_model",
+           "check_positive_float", "check_positive_int", "check_seed", "describe", "eval_mode", "layer_features", "model_device"]
+
+
+def describe(value) -> str:
+    """A short description of an argument for an error message."""
+    if isinstance(value, Tensor):
+        return f"{value.dtype} {list(value.shape)}"
+    return repr(value) if isinstance(value, int | float | str | bool | type(None)) else type(value).__name__
+
+
+def check_positive_int(value, name: str, caller: str, *, minimum: int = 1) -> int:
+    """``value`` itself, an int (not a bool) of at least ``minimum``."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        wanted = "a positive int" if minimum == 1 else f"an int >= {minimum}"
+        raise ValueError(f"{caller}: {name} must be {wanted} (got {value!r})")
+    return value
+
+
+def check_positive_float(value, name: str, caller: str, *, allow_zero: bool = False) -> float:
+    """``float(value)``, a finite real number above 0 (at least 0 with ``allow_zero``)."""
+    ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value) \
+        and (value >= 0 if allow_zero else value > 0)
+    if not ok:
+        wanted = "a non-negative number" if allow_zero else "a positive number"
+        raise ValueError(f"{caller}: {name} must be {wanted} (got {value!r})")
+    return float(value)
+
+
+def check_seed(seed, caller: str) -> int:
+    if not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed < 2 ** 31:
+        raise ValueError(f"{caller}: seed must be a non-negative int below 2**31 (got {seed!r})")
+    return seed
+
+
+def check_choice(value, choices, name: str, caller: str):
+    if value not in choices:
+        names = [repr(c) for c in choices]
+        wanted = names[0] if len(names) == 1 else f"{', '.join(names[:-1])} or {names[-1]}"
+        raise ValueError(f"{caller}: {name} must be {wanted} (got {value!r})")
+    return value
+
+
+def check_model(model, caller: str) -> nn.Module:
+    if not isinstance(model, nn.Module):
+        raise ValueError(f"{caller}: model must be a torch.nn.Module (got {type(model).__name__})")
+    return model
+
+
+def check_images(images, caller: str, name: str = "images", *, allow_empty: bool = False) -> Tensor:
+    """The one contract of an image batch handed to an analysis: a float
+    ``Tensor[N, C, H, W]`` in the model's input space, finite, with ``N >= 1``
+    (``N == 0`` too with ``allow_empty``)."""
+    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point() \
+            or (not allow_empty and images.shape[0] < 1) or images.shape[-1] < 1 or images.shape[-2] < 1:
+        count = "" if allow_empty else " with N >= 1"
+        raise ValueError(f"{caller}: {name} must be a float Tensor[N, C, H, W]{count} in the model's input space "
+                         f"(got {describe(images)})")
+    if not bool(torch.isfinite(images).all()):
+        raise ValueError(f"{caller}: {name} hold NaN or infinite values")
+    return images
+
+
+def check_labels(labels, n: int, caller: str, name: str = "labels", *, classes: int | None = None) -> Tensor:
+    """An integer ``Tensor[n]`` of non-negative class indices (below ``classes`` when given)."""
+    integer = isinstance(labels, Tensor) and not labels.is_floating_point() and not labels.is_complex() \
+        and labels.dtype != torch.bool
+    if not integer or labels.shape != (n,):
+        raise ValueError(f"{caller}: {name} must be an integer Tensor[{n}] (got {describe(labels)})")
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"{caller}: {name} must be non-negative class indices (got {int(labels.min())})")
+    if classes is not None and len(labels) and int(labels.max()) >= classes:
+        raise ValueError(f"{caller}: {name} must be class indices in 0..{classes - 1} (got {int(labels.max())})")
+    return labels
+
+
+@contextmanager
+def eval_mode(model: nn.Module) -> Iterator[nn.Module]:
+    """``with eval_mode(model):`` the model (and every submodule) in eval mode;
+    each module's own training flag is restored afterwards, also when the body
+    raises."""
+    flags = [(module, module.training) for module in model.modules()]
+    model.eval()
+    try:
+        yield model
+    finally:
+        for module, flag in flags:
+            module.training = flag
+
+
+def layer_features(model: nn.Module, images: Tensor, layer: str, batch_size: int, progress: bool,
+                    caller: str) -> Tensor:
+    """``layer``'s output for each image, flattened: ``Tensor[N, D]`` on the
+    model's device, ``batch_size`` images per forward, the model in eval mode."""
+    device = model_device(model)
+    chunks = []
+    with eval_mode(model), LayerTap(model, [layer]) as tap:
+        for start in tqdm(range(0, len(images), batch_size), desc=f"{caller}: {layer}", unit="batch",
+                          disable=not progress):
+            chunks.append(tap(images[start:start + batch_size].to(device))[layer].flatten(1))
+    return torch.cat(chunks)

@@ -17,9 +17,10 @@ export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 # import name:pip name of what zfcore, its tests and its build need besides torch
 PY_DEPS := numpy:numpy tqdm:tqdm PIL:pillow jinja2:jinja2 matplotlib:matplotlib sklearn:scikit-learn setuptools:setuptools \
-	pytest:pytest pytest_benchmark:pytest-benchmark xdist:pytest-xdist hypothesis:hypothesis playwright:playwright
+	pytest:pytest pytest_benchmark:pytest-benchmark xdist:pytest-xdist hypothesis:hypothesis playwright:playwright \
+	importlinter:import-linter
 
-.PHONY: setup test demo bench native-check cuda-launcher-check browser fresh-install-check clean
+.PHONY: setup test demo bench lint-imports native-check cuda-launcher-check browser fresh-install-check clean
 
 setup: $(STAMP)
 
@@ -75,10 +76,15 @@ cuda-launcher-check: setup
 			-c $$f -o build/cuda-check/$$(basename $$f).o || exit 1; \
 	done
 
+# The house (docs/architecture.md): the import-linter contracts of pyproject.toml
+# (layers, no cycles, private modules kept private), checked before any test runs.
+lint-imports: setup
+	$(PYTHON) -c "import sys; from importlinter.cli import lint_imports; sys.exit(lint_imports(no_logo=True))"
+
 # The tests run on TEST_WORKERS pytest-xdist workers (one per core of a CI
 # machine); the tests of the trained demo model stay together on one worker.
 TEST_WORKERS ?= 2
-test: setup browser native-check
+test: setup lint-imports browser native-check
 	@$(PYTHON) -c "import xdist" 2>/dev/null || $(PIP) install pytest-xdist
 	$(PYTHON) -m pytest tests -q -n $(TEST_WORKERS) --dist loadgroup
 
@@ -96,4 +102,4 @@ fresh-install-check:
 	bash tools/fresh_install.sh $(FRESH_CASES)
 
 clean:
-	rm -rf build build-cmake zfcore/_C*.so zfcore/_build_info.json *.egg-info
+	rm -rf build build-cmake zfcore/_C*.so zfcore/_build_info.json *.egg-info .import_linter_cache

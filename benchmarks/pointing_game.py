@@ -35,10 +35,10 @@ def main() -> int:
 
     import zfcore
     from zfcore.analysis.pointing import pointing_game
-    from zfcore.analyze import _embedded_val
+    from zfcore.load import embedded_dataset
 
     loaded = zfcore.load(args.checkpoint)
-    base = _embedded_val(loaded).base
+    base = embedded_dataset(loaded)
     n = len(base.labels) if args.images is None else min(args.images, len(base.labels))
     images = loaded.preprocess(base.images[:n])
     start = time.perf_counter()

@@ -8,12 +8,12 @@ import pytest
 import torch
 
 import zfcore
-from zfcore.analysis import ablation as ablation_module
-from zfcore.analysis.ablation import (DEFAULT, PAPER_ROWS, VARIANTS, Ablation, ablation, render, top_k_error,
-                                      variant_config)
+from zfcore.analysis.ablation import DEFAULT, PAPER_ROWS, VARIANTS, Ablation, ablation, top_k_error, variant_config
 from zfcore.data import SyntheticShapes
+from zfcore.report.pages.ablation import render
 from zfcore.train import TrainConfig
 from zfcore.train import loop
+from zfcore.train import reuse as reuse_module
 
 TINY = dict(image_size=32, per_class=4, width=0.125, fc_width=32, batch_size=8, epochs=2, threads=1,
             progress=False, snapshot_epochs="2")
@@ -64,13 +64,13 @@ def test_each_variant_changes_the_base_as_documented(tmp_path):
 
 def _counting(monkeypatch):
     calls = []
-    real = ablation_module.train
+    real = reuse_module.train
 
     def counted(config):
         calls.append(config)
         return real(config)
 
-    monkeypatch.setattr(ablation_module, "train", counted)
+    monkeypatch.setattr(reuse_module, "train", counted)
     return calls
 
 
@@ -193,3 +193,23 @@ def test_bad_arguments_are_named(tmp_path):
     blocked.write_text("")
     with pytest.raises(PermissionError, match="cannot create the output folder"):
         ablation(blocked / "sub", base=TrainConfig(**TINY), variants=("full",), progress=False)
+
+
+def test_run_trains_the_demo_recipe_looked_up_when_called(tmp_path, cache, monkeypatch):
+    from zfcore.analysis import ablation as ablation_module
+    from zfcore.analysis.registry import analyses
+
+    seen = []
+
+    def recipe(out, *, seed=0, epochs=None, progress=True):
+        seen.append((out, seed))
+        return TrainConfig(out=out, seed=seed, **{**TINY, "progress": progress})
+
+    monkeypatch.setattr("zfcore.train.demo_config", recipe)
+    result, extra = ablation_module.run(None, None, quick=True, progress=False, seed=2, runs=tmp_path / "runs",
+                                        variants=("full",))
+    assert seen == [(str(tmp_path / "runs"), 2)] and extra == {}
+    assert result.variants == ["full"] and result.configs["full"]["seed"] == 2 and result.quick
+    assert (tmp_path / "runs" / "full" / "model.pt").is_file()
+    spec = analyses()["ablation"]
+    assert spec.needs == {"training"} and spec.options == ("runs", "variants") and spec.group == "paper"

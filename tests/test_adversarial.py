@@ -12,7 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zfcore.analysis.adversarial import Adversarial, attack, fgsm, pgd, render
+from zfcore.analysis.adversarial import Adversarial, attack, fgsm, pgd
+from zfcore.report.pages.adversarial import render
 
 
 def linear(classes: int, seed: int = 0) -> nn.Sequential:
@@ -190,10 +191,10 @@ def test_bad_arguments_are_named():
         args = dict(model=model, images=x, labels=y, epsilon=0.1) | kwargs
         with pytest.raises(error, match=text):
             fgsm(**args)
-    with pytest.raises(ValueError, match=r"fgsm: images must be a non-empty float Tensor\[N, C, H, W\]"):
+    with pytest.raises(ValueError, match=r"fgsm: images must be a float Tensor\[N, C, H, W\] with N >= 1"):
         fgsm(model, x[0], y, 0.1)
     for kwargs, text in [(dict(norm="1"), "pgd: norm must be 'inf' or '2'"),
-                         (dict(steps=0), "pgd: steps must be an int >= 1"),
+                         (dict(steps=0), "pgd: steps must be a positive int"),
                          (dict(targeted=True), "pgd: targeted=True needs target"),
                          (dict(target=torch.tensor([1, 0])), "pgd: target is given but targeted=False"),
                          (dict(targeted=True, target=torch.tensor([1])), r"pgd: target must be an integer Tensor"),
@@ -226,3 +227,23 @@ def test_render_writes_its_figures_and_the_dict_survives_saving(tmp_path):
     assert pgd_claim["holds"] == bool((result.accuracy[1] <= result.accuracy[0]).all())
     assert len(page["tables"][0]["rows"]) == 8
     assert isinstance(Adversarial.from_dict(saved), Adversarial)
+
+
+def test_run_attacks_in_pixel_levels_within_the_valid_pixels(monkeypatch, tmp_path):
+    from tests.test_neighbours import tiny_loaded
+    from zfcore.analysis.adversarial import run
+    from zfcore.load import embedded_dataset
+
+    loaded = tiny_loaded(monkeypatch, tmp_path)
+    data = embedded_dataset(loaded)
+    result, extra = run(loaded, data, quick=True, progress=False, seed=0)
+    assert result.methods == ["fgsm", "pgd"] and result.steps == 3 and len(result.labels) == len(data) == 30
+    torch.testing.assert_close(result.epsilons, torch.tensor([0, 1, 2, 4, 8], dtype=torch.float64) * loaded.scale)
+    assert torch.equal(result.index, torch.arange(30)) and torch.equal(result.labels, data.labels)
+    assert torch.equal(extra["images"], data.images[result.examples]) and len(result.examples) == 4
+    assert extra["pixel_scale"] == loaded.scale and extra["classes"] == list(data.classes)
+    # the adversarial images are pixels 0..255 (the clamp is per pixel, in model-input units)
+    pixels = extra["images"].double()[None, None] + result.perturbation.double() / loaded.scale
+    assert pixels.min() > -0.5 and pixels.max() < 255.5
+    page = render(result.to_plain(), tmp_path / "assets", **extra)
+    assert [f["file"] for f in page["figures"]] == ["adversarial_accuracy.png", "adversarial_examples.png"]

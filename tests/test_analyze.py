@@ -11,7 +11,8 @@ import sys
 import torch
 
 from tests import browser
-from zfcore.analyze import DEMO_ANALYSES, analyze, render_analyses
+from zfcore.analyze import DEMO_ANALYSES, analyze
+from zfcore.report import render_analyses
 
 
 def test_demo_report_has_every_quick_analysis_page_linked_from_the_overview(demo_folder):

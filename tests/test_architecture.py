@@ -18,8 +18,9 @@ from torch.utils.data import TensorDataset
 
 from zfcore.analysis import architecture as arch
 from zfcore.analysis.architecture import (Architecture, alias_fraction, dead_filters, frequency_coverage,
-                                          layer_one_aliasing, render, shift_variance)
+                                          layer_one_aliasing, shift_variance)
 from zfcore.models import zfnet_small
+from zfcore.report.pages.architecture import render
 
 
 def _freq(k: int, n: int) -> float:
@@ -202,7 +203,7 @@ def test_layer_one_aliasing_equals_the_dense_response_by_hand():
     dense = F.relu(F.conv2d(images, conv.weight, conv.bias, padding=conv.padding))
     # the strided output is the dense response sampled at the stride
     torch.testing.assert_close(dense[..., ::4, ::4], F.relu(conv(images)), rtol=1e-5, atol=1e-5)
-    above, total = arch._alias_energies(dense, 4)
+    above, total = arch.alias_energies(dense, 4)
     torch.testing.assert_close(got.above, above, rtol=1e-9, atol=1e-9)
     torch.testing.assert_close(got.total, total, rtol=1e-9, atol=1e-9)
     assert got.share == pytest.approx(float(above.sum() / total.sum()))
@@ -423,7 +424,7 @@ def test_driver_reuses_a_finished_run_resumes_an_interrupted_one_refuses_another
     calls = []
     real_train = training.train
     monkeypatch.setattr("zfcore.train.demo_config", _tiny_recipe)
-    monkeypatch.setattr("zfcore.analysis.ablation.train", lambda config: calls.append(config) or real_train(config))
+    monkeypatch.setattr("zfcore.train.reuse.train", lambda config: calls.append(config) or real_train(config))
     folder = out / "alexnet_conv1"
     assert arch._train_variant(folder, "11x4", arch.QUICK_EPOCHS, 0, False) == folder / "model.pt"
     assert calls == []  # finished: reused
@@ -457,7 +458,7 @@ def test_on_the_embedded_data_the_7x2_first_layer_aliases_less_and_its_layer_2_i
     train(dataclasses.replace(demo_config(str(alex), seed=0, epochs=12, progress=False), conv1="11x4"))
     result = arch.architecture(tmp_path, runs={"alexnet": alex, "zfnet": out / "run"}, progress=False)
     assert result.conv1 == {"alexnet": "11x4", "zfnet": "7x2"}
-    claims = {c["claim"].split(":")[0]: c for c in arch.render(result, tmp_path / "assets")["claims"]}
+    claims = {c["claim"].split(":")[0]: c for c in render(result, tmp_path / "assets")["claims"]}
     aliasing = next(c for k, c in claims.items() if k.startswith("The ZFNet first layer aliases less"))
     shift = next(c for k, c in claims.items() if k.startswith("Layer 2 of the ZFNet variant"))
     assert aliasing["holds"], aliasing["detail"]

@@ -10,9 +10,9 @@ import pytest
 import torch
 from torch import nn
 
-from zfcore.analysis import class_model
 from zfcore.analysis._priors import gaussian_blur, jitter
 from zfcore.analysis.class_model import ClassModels, class_model_objective, class_models
+from zfcore.report.pages.class_model import render
 
 SHAPE = (3, 4, 5)
 
@@ -129,17 +129,17 @@ def test_bad_arguments_are_named():
             (([], (3, 8, 8)), {}, "class_models: classes is empty"),
             ((torch.tensor([0.0]), (3, 8, 8)), {}, "class_models: classes must be a LongTensor"),
             (([0], (8, 8)), {}, r"class_models: input_shape must be \(C, H, W\)"),
-            (([0], (3, 8, 8)), dict(l2=-0.1), "class_models: l2 must be >= 0"),
-            (([0], (3, 8, 8)), dict(steps=0), "class_models: steps must be an int >= 1"),
-            (([0], (3, 8, 8)), dict(lr=0.0), "class_models: lr must be > 0"),
+            (([0], (3, 8, 8)), dict(l2=-0.1), "class_models: l2 must be a non-negative number"),
+            (([0], (3, 8, 8)), dict(steps=0), "class_models: steps must be a positive int"),
+            (([0], (3, 8, 8)), dict(lr=0.0), "class_models: lr must be a positive number"),
             (([0], (3, 8, 8)), dict(jitter=-2), "class_models: jitter must be an int >= 0"),
-            (([0], (3, 8, 8)), dict(blur_sigma=-1.0), "class_models: blur_sigma must be >= 0"),
-            (([0], (3, 8, 8)), dict(blur_every=0), "class_models: blur_every must be an int >= 1"),
-            (([0], (3, 8, 8)), dict(seed=-1), "class_models: seed must be an int >= 0")]:
+            (([0], (3, 8, 8)), dict(blur_sigma=-1.0), "class_models: blur_sigma must be a non-negative number"),
+            (([0], (3, 8, 8)), dict(blur_every=0), "class_models: blur_every must be a positive int"),
+            (([0], (3, 8, 8)), dict(seed=-1), "class_models: seed must be a non-negative int")]:
         with pytest.raises(ValueError, match=text):
             class_models(model, *args, progress=False, **kwargs)
     maps = nn.Sequential(OrderedDict([("conv", nn.Conv2d(3, 2, 3))]))
-    with pytest.raises(ValueError, match=r"class_models: the model must return logits \[N, classes\]"):
+    with pytest.raises(ValueError, match=r"class_models: the model must return logits Tensor\[N, classes\]"):
         class_models(maps, [0], (3, 8, 8), progress=False)
 
 
@@ -149,7 +149,7 @@ def test_render_writes_its_figures_and_the_dict_survives_saving(tmp_path):
     torch.save(result.as_dict(), path)
     saved = torch.load(path, weights_only=True)
     for extra in ({}, {"classes": list("abcde"), "with_mean": torch.zeros(5, 3, 8, 8, dtype=torch.uint8)}):
-        page = class_model.render(saved, tmp_path / "assets", **extra)
+        page = render(saved, tmp_path / "assets", **extra)
         assert page["figures"] and all((tmp_path / "assets" / f["file"]).is_file() for f in page["figures"])
     claim, = page["claims"]
     wins = result.all_scores.argmax(1) == result.classes

@@ -11,9 +11,10 @@ from torch import nn
 
 import zfcore
 from zfcore.analysis.correspondence import (PAPER_TABLE1, Correspondence, correspondence, occlude, occlusion_boxes,
-                                            render, sign_disagreement)
+                                            sign_disagreement)
 from zfcore.data.synthetic import CLASSES
-from zfcore.visualize import open_dataset
+from zfcore.load import Dataset, Subject, embedded_dataset
+from zfcore.report.pages.correspondence import render
 
 
 def tiny_model(seed: int = 0) -> nn.Sequential:
@@ -210,10 +211,41 @@ def test_result_round_trips_and_renders(tmp_path):
     assert page["claims"] == []  # neither layer is one of the paper's
 
 
+def test_run_scores_the_face_images_and_refuses_data_without_faces(monkeypatch, tmp_path):
+    """``run`` (zfcore analyze correspondence): the dataset's 'face' images with
+    their landmarks, the default settings; a dataset without landmarks or
+    without a 'face' class is refused in one sentence."""
+    from zfcore.analysis.correspondence import ANALYSIS, run
+    from zfcore.models import zfnet_small
+
+    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    subject = Subject(zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64), torch.full((3, 64, 64), 120.0),
+                      1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
+    dataset = embedded_dataset(subject)
+    assert ANALYSIS.refusal(subject, dataset) is None
+    bare = Dataset(dataset.images, dataset.labels, dataset.classes)
+    assert ANALYSIS.refusal(subject, bare) == "correspondence needs landmarks; this dataset has none"
+    renamed = Dataset(dataset.images, dataset.labels, [c.replace("face", "mask") for c in dataset.classes],
+                      landmarks=dataset.landmarks)
+    assert "'face' class" in ANALYSIS.refusal(subject, renamed)
+    result, extra = run(subject, dataset, quick=True, progress=False, seed=0)
+    face = dataset.labels == CLASSES.index("face")
+    direct = correspondence(subject.model, subject.preprocess(dataset.images[face]), dataset.landmarks[face],
+                            progress=False)
+    assert extra == {} and result.images == int(face.sum()) == 3
+    assert torch.equal(result.delta, direct.delta) and torch.equal(result.random_delta, direct.random_delta)
+    assert torch.equal(result.examples, dataset.images[face][:5])
+    saved = result.to_plain()
+    assert torch.equal(saved["random_mean"], result.random_mean)   # saved beside the fields, as before
+    page = render(saved, tmp_path / "assets")
+    assert len(page["claims"]) == 3
+
+
 def test_parts_have_lower_delta_than_random_positions_at_layer5(demo_folder, tmp_path):
     out, _ = demo_folder
     loaded = zfcore.load(out / "run" / "model.pt")
-    val = open_dataset(loaded, "synthetic").base
+    val = embedded_dataset(loaded)
     face = val.labels == CLASSES.index("face")
     result = correspondence(loaded.model, loaded.preprocess(val.images[face]), val.landmarks[face],
                             display=val.images[face], progress=False)

@@ -9,9 +9,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from zfcore.analysis import deepdream
 from zfcore.analysis._priors import layer_output
 from zfcore.analysis.deepdream import DeepDream, deep_dream, octave_sizes
+from zfcore.report.pages.deepdream import render
 
 
 def tiny_cnn() -> nn.Sequential:
@@ -117,14 +117,14 @@ def test_bad_arguments_are_named():
     model = tiny_cnn()
     x = images(1)
     for kwargs, text in [(dict(layer="conv9"), "no layer named 'conv9'"),
-                         (dict(octaves=0), "deep_dream: octaves must be an int >= 1"),
+                         (dict(octaves=0), "deep_dream: octaves must be a positive int"),
                          (dict(octave_scale=1.0), "deep_dream: octave_scale must be > 1"),
-                         (dict(steps=0), "deep_dream: steps must be an int >= 1"),
-                         (dict(lr=-0.1), "deep_dream: lr must be > 0"),
+                         (dict(steps=0), "deep_dream: steps must be a positive int"),
+                         (dict(lr=-0.1), "deep_dream: lr must be a positive number"),
                          (dict(jitter=-1), "deep_dream: jitter must be an int >= 0"),
                          (dict(jitter=1.5), "deep_dream: jitter must be an int >= 0"),
-                         (dict(scale=0.0), "deep_dream: scale must be > 0"),
-                         (dict(images=x.long()), r"deep_dream: images must be a non-empty float Tensor")]:
+                         (dict(scale=0.0), "deep_dream: scale must be a positive number"),
+                         (dict(images=x.long()), r"deep_dream: images must be a float Tensor\[N, C, H, W\] with N >= 1")]:
         args = dict(layer="relu1", images=x) | kwargs
         with pytest.raises(ValueError, match=text):
             deep_dream(model, args.pop("images"), args.pop("layer"), progress=False, **args)
@@ -143,7 +143,7 @@ def test_render_writes_its_figures_and_the_dict_survives_saving(tmp_path):
     for extra in ({}, {"images": torch.zeros(2, 3, 12, 12, dtype=torch.uint8),
                        "dreams": torch.zeros(2, 3, 12, 12, dtype=torch.uint8),
                        "classes": ["a", "b"], "labels": torch.tensor([1, 0])}):
-        page = deepdream.render(saved, tmp_path / "assets", **extra)
+        page = render(saved, tmp_path / "assets", **extra)
         assert page["figures"] and all((tmp_path / "assets" / f["file"]).is_file() for f in page["figures"])
     claim, = page["claims"]
     assert claim["holds"] == bool((result.norm_after > result.norm_before).all())

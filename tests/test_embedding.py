@@ -11,7 +11,8 @@ import pytest
 import torch
 from torch import nn
 
-from zfcore.analysis.embedding import embed, knn_accuracy, render
+from zfcore.analysis.embedding import embed, knn_accuracy, run
+from zfcore.report.pages.embedding import render
 
 
 def picker(d_in: int, keep: list[int]) -> nn.Sequential:
@@ -133,7 +134,7 @@ def test_bad_arguments_are_named():
              (dict(methods=("pca", "umap")), "methods must be a non-empty sequence"),
              (dict(methods=("pca", "pca")), "methods must be a non-empty sequence of distinct names"),
              (dict(methods=()), "methods must be a non-empty sequence"),
-             (dict(seed=-1), r"seed must be an int in \[0, 2\*\*32\)"),
+             (dict(seed=-1), r"seed must be a non-negative int below 2\*\*31"),
              (dict(max_iter=100), "max_iter must be an int >= 250"),
              (dict(batch_size=0), "batch_size must be a positive int")]
     for kwargs, text in cases:
@@ -153,15 +154,13 @@ def test_bad_arguments_are_named():
     assert embed(model, images, labels, "fc", methods=("pca",), progress=False).methods == ["pca"]
 
 
-def test_analyze_embedded_maps_the_images_it_hands_to_render(monkeypatch, tmp_path):
-    from zfcore.analysis.embedding import analyze_embedded
+def test_run_maps_the_images_it_hands_to_render(monkeypatch, tmp_path):
     from tests.test_neighbours import tiny_loaded
-
-    from zfcore.analyze import _embedded_val
+    from zfcore.load import embedded_dataset
 
     loaded = tiny_loaded(monkeypatch, tmp_path)
-    result, extra = analyze_embedded(loaded, quick=True, progress=False, seed=0)
-    base = _embedded_val(loaded).base
+    base = embedded_dataset(loaded)
+    result, extra = run(loaded, base, quick=True, progress=False, seed=0)
     assert result.layer == "relu7" and result.methods == ["pca", "tsne"] and len(result.labels) == 30
     assert result.perplexity == pytest.approx(29 / 3) and result.max_iter == 500  # perplexity kept below N / 3
     pca = embed(loaded.model, loaded.preprocess(base.images), base.labels, "relu7", methods=("pca",), progress=False)

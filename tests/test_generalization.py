@@ -8,12 +8,13 @@ import torch
 import torch.nn.functional as F
 
 import zfcore
-from zfcore.analysis import ablation as ablation_module
 from zfcore.analysis.generalization import (PAPER_CALTECH, Generalization, draw_shots, fit_softmax, generalization,
-                                            render, retrain_softmax, softmax_input, train_from_scratch)
+                                            retrain_softmax, softmax_input, train_from_scratch)
 from zfcore.data import SyntheticShapes
 from zfcore.models import zfnet_small
+from zfcore.report.pages.generalization import render
 from zfcore.train import TrainConfig
+from zfcore.train import reuse as reuse_module
 
 TINY = dict(image_size=32, per_class=6, width=0.125, fc_width=32, batch_size=8, epochs=1, threads=1,
             progress=False)
@@ -85,8 +86,8 @@ def test_training_from_scratch_is_seeded_and_learns_its_images():
 
 def test_tiny_run_recomputed_by_hand_and_the_pretraining_run_reused(tmp_path, cache, monkeypatch):
     calls = []
-    real = ablation_module.train
-    monkeypatch.setattr(ablation_module, "train", lambda config: calls.append(config) or real(config))
+    real = reuse_module.train
+    monkeypatch.setattr(reuse_module, "train", lambda config: calls.append(config) or real(config))
     base = TrainConfig(**TINY)
     kwargs = dict(pretrain_classes=(0, 1, 2), new_classes=(4, 3), shots=(2, 1), draws=2, steps=4, eval_per_class=3,
                   base=base, seed=1, progress=False)
@@ -172,7 +173,18 @@ def test_claims_follow_the_numbers(tmp_path):
     ({"new_classes": (5,)}, "new_classes must be at least two distinct class indices"),
     ({"pretrain_classes": (0, 10)}, "pretrain_classes must be at least two distinct class indices in 0..9"),
     ({"draws": 0}, "draws must be a positive int"), ({"steps": -1}, "steps must be a positive int"),
-    ({"eval_per_class": 0}, "eval_per_class must be a positive int"), ({"l2": -1.0}, "l2 must be a number >= 0")])
+    ({"eval_per_class": 0}, "eval_per_class must be a positive int"), ({"l2": -1.0}, "l2 must be a non-negative number")])
 def test_bad_arguments_are_named(tmp_path, kwargs, match):
     with pytest.raises(ValueError, match=match):
         generalization(None, tmp_path, **{"progress": False, **kwargs})
+
+
+def test_the_analysis_takes_a_loaded_model_as_its_pretrained_run():
+    from types import SimpleNamespace
+
+    from zfcore.analysis.registry import analyses
+
+    spec = analyses()["generalization"]
+    assert spec.needs == {"training"} and spec.options == ("runs",)
+    assert spec.refusal(None, None) is None  # no model: it trains one
+    assert spec.refusal(SimpleNamespace(path=None), None).startswith("generalization takes a model")

@@ -12,7 +12,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from zfcore.analysis.gradcam import (GradCam, default_layer, grad_cam, grad_cam_analysis, guided_backprop,
-                                     guided_grad_cam, peaks, pointing_hits, render)
+                                     guided_grad_cam, peaks)
+from zfcore.analysis.pointing import pointing_hits
+from zfcore.report.pages.gradcam import render
 from zfcore.models import zfnet_small
 from zfcore.nn import MaxPool2dSwitches
 
@@ -206,7 +208,7 @@ def test_bad_arguments_are_named():
             grad_cam(model, x, **args)
     with pytest.raises(ValueError, match=r"grad_cam: images must be a float Tensor\[N, C, H, W\]"):
         grad_cam(model, x[0], "feat")
-    with pytest.raises(TypeError, match="grad_cam: model must be a torch.nn.Module"):
+    with pytest.raises(ValueError, match="grad_cam: model must be a torch.nn.Module"):
         grad_cam(lambda t: t, x, "feat")
     with pytest.raises(ValueError, match="guided_grad_cam: backend must be"):
         guided_grad_cam(model, x, "feat", backend="hooks")
@@ -216,7 +218,7 @@ def test_bad_arguments_are_named():
     nan[1, 0, 4, 4] = float("nan")
     with pytest.raises(ValueError, match="grad_cam: images hold NaN or infinite values"):
         grad_cam(model, nan, "feat")
-    with pytest.raises(ValueError, match="grad_cam_analysis: images is empty"):
+    with pytest.raises(ValueError, match=r"grad_cam_analysis: images must be a float Tensor\[N, C, H, W\] with N >= 1"):
         grad_cam_analysis(model, x[:0], "feat")
 
 
@@ -241,3 +243,26 @@ def test_render_writes_its_figures_and_the_dict_survives_saving(tmp_path):
 def test_default_layer_is_the_last_convs_relu():
     assert default_layer(zfnet_small(init_std=None)) == "relu5"
     assert default_layer(nn.Sequential(nn.Conv2d(3, 4, 3), nn.Flatten())) == "0"
+
+
+def test_run_explains_the_true_classes_and_hands_the_boxes_to_the_page(monkeypatch, tmp_path):
+    from tests.test_neighbours import tiny_loaded
+    from zfcore.analysis.gradcam import run
+    from zfcore.load import Dataset, embedded_dataset
+
+    loaded = tiny_loaded(monkeypatch, tmp_path)
+    data = embedded_dataset(loaded)
+    result, extra = run(loaded, data, quick=True, progress=False, seed=0)
+    assert result.layer == "relu5" and torch.equal(result.index, torch.arange(16))
+    assert torch.equal(result.target, data.labels[:16]) and torch.equal(result.labels, data.labels[:16])
+    assert result.top_classes.shape == (16, 3) and len(result.guided) == 8
+    want = grad_cam(loaded.model, loaded.preprocess(data.images[:16]), "relu5", data.labels[:16], progress=False)
+    torch.testing.assert_close(result.maps, want.float())
+    assert torch.equal(extra["images"], data.images[:16]) and torch.equal(extra["boxes"], data.boxes[:16])
+    assert extra["classes"] == list(data.classes)
+    page = render(result.to_plain(), tmp_path / "assets", **extra)
+    assert page["claims"] and len(page["tables"]) == 2
+    # a dataset without boxes: the page has no pointing game
+    _, extra = run(loaded, Dataset(data.images[:4], data.labels[:4], data.classes), quick=True, progress=False,
+                   seed=0)
+    assert extra["boxes"] is None and torch.equal(extra["images"], data.images[:4])

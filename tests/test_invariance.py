@@ -12,8 +12,10 @@ import torch
 from torch import nn
 
 import zfcore
-from zfcore.analysis.invariance import (EMBEDDED_ROTATION_SYMMETRIC, Invariance, default_sweeps, embedded_images,
-                                        invariance, render, transform_images)
+from zfcore.analysis.invariance import (EMBEDDED_ROTATION_SYMMETRIC, Invariance, default_sweeps, example_images,
+                                        invariance, transform_images)
+from zfcore.load import Dataset, Subject, embedded_dataset
+from zfcore.report.pages.invariance import render
 
 
 def tiny_model(seed: int = 0) -> nn.Sequential:
@@ -182,11 +184,11 @@ def test_bad_arguments_name_the_argument():
         run(layers=["conv7"])
     with pytest.raises(ValueError, match=r"images must be a non-empty Tensor\[N, C, H, W\]"):
         run(images=images[0])
-    with pytest.raises(ValueError, match="labels must be 2 integers"):
+    with pytest.raises(ValueError, match=r"labels must be an integer Tensor\[2\]"):
         run(labels=[0, 1, 2])
-    with pytest.raises(ValueError, match="labels must be 2 integers"):
+    with pytest.raises(ValueError, match=r"labels must be an integer Tensor\[2\]"):
         run(labels=torch.tensor([0.0, 1.0]))
-    with pytest.raises(ValueError, match="labels must lie in"):
+    with pytest.raises(ValueError, match="labels holds class 9, outside the model's 5 classes"):
         run(labels=[0, 9])
     with pytest.raises(ValueError, match="translations must be whole pixels"):
         run(translations=(1.5,))
@@ -226,11 +228,62 @@ def test_result_saves_and_renders(tmp_path):
     assert len(section["claims"]) == 4 and all(isinstance(c["holds"], bool) for c in section["claims"])
 
 
+class Lookup(nn.Module):
+    """Predicts the class written in each image's first pixel."""
+
+    def forward(self, x):
+        return nn.functional.one_hot(x[:, 0, 0, 0].round().long(), 4).float()
+
+
+def test_example_images_are_the_first_correctly_classified_per_class():
+    predicted = torch.tensor([0, 1, 1, 2, 1, 3, 1, 1, 0, 2, 2, 0])
+    labels = torch.tensor([0, 1, 2, 2, 1, 3, 1, 1, 0, 2, 2, 1])
+    images = torch.randint(0, 256, (12, 3, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(0))
+    images[:, 0, 0, 0] = predicted.to(torch.uint8)
+    subject = Subject(Lookup(), ["a", "b", "c", "d"], (3, 8, 8), torch.zeros(3, 8, 8), 1.0, None, {})
+    dataset = Dataset(images, labels, ["a", "b", "c", "d"])
+    for per_class, correct_only in ((1, True), (2, True), (5, True), (2, False)):
+        chosen, taken = [], {}
+        for i in range(12):  # the rule written out
+            label = int(labels[i])
+            if (not correct_only or int(predicted[i]) == label) and taken.get(label, 0) < per_class:
+                chosen.append(i)
+                taken[label] = taken.get(label, 0) + 1
+        got, got_labels = example_images(subject, dataset, per_class, correct_only=correct_only)
+        assert torch.equal(got, images[chosen]) and torch.equal(got_labels, labels[chosen]), (per_class, correct_only)
+    with pytest.raises(ValueError, match="per_class must be a positive int"):
+        example_images(subject, dataset, 0)
+
+
+def test_run_sweeps_the_first_correct_image_per_class(monkeypatch, tmp_path):
+    """``run`` (zfcore analyze invariance, quick): one correctly classified image
+    per class, the default sweeps, the dataset's rotation-symmetric classes."""
+    from zfcore.analysis.invariance import ANALYSIS, run
+    from zfcore.data.synthetic import CLASSES
+    from zfcore.models import zfnet_small
+
+    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    subject = Subject(zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64), torch.full((3, 64, 64), 120.0),
+                      1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
+    dataset = embedded_dataset(subject)
+    assert ANALYSIS.refusal(subject, dataset) is None
+    result, extra = run(subject, dataset, quick=True, progress=False, seed=0)
+    images, labels = example_images(subject, dataset, per_class=1)
+    assert extra == {} and torch.equal(result.images, images) and torch.equal(result.labels, labels)
+    assert result.layers == ["relu1", "relu7"] and result.transforms == ["translation", "scale", "rotation"]
+    assert result.classes == list(CLASSES)
+    assert result.rotation_symmetric == [CLASSES.index(name) for name in EMBEDDED_ROTATION_SYMMETRIC]
+    assert result.values["translation"].tolist() == [float(v) for v in default_sweeps(64)["translation"]]
+    page = render(result.to_plain(), tmp_path / "assets")
+    assert all((tmp_path / "assets" / f["file"]).is_file() for f in page["figures"])
+
+
 @pytest.fixture(scope="module")
 def demo_invariance(demo_folder):
     out, _ = demo_folder
     loaded = zfcore.load(out / "run" / "model.pt")
-    images, labels = embedded_images(loaded, per_class=4)
+    images, labels = example_images(loaded, embedded_dataset(loaded), per_class=4)
     symmetric = [loaded.classes.index(name) for name in EMBEDDED_ROTATION_SYMMETRIC]
     result = invariance(loaded.model, images, labels, preprocess=loaded.preprocess, classes=loaded.classes,
                         rotation_symmetric=symmetric, progress=False)

@@ -11,9 +11,9 @@ import pytest
 import torch
 from torch import nn
 
-from zfcore.analysis import inversion
 from zfcore.analysis._priors import alpha_norm, layer_output, total_variation
 from zfcore.analysis.inversion import Inversion, depth_claim, invert, inversion_objective
+from zfcore.report.pages.inversion import render
 
 
 def tiny_cnn() -> nn.Sequential:
@@ -77,9 +77,9 @@ def test_alpha_norm_gradient_matches_finite_differences(alpha):
 
 def test_prior_arguments_are_named():
     x = torch.randn(1, 3, 4, 4)
-    with pytest.raises(ValueError, match="total_variation: beta must be > 0"):
+    with pytest.raises(ValueError, match="total_variation: beta must be a positive number"):
         total_variation(x, 0.0)
-    with pytest.raises(ValueError, match="alpha_norm: alpha must be > 0"):
+    with pytest.raises(ValueError, match="alpha_norm: alpha must be a positive number"):
         alpha_norm(x, -1.0)
     with pytest.raises(ValueError, match=r"total_variation: x must be a float Tensor\[N, C, H, W\]"):
         total_variation(x[0])
@@ -180,13 +180,13 @@ def test_bad_arguments_are_named():
     images = torch.randn(1, 3, 8, 8)
     for kwargs, text in [(dict(layers="conv9"), "no layer named 'conv9'"),
                          (dict(layers=[]), "layers is empty"),
-                         (dict(steps=0), "invert: steps must be an int >= 1"),
-                         (dict(alpha_weight=-1.0), "invert: alpha_weight must be >= 0"),
-                         (dict(tv_weight=-0.1), "invert: tv_weight must be >= 0"),
-                         (dict(lr=0.0), "invert: lr must be > 0"),
+                         (dict(steps=0), "invert: steps must be a positive int"),
+                         (dict(alpha_weight=-1.0), "invert: alpha_weight must be a non-negative number"),
+                         (dict(tv_weight=-0.1), "invert: tv_weight must be a non-negative number"),
+                         (dict(lr=0.0), "invert: lr must be a positive number"),
                          (dict(alpha=0.5), "invert: alpha must be >= 1"),
-                         (dict(scale=-1.0), "invert: scale must be > 0"),
-                         (dict(images=images[0]), r"invert: images must be a non-empty float Tensor\[N, C, H, W\]"),
+                         (dict(scale=-1.0), "invert: scale must be a positive number"),
+                         (dict(images=images[0]), r"invert: images must be a float Tensor\[N, C, H, W\] with N >= 1"),
                          (dict(images=torch.full((1, 3, 8, 8), float("nan"))), "invert: images hold NaN")]:
         args = dict(layers="relu1", images=images) | kwargs
         with pytest.raises(ValueError, match=text):
@@ -209,7 +209,7 @@ def test_render_writes_its_figures_and_the_dict_survives_saving(tmp_path):
     for extra in ({}, {"images": torch.zeros(2, 3, 8, 8, dtype=torch.uint8),
                        "reconstructions": torch.zeros(2, 2, 3, 8, 8, dtype=torch.uint8),
                        "classes": ["a", "b"], "labels": torch.tensor([1, 0])}):
-        page = inversion.render(saved, tmp_path / "assets", **extra)
+        page = render(saved, tmp_path / "assets", **extra)
         assert page["figures"] and all((tmp_path / "assets" / f["file"]).is_file() for f in page["figures"])
     claim, = page["claims"]
     means = result.pixel_error.mean(1)

@@ -68,11 +68,11 @@ def test_occluding_the_object_lowers_the_true_class_probability_more_than_backgr
     not touch the box, on average and in most images."""
     import zfcore
     from zfcore.analysis.occlusion import object_share
-    from zfcore.visualize import open_dataset
+    from zfcore.load import embedded_dataset
 
     out, _ = demo_folder
     loaded = zfcore.load(out / "run" / "model.pt")
-    val = open_dataset(loaded, "synthetic").base
+    val = embedded_dataset(loaded)
     index = torch.arange(0, len(val.labels), 4)[:100]
     images = torch.stack([loaded.preprocess(val.images[i]) for i in index])
     result = occlusion(loaded.model, images, val.labels[index], layer="conv5", patch_size=16, stride=8,
@@ -85,3 +85,47 @@ def test_occluding_the_object_lowers_the_true_class_probability_more_than_backgr
           f"object > background in {float((on > off).double().mean()):.0%} of {len(on)} images")
     assert float(on.mean()) > float(off.mean()) + 0.05
     assert float((on > off).double().mean()) > 0.6
+
+
+def tiny_subject(monkeypatch, tmp_path):
+    """A Subject of an untrained zfnet_small whose run's embedded validation split has 3 images per class."""
+    from zfcore.data.synthetic import CLASSES
+    from zfcore.load import Subject
+
+    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    return Subject(zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64), torch.full((3, 64, 64), 120.0),
+                   1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
+
+
+def test_run_occludes_the_first_images_at_the_last_conv_layer_and_renders(monkeypatch, tmp_path):
+    """``run`` (zfcore analyze occlusion): the first 10 images (quick) at conv5,
+    squares of a quarter of the side at half that stride; the page gets the
+    images, boxes, class names and the deconvnet projection of each chosen map."""
+    from zfcore.analysis.occlusion import ANALYSIS, run
+    from zfcore.analysis.result import display_signed
+    from zfcore.deconv import Deconvnet
+    from zfcore.load import Dataset, embedded_dataset
+    from zfcore.report.pages.occlusion import render
+
+    subject = tiny_subject(monkeypatch, tmp_path)
+    dataset = embedded_dataset(subject)
+    assert ANALYSIS.refusal(subject, dataset) is None
+    assert "object boxes" in ANALYSIS.refusal(subject, Dataset(dataset.images, dataset.labels, dataset.classes))
+    result, extra = run(subject, dataset, quick=True, progress=False, seed=0)
+    assert (result.layer, result.patch_size, result.stride) == ("conv5", 16, 8) and len(result.labels) == 10
+    images = subject.preprocess(dataset.images[:10])
+    direct = occlusion(subject.model, images, dataset.labels[:10], layer="conv5", patch_size=16, stride=8,
+                       progress=False)
+    assert torch.equal(direct.true_prob, result.true_prob) and torch.equal(direct.channel, result.channel)
+    assert set(extra) == {"images", "boxes", "classes", "projections"}
+    assert torch.equal(extra["images"], dataset.images[:10]) and torch.equal(extra["boxes"], dataset.boxes[:10])
+    assert extra["classes"] == dataset.classes
+    net = Deconvnet(subject.model, subject.input_shape)
+    expected = display_signed(net.project(images[3:4], "conv5", int(result.channel[3]), position="map")[0])
+    assert extra["projections"].dtype == torch.uint8 and extra["projections"].shape == (10, 3, 64, 64)
+    assert (extra["projections"][3].int() - expected.int()).abs().max() <= 1
+    page = render(result.to_plain(), tmp_path / "assets", **extra)
+    assert [f["file"] for f in page["figures"]] == ["occlusion_maps.png"]
+    assert (tmp_path / "assets" / "occlusion_maps.png").stat().st_size > 1000
+    assert len(page["tables"][0]["rows"]) == 10 and len(page["claims"]) <= 1

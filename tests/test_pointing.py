@@ -14,7 +14,8 @@ from torch import nn
 from zfcore.analysis import pointing
 from zfcore.analysis.gradcam import grad_cam
 from zfcore.analysis.occlusion import occlusion
-from zfcore.analysis.pointing import PointingGame, default_tolerance, hits, pointing_game, render, saliency
+from zfcore.analysis.pointing import PointingGame, default_tolerance, hits, pointing_game, saliency
+from zfcore.report.pages.pointing import render
 
 
 def small_model() -> nn.Sequential:
@@ -173,3 +174,20 @@ def test_bad_arguments_are_named():
         saliency(model, images, labels, "lime")
     assert isinstance(PointingGame.from_dict(pointing_game(model, images, labels, boxes, methods=["gradient"],
                                                            progress=False).as_dict()), PointingGame)
+
+
+def test_run_plays_every_method_on_a_seeded_subset(monkeypatch, tmp_path):
+    from tests.test_neighbours import tiny_loaded
+    from zfcore.analysis.pointing import METHODS, run
+    from zfcore.load import embedded_dataset
+
+    loaded = tiny_loaded(monkeypatch, tmp_path)
+    data = embedded_dataset(loaded).subset(slice(0, 30, 6))  # 5 images: every method is slow on zfnet_small
+    result, extra = run(loaded, data, quick=True, progress=False, seed=3)
+    index = torch.randperm(5, generator=torch.Generator().manual_seed(3))
+    assert not torch.equal(index, torch.arange(5))
+    assert result.methods == list(METHODS) and result.layer == "relu5" and result.size == [64, 64]
+    assert torch.equal(result.labels, data.labels[index]) and torch.equal(result.boxes, data.boxes[index])
+    assert torch.equal(extra["images"], data.images[index]) and extra["classes"] == list(data.classes)
+    page = render(result.to_plain(), tmp_path / "assets", **extra)
+    assert [f["file"] for f in page["figures"]] == ["pointing_scores.png", "pointing_maps.png"]

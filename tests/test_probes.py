@@ -11,8 +11,9 @@ from torch import nn
 from torch.utils.data import TensorDataset
 
 import zfcore
-from zfcore.analysis.probes import (Probes, depth_layers, embedded_splits, fit_softmax, layer_features,
-                                    linear_probes, render)
+from zfcore.analysis.probes import Probes, depth_layers, fit_softmax, layer_features, linear_probes, probe_splits
+from zfcore.load import Dataset, Subject, embedded_dataset
+from zfcore.report.pages.probes import render
 
 
 def tiny_model(seed: int = 0) -> nn.Sequential:
@@ -155,7 +156,7 @@ def test_bad_arguments_name_the_argument():
     with pytest.raises(ValueError, match="labels must lie in"):
         fit_softmax(torch.zeros(4, 2), torch.tensor([0, 1, 2, 3]), 2)
     with pytest.raises(ValueError, match="train_per_class must be a positive int"):
-        embedded_splits(None, train_per_class=0)
+        probe_splits(None, None, train_per_class=0)
 
 
 def test_depth_layers_are_the_rectified_outputs_in_order():
@@ -179,6 +180,46 @@ def test_result_saves_and_renders(tmp_path):
     assert set(section) == {"title", "intro", "figures", "tables", "claims"}
 
 
+def test_probe_splits_take_the_first_images_per_class_of_each_split():
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (14, 3, 6, 6), dtype=torch.uint8, generator=g)
+    labels = torch.tensor([2, 0, 0, 1, 2, 0, 1, 1, 0, 2, 1, 0, 2, 2])
+    train = Dataset(images[:10], labels[:10], ["a", "b", "c"])
+    test = Dataset(images[10:], labels[10:], ["a", "b", "c"], train=train)
+    subject = Subject(nn.Identity(), ["a", "b", "c"], (3, 4, 4), torch.full((3, 6, 6), 100.0), 0.5, None, {})
+    fit, held_out = probe_splits(subject, test, train_per_class=2, test_per_class=1)
+    chosen = [0, 1, 2, 3, 4, 6]               # the first two of each class, in the split's order
+    assert torch.equal(fit.tensors[1], labels[chosen])
+    assert torch.equal(fit.tensors[0], (images[chosen, :, 1:5, 1:5].float() - 100) * 0.5)
+    assert torch.equal(held_out.tensors[1], torch.tensor([1, 0, 2])) and len(held_out) == 3
+    assert torch.equal(held_out.tensors[0], subject.preprocess(images[[10, 11, 12]]))
+    with pytest.raises(ValueError, match="training split"):
+        probe_splits(subject, train)
+
+
+def test_run_probes_every_relu_on_the_handed_splits(monkeypatch, tmp_path):
+    """``run`` (zfcore analyze probes, quick): 20 per class of the training
+    split against 20 per class of the dataset (fewer where it has fewer)."""
+    from zfcore.analysis.probes import ANALYSIS, run
+    from zfcore.data.synthetic import CLASSES
+
+    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    subject = Subject(zfcore.models.zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64),
+                      torch.full((3, 64, 64), 120.0), 1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
+    dataset = embedded_dataset(subject, train_per_class=25)
+    assert "training split" in ANALYSIS.refusal(subject, embedded_dataset(subject))
+    assert ANALYSIS.refusal(subject, dataset) is None
+    result, extra = run(subject, dataset, quick=True, progress=False, seed=0)
+    assert extra == {} and result.layers == [f"relu{i}" for i in range(1, 8)]
+    assert result.train_images == 200 and result.test_images == 30
+    train, test = probe_splits(subject, dataset, 20, 20)
+    direct = linear_probes(subject.model, train, test, depth_layers(subject.model), progress=False)
+    assert torch.equal(direct.test_accuracy, result.test_accuracy)
+    page = render(result.to_plain(), tmp_path / "assets")
+    assert (tmp_path / "assets" / page["figures"][0]["file"]).is_file()
+
+
 def test_probe_accuracy_rises_with_depth_on_the_demo_model(demo_folder, tmp_path):
     """Table 7 on the trained demo model (100 training images per class from its
     training split, its 1000 validation images held out). Robust on this data:
@@ -187,7 +228,7 @@ def test_probe_accuracy_rises_with_depth_on_the_demo_model(demo_folder, tmp_path
     couple of points of each other, in no fixed order)."""
     out, _ = demo_folder
     loaded = zfcore.load(out / "run" / "model.pt")
-    train, test = embedded_splits(loaded)
+    train, test = probe_splits(loaded, embedded_dataset(loaded, train_per_class=100))
     probes = linear_probes(loaded.model, train, test, depth_layers(loaded.model), progress=False)
     accuracy = dict(zip(probes.layers, probes.test_accuracy.tolist(), strict=True))
     print({name: round(a, 3) for name, a in accuracy.items()}, f"{probes.seconds:.1f} s")

@@ -311,3 +311,202 @@ def test_direct_cpu_calls_only_where_nothing_is_lost():
     pooled, s = max_pool2d_switches(w, 3, 2, ceil_mode=True)
     pooled.sum().backward()
     assert w.grad is not None and w.grad.sum().item() == pytest.approx(pooled.numel())
+
+
+# ------------------------------------------------------- checks, once per call
+
+
+def _counting_checkers(monkeypatch):
+    """Counts the calls of every op's checker in zfcore/ops/checks.py, both as
+    the Python API calls them and as the registered ops' Python code does."""
+    from zfcore.ops import checks
+    calls = {}
+
+    def counting(name, checker):
+        def counted(*args):
+            calls[name] = calls.get(name, 0) + 1
+            return checker(*args)
+        return counted
+
+    for name, checker in dict(checks.CHECKERS).items():
+        wrapped = counting(name, checker)
+        monkeypatch.setattr(checks, name, wrapped)
+        monkeypatch.setitem(checks.CHECKERS, name, wrapped)
+    return calls
+
+
+def _triton_device():
+    info = zfcore.backends()["triton"]
+    return info.device if info.available else None
+
+
+CALLS = {  # op -> a call of it through the Python API
+    "max_pool2d_switches": lambda x, out, sw, **kw: max_pool2d_switches(x, 2, **kw),
+    "unpool2d": lambda x, out, sw, **kw: unpool2d(out, sw, 2, output_size=x.shape, **kw),
+    "relu_conv_transpose2d": lambda x, out, sw, **kw: relu_conv_transpose2d(x, torch.randn(4, 3, 3, 3).to(x),
+                                                                            padding=1, **kw),
+    "deconv_step": lambda x, out, sw, **kw: deconv_step(out, sw, torch.randn(4, 3, 3, 3).to(x), pool_kernel_size=2,
+                                                        unpooled_size=(8, 8), padding=1, **kw),
+}
+
+
+@pytest.mark.parametrize("op", list(CALLS))
+@pytest.mark.parametrize("path", ["native", "autograd", "reference", "triton", "triton-autograd", "fake", "meta"])
+def test_each_call_checks_its_arguments_once(op, path, monkeypatch):
+    # The Python API checks a call; the registered op it calls (a fake kernel, a
+    # Triton op) does not check the same arguments again in Python.
+    device, backend = "cpu", None
+    if path.startswith("triton"):
+        device, backend = _triton_device(), "triton"
+        if device is None:
+            pytest.skip("Triton backend not available")
+    if path == "reference":
+        backend = "reference"
+    x = torch.randn(1, 4, 8, 8, device=device, dtype=torch.float64, requires_grad=path.endswith("autograd"))
+    out, switches = max_pool2d_switches(x.detach(), 2)
+    if path.endswith("autograd"):
+        out.requires_grad_()
+    call = CALLS[op]
+    calls = _counting_checkers(monkeypatch)
+    if path == "fake":
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode(allow_non_fake_inputs=True) as mode:
+            result = call(mode.from_tensor(x), mode.from_tensor(out), mode.from_tensor(switches))
+    elif path == "meta":
+        result = call(x.to("meta"), out.to("meta"), switches.to("meta"))
+    else:
+        result = call(x, out, switches, backend=backend)
+    assert calls == {op: 1}, calls
+    assert isinstance(result, (torch.Tensor, tuple))
+    from zfcore.ops import checks
+    assert getattr(checks._passed, "call", None) is None  # nothing is left to skip a later check
+
+
+def test_deconv_step_by_pytorchs_convolution_checks_once(monkeypatch):
+    # The automatic choice on a GPU may run deconv_step as zfcore's unpooling
+    # (another registered op) followed by PyTorch's transposed convolution: the
+    # unpooling's arguments were checked with deconv_step's.
+    from zfcore.ops import backend_choice
+    if _triton_device() is None:
+        pytest.skip("Triton backend not available")
+    x = torch.randn(1, 4, 8, 8, device=_triton_device())
+    out, switches = max_pool2d_switches(x, 2)
+    weight = torch.randn(4, 3, 3, 3, device=x.device)
+    expected = deconv_step(out, switches, weight, pool_kernel_size=2, unpooled_size=(8, 8), padding=1,
+                           backend="reference")
+    chosen = {"deconv_step": "torch", "unpool2d": "triton"}
+    monkeypatch.setattr(backend_choice, "resolve", lambda op, tensor, backend: chosen[op])
+    calls = _counting_checkers(monkeypatch)
+    result = deconv_step(out, switches, weight, pool_kernel_size=2, unpooled_size=(8, 8), padding=1)
+    assert calls == {"deconv_step": 1}, calls
+    torch.testing.assert_close(result, expected)
+
+
+def test_registered_ops_called_directly_still_check_every_call(monkeypatch):
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    from zfcore.ops import checks
+    x = torch.randn(1, 4, 8, 8)
+    calls = _counting_checkers(monkeypatch)
+    good, bad = (x, [2, 2], [2, 2], [0, 0], False), (x, [17, 17], [1, 1], [0, 0], False)
+    with FakeTensorMode(allow_non_fake_inputs=True):
+        ops.max_pool2d_switches(*good)
+        assert calls == {"max_pool2d_switches": 1}
+        with pytest.raises(ValueError, match="max_pool2d_switches: kernel_size .* at most 256"):
+            ops.max_pool2d_switches(*bad)
+    entries = [ops.max_pool2d_switches]
+    if REGISTRATION.triton and zfcore.backends()["triton"].device == "cpu":
+        entries.append(torch.ops.zfcore_triton.max_pool2d_switches)
+        with pytest.raises(ValueError, match="at most 256"):
+            torch.ops.zfcore_triton.max_pool2d_switches(*bad)
+    # What the Python API hands on skips the check of those very arguments only,
+    # and only once: other arguments, or a second call, are checked.
+    for entry in entries:
+        checks.passing_on("max_pool2d_switches", good)
+        with pytest.raises(ValueError, match="at most 256"):
+            _fake_or_real(entry, bad)
+        assert getattr(checks._passed, "call", None) is None
+        checks.passing_on("max_pool2d_switches", good)
+        checks.registered("max_pool2d_switches", *good)  # skipped: the arguments handed on
+        before = calls["max_pool2d_switches"]
+        checks.registered("max_pool2d_switches", *good)  # checked: the hand-on is spent
+        assert calls["max_pool2d_switches"] == before + 1
+    checks.passing_on("max_pool2d_switches", good)
+    with pytest.raises(ValueError, match="at most 256"):  # another tensor with the same values is checked
+        checks.registered("max_pool2d_switches", x.clone(), [17, 17], [1, 1], [0, 0], False)
+    checks.passing_on(None)
+    # A call the op refuses after the Python API handed it on leaves nothing behind.
+    out, switches = max_pool2d_switches(x, 2)
+    with pytest.raises(ValueError, match="outside their 2x2 window"):
+        unpool2d(out.requires_grad_(), torch.full_like(switches, 9), 2, output_size=x.shape)
+    assert getattr(checks._passed, "call", None) is None
+
+
+def _fake_or_real(entry, args):
+    if entry is ops.max_pool2d_switches:  # the native op checks in C++; its fake kernel in Python
+        from torch._subclasses.fake_tensor import FakeTensorMode
+        with FakeTensorMode(allow_non_fake_inputs=True):
+            return entry(*args)
+    return entry(*args)
+
+
+@pytest.mark.skipif(not NATIVE, reason="native library not built")
+def test_the_private_torch_state_the_fast_path_reads():
+    # backend_choice._plain_dispatch reads what no public torch API reports; this
+    # fails at once if a torch upgrade removes one of these reads or changes
+    # what it means.
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    from zfcore.ops import backend_choice as b
+    x = torch.randn(2, 3, 5, 5)
+    assert b._plain_dispatch([x]) and b._direct((x, [2, 2], None, False))
+    # a __torch_dispatch__ mode on the stack
+    assert torch._C._len_torch_dispatch_stack() == 0
+
+    class Passthrough(TorchDispatchMode):
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            return func(*args, **(kwargs or {}))
+
+    with Passthrough():
+        assert torch._C._len_torch_dispatch_stack() == 1 and not b._plain_dispatch([x])
+    # the profiler
+    assert torch._C._autograd._profiler_enabled() is False
+    with torch.profiler.profile():
+        assert torch._C._autograd._profiler_enabled() is True and not b._plain_dispatch([x])
+    # the dispatch keys of a plain dense CPU tensor (a parameter's are the same), and tensors that differ
+    assert b._PLAIN_CPU_KEYS == torch._C._dispatch_keys(torch.empty(3))
+    assert torch._C._dispatch_keys(torch.nn.Parameter(x)) == b._PLAIN_CPU_KEYS
+    with torch.inference_mode():
+        inference = torch.randn(2)
+    from torch._subclasses.fake_tensor import FakeTensorMode
+    with FakeTensorMode():
+        fake = torch.empty(2)
+    special = {"negative view": torch._neg_view(x), "conjugate view": torch.randn(2, dtype=torch.cfloat).conj(),
+               "zero tensor": torch._efficientzerotensor(2), "sparse": x.to_sparse(), "inference": inference,
+               "fake": fake, "meta": x.to("meta")}
+    batched = []
+    torch.vmap(lambda t: batched.append(t) or t)(x)
+    special["vmap-batched"] = batched[0]
+    for name, t in special.items():
+        assert torch._C._dispatch_keys(t) != b._PLAIN_CPU_KEYS, name
+        assert not b._plain_dispatch([t]), name
+    # the CPU kernel below autograd: the same outputs as the registered op
+    args = (x, [3, 3], [2, 2], [1, 1], True)
+    direct = ops.max_pool2d_switches.default.redispatch(b._CPU_KEYS, *args)
+    assert all(torch.equal(a, c) for a, c in zip(direct, ops.max_pool2d_switches(*args)))
+
+
+def test_the_fast_path_asks_public_torch_apis_first():
+    from zfcore.ops import backend_choice as b
+    x = torch.randn(2, 3, 5, 5)
+    assert b._direct((x,))
+    with torch.device("cpu"):  # a __torch_function__ mode
+        assert not b._direct((x,))
+
+    class Sub(torch.Tensor):
+        pass
+
+    assert not b._direct((x.as_subclass(Sub),))
+    assert not b._direct((x.clone().requires_grad_(),))
+    with torch.no_grad():
+        assert b._direct((x.clone().requires_grad_(),))

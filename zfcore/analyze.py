@@ -21,8 +21,8 @@ from .load import Dataset, Subject, embedded_dataset, load
 from .report import rerender
 from .train.checkpoint import atomic_torch_save
 
-__all__ = ["ANALYSES", "DEMO_ANALYSES", "TOOLBOX", "TRAINING", "analyze", "embedded_data", "rerender",
-           "run_analysis"]
+__all__ = ["ANALYSES", "DEMO_ANALYSES", "TOOLBOX", "TRAINING", "analyze", "analyze_subject", "embedded_data",
+           "rerender", "run_analysis"]
 
 ANALYSES = {name: spec.description for name, spec in analyses().items()}
 """Every analysis by name, with its one-line description (the paper's first)."""
@@ -76,18 +76,29 @@ def analyze(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathL
     spec = get(name)
     if checkpoint is None and "subject" in spec.needs:
         raise ValueError(f"analyze: {name} needs --checkpoint, a model.pt written by zfcore train")
-    start = time.perf_counter()
     subject = load(checkpoint) if checkpoint is not None else None
     dataset = embedded_data(subject, name) if subject is not None and not spec.trains else None
+    return analyze_subject(name, subject, dataset, out, quick=quick, progress=progress, render=render, runs=runs,
+                           seed=seed, variants=variants)
+
+
+def analyze_subject(name: str, subject: Subject | None, dataset: Dataset | None, out: str | os.PathLike, *,
+                    quick: bool = False, progress: bool = True, render: bool = True,
+                    runs: str | os.PathLike | None = None, seed: int = 0,
+                    variants: tuple[str, ...] | None = None) -> Path:
+    """``analyze`` on a subject and dataset the caller has already chosen
+    (``zfcore demo`` loads its model and data once for all its analyses)."""
+    spec = get(name)
+    start = time.perf_counter()
     options = {"variants": variants}
     if spec.trains:
         runs = Path(runs) if runs is not None else Path(out) / "runs" / name
         options["runs"] = runs
     result, extra = run_analysis(name, subject, dataset, quick=quick, progress=progress, seed=seed, **options)
     seconds = time.perf_counter() - start
-    saved = {"result": result.to_plain(), "extra": extra,
-             "checkpoint": "" if checkpoint is None else os.fspath(checkpoint), "seconds": seconds,
-             "runs": os.fspath(runs) if spec.trains else ""}
+    path = getattr(subject, "path", None)
+    saved = {"result": result.to_plain(), "extra": extra, "checkpoint": "" if path is None else os.fspath(path),
+             "seconds": seconds, "runs": os.fspath(runs) if spec.trains else ""}
     folder = Path(out) / "results"
     folder.mkdir(parents=True, exist_ok=True)
     atomic_torch_save(saved, folder / f"analysis-{name}.pt")

@@ -16,10 +16,11 @@ import sys
 def _info(_args) -> int:
     import torch
 
-    import zfcore
+    from .ops import backends
+    from .version import __version__
 
-    print(f"zfcore {zfcore.__version__}, torch {torch.__version__}")
-    for name, info in zfcore.backends().items():
+    print(f"zfcore {__version__}, torch {torch.__version__}")
+    for name, info in backends().items():
         print(f"  {name:10s} {'available' if info.available else 'unavailable':12s} {info.reason}")
     return 0
 
@@ -73,7 +74,7 @@ def _analyze(args) -> int:
 
 
 def _demo(args) -> int:
-    from .visualize import demo
+    from .demo import demo
 
     index, timings = demo(args.out, checkpoint=args.checkpoint, epochs=args.epochs, seed=args.seed,
                           analyses=args.analyses,

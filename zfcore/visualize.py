@@ -7,76 +7,28 @@ and a dataset to a browsable report.
 ``visualize`` runs the analyses (streaming top-k over the dataset, the top-k
 projections of Fig. 2, one image's activations, the filters, the dead-unit
 check), saves their results under ``out/results/`` and renders the report
-(``zfcore.report.render``). ``demo`` first trains the small ZFNet on the
-embedded data.
+(``zfcore.report.render``). ``zfcore.demo`` first trains the small ZFNet on
+the embedded data.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import sys
 import time
 from pathlib import Path
 
 import torch
 from torch import Tensor, nn
-from torch.utils.data import Dataset
 
+from .analysis import (activations, dead_units, display_signed, filters, rank_and_world, top_k,
+                       top_k_projections)
+from .deconv import MODES, Deconvnet
+from .load import Loaded, PreparedDataset, load, open_dataset
+from .report import render, save_results
 from .version import __version__
-from .load import Loaded, load
 
-__all__ = ["PreparedDataset", "demo", "open_dataset", "visualize"]
-
-
-class PreparedDataset(Dataset):
-    """A dataset of uint8 images brought to a loaded model's input space."""
-
-    def __init__(self, base, loaded: Loaded, classes: list[str], description: str, skipped: int = 0):
-        self.base, self.loaded = base, loaded
-        self.classes, self.description, self.skipped = classes, description, skipped
-
-    def __len__(self) -> int:
-        return len(self.base)
-
-    def __getitem__(self, index: int):
-        image, label = self.base[index]
-        return self.loaded.preprocess(image), label
-
-    def label(self, index: int) -> int:
-        for name in ("labels", "targets"):
-            labels = getattr(self.base, name, None)
-            if labels is not None:
-                return int(labels[index])
-        return int(self.base[index][1])
-
-
-def open_dataset(loaded: Loaded, data: str) -> PreparedDataset:
-    """``"synthetic"``: the embedded validation images of the model's run (same
-    seed, size and count as its training run's validation split); otherwise an
-    image folder with one subfolder per class, resized and centre-cropped as
-    the run's training did (unreadable files skipped and counted)."""
-    import warnings
-
-    from .data import ImageFolderDataset, SyntheticShapes
-
-    config = loaded.config
-    size = loaded.input_shape[-1]
-    if data == "synthetic":
-        per_class = max(1, int(config.get("per_class", 500)) // 5)
-        base = SyntheticShapes("val", seed=int(config.get("seed", 0)), size=size, per_class=per_class)
-        return PreparedDataset(base, loaded, list(SyntheticShapes.classes),
-                               f"embedded validation images (seed {config.get('seed', 0)}, {size} px)")
-    folder = Path(data)
-    if not folder.is_dir():
-        raise FileNotFoundError(f"visualize: data must be 'synthetic' or an image folder; {os.fspath(data)!r} "
-                                f"is not a folder")
-    resize = loaded.resize if loaded.resize is not None else round(size * 256 / 224)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        base = ImageFolderDataset(folder, resize=max(resize, size))
-    return PreparedDataset(base, loaded, list(base.classes), f"image folder {os.fspath(folder)}",
-                           skipped=len(base.skipped))
+__all__ = ["PreparedDataset", "open_dataset", "visualize"]
 
 
 def _default_layers(model: nn.Module) -> list[str]:
@@ -114,8 +66,6 @@ def _for_display(loaded: Loaded, projected) -> dict:
     uint8 (``display_signed``: grey = 0, scaled by its own peak, kept in
     ``peaks``), the patches as uint8 image pixels (the mean at each box added
     back), the boxes."""
-    from .report import display_signed
-
     p = projected.projections
     size = loaded.input_shape[-1]
     mean = loaded.mean
@@ -149,10 +99,6 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
         resume: continue an interrupted top-k pass from ``out/results/topk-state.pt``.
         activation_image: the dataset index shown on the activations page.
     """
-    from .analysis import activations, dead_units, filters, top_k, top_k_projections
-    from .deconv import MODES, Deconvnet
-    from .report import render, save_results
-
     if mode not in MODES:
         raise ValueError(f"visualize: mode must be one of {', '.join(MODES)} (got {mode!r})")
     for name, value in (("k", k), ("batch_size", batch_size)):
@@ -179,8 +125,6 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     found = top_k(model, dataset, layers, k=k, batch_size=batch_size, state_file=out / "results" / "topk-state.pt",
                   resume=resume, progress=progress)
     timings["top-k"] = time.perf_counter() - mark
-    from .analysis._stream import rank_and_world
-
     if rank_and_world()[0] != 0:  # under torchrun the ranks share the top-k pass; rank 0 does the rest
         return out / "index.html"
 
@@ -199,14 +143,14 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     dead = dead_units(model, dataset, relus, batch_size=batch_size, progress=progress) if relus else {}
     image, label = dataset[activation_image]
     acts = activations(model, image, relus or convs)  # the rectified maps each conv layer passes on
-    shown_filters = {n: filters(model, n).as_dict() for n in convs[:2]}
+    shown_filters = {n: filters(model, n).to_plain() for n in convs[:2]}
     timings["activations, filters, dead units"] = time.perf_counter() - mark
 
     spec = net.layer_spec()
     topk_saved = {}
     for name, t in found.items():
         labels = torch.tensor([[dataset.label(int(i)) for i in row] for row in t.images], dtype=torch.int64)
-        topk_saved[name] = {**t.as_dict(), "labels": labels}
+        topk_saved[name] = {**t.to_plain(), "labels": labels}
     meta = {
         "zfcore": __version__, "model": str(loaded.config.get("model", "model")), "checkpoint": os.fspath(loaded.path),
         "classes": dataset.classes, "model_classes": loaded.classes, "input_shape": list(loaded.input_shape),
@@ -219,7 +163,7 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     tensors = {"topk": topk_saved, "projections": projections_saved,
                "activations": {"maps": acts.maps, "image": loaded.deprocess(image), "index": activation_image,
                                "label": int(label)},
-               "filters": shown_filters, "dead_units": {name: d.as_dict() for name, d in dead.items()}}
+               "filters": shown_filters, "dead_units": {name: d.to_plain() for name, d in dead.items()}}
     save_results(out, meta, tensors)
     mark = time.perf_counter()
     index = render(out, progress=progress)
@@ -227,43 +171,3 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     meta["timings"] = timings
     save_results(out, meta, {})
     return index
-
-
-def demo(out: str | os.PathLike = "demo", *, checkpoint: str | os.PathLike | None = None, epochs: int | None = None,
-         seed: int = 0, progress: bool = True, analyses: bool = True) -> tuple[Path, dict[str, float]]:
-    """Train ``zfnet_small`` on the embedded data into ``out/run/`` (unless
-    ``checkpoint`` is given; a finished run there is reused, an interrupted one
-    resumed), then ``visualize`` its validation images into ``out/report/`` and
-    (``analyses``) add the quick versions of the paper's analyses to it.
-    Returns the report's ``index.html`` and the wall time of each stage."""
-    from .train import demo_config, train
-
-    out = Path(out)
-    timings: dict[str, float] = {}
-    if checkpoint is None:
-        run = out / "run"
-        checkpoint = run / "model.pt"
-        mark = time.perf_counter()
-        if not checkpoint.is_file():
-            config = demo_config(os.fspath(run), seed=seed, epochs=epochs, progress=progress)
-            config.resume = (run / "LATEST").is_file()
-            train(config)
-        timings["training"] = time.perf_counter() - mark
-    index = visualize(checkpoint, "synthetic", out / "report", progress=progress)
-    meta = json.loads((out / "report" / "results" / "meta.json").read_text())
-    timings.update(meta["timings"])
-    if analyses:
-        from .analyze import DEMO_ANALYSES, analyze, rerender
-
-        for name in DEMO_ANALYSES:
-            mark = time.perf_counter()
-            try:
-                analyze(name, checkpoint, out / "report", quick=True, progress=progress, render=False, seed=seed)
-            except ValueError as error:  # e.g. evolution of a checkpoint without snapshots
-                print(f"zfcore demo: analysis {name} skipped: {error}", file=sys.stderr)
-                continue
-            timings[f"analysis {name}"] = time.perf_counter() - mark
-        mark = time.perf_counter()
-        rerender(out / "report", progress=progress)
-        timings["analysis pages"] = time.perf_counter() - mark
-    return index, timings

@@ -118,3 +118,72 @@ def layer_features(model: nn.Module, images: Tensor, layer: str, batch_size: int
                           disable=not progress):
             chunks.append(tap(images[start:start + batch_size].to(device))[layer].flatten(1))
     return torch.cat(chunks)
+
+
+def check_logits(logits, n: int, caller: str) -> Tensor:
+    """What the model returned for ``n`` inputs: logits ``Tensor[n, classes]``."""
+    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != n:
+        raise ValueError(f"{caller}: the model must return logits Tensor[N, classes] (got {describe(logits)})")
+    return logits
+
+
+def check_class_range(values: Tensor, classes: int, caller: str, name: str = "labels") -> Tensor:
+    """Class indices ``values`` (any shape), each one of the model's ``classes`` outputs."""
+    bad = (values < 0) | (values >= classes)
+    if bad.any():
+        raise ValueError(f"{caller}: {name} holds class {int(values[bad][0])}, outside the model's {classes} "
+                         f"classes [0, {classes})")
+    return values
+
+
+def check_dataset(dataset, caller: str) -> int:
+    """The length of ``dataset``, a map-style Dataset of ``(image, label)``
+    items with a length of at least 1."""
+    try:
+        size = len(dataset)
+    except TypeError:
+        raise ValueError(f"{caller}: dataset must be a map-style Dataset with a length "
+                         f"(got {type(dataset).__name__})") from None
+    if size == 0:
+        raise ValueError(f"{caller}: the dataset is empty")
+    return size
+
+
+def forward_with_layers(model: nn.Module, x: Tensor, layers, caller: str, reduce=None) -> tuple:
+    """``(model(x), {layer: output})``: the whole forward runs (its output is
+    wanted too, unlike ``LayerTap``'s, which stops after the last layer), and
+    the outputs of ``layers`` are caught by forward hooks, detached, as
+    ``reduce(output)`` where ``reduce`` is given (a copy made there is safe from
+    a later in-place layer); a layer called twice keeps its last output."""
+    modules = dict(model.named_modules())
+    outputs: dict[str, Tensor] = {}
+
+    def hook_of(name: str):
+        def hook(_module, _inputs, output):
+            if not isinstance(output, Tensor):
+                raise ValueError(f"{caller}: layer {name!r} returns {type(output).__name__}, not a Tensor")
+            output = output.detach()
+            outputs[name] = output if reduce is None else reduce(output)
+        return hook
+
+    handles = [modules[name].register_forward_hook(hook_of(name)) for name in layers]
+    try:
+        result = model(x)
+    finally:
+        for handle in handles:
+            handle.remove()
+    missing = [name for name in layers if name not in outputs]
+    if missing:
+        raise ValueError(f"{caller}: layers {', '.join(missing)} did not run in the model's forward")
+    return result, outputs
+
+
+def first_per_class(labels: Tensor, per_class: int, classes: int, keep: Tensor | None = None) -> Tensor:
+    """Indices (ascending) of the first ``per_class`` images of each class
+    ``0 .. classes - 1`` in ``labels``, among those where ``keep`` (bool) is
+    true when given; fewer where a class has fewer."""
+    keep = torch.ones(len(labels), dtype=torch.bool) if keep is None else keep
+    chosen = []
+    for label in range(classes):
+        chosen += torch.nonzero(keep & (labels == label)).flatten()[:per_class].tolist()
+    return torch.tensor(sorted(chosen), dtype=torch.long)

@@ -1,8 +1,9 @@
 """What the optimisation-based visualisations share (inversion, class models,
-DeepDream): the natural-image priors of Mahendran & Vedaldi, "Understanding
-deep image representations by inverting them" (CVPR 2015, section 3.2), the
-augmentations applied while optimising (jitter, Gaussian blur), the forward to
-a layer that keeps the graph to the input, and the checks of their arguments.
+DeepDream, style): the natural-image priors of Mahendran & Vedaldi,
+"Understanding deep image representations by inverting them" (CVPR 2015,
+section 3.2), the augmentations applied while optimising (jitter, Gaussian
+blur), the forward to a layer that keeps the graph to the input, the images'
+typical magnitude B, and the loop of gradient steps on the images.
 
 * ``alpha_norm(x, alpha)``: ``sum |x|^alpha`` over every value of each image.
 * ``total_variation(x, beta)``: the paper's ``TV^beta``, per image
@@ -15,18 +16,24 @@ a layer that keeps the graph to the input, and the checks of their arguments.
   its gradient is taken as 0: the function's true derivative for exponents
   above 1, the zero subgradient at the kink otherwise (``torch.pow`` alone
   gives NaN or inf there for exponents below 1).
+* ``gradient_steps``: the loop every analysis here runs (a jittered objective,
+  its gradient with respect to the images, an update, the divergence checks,
+  the curve, the progress bar); ``adam`` is its Adam update.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["total_variation", "alpha_norm", "jitter", "gaussian_blur", "check_images", "check_number",
-           "check_count", "layer_output"]
+from ._args import LayerTap, check_positive_float, check_positive_int, describe
+
+__all__ = ["adam", "alpha_norm", "check_number", "first_of_each_class", "gaussian_blur", "gradient_steps", "graph_tap",
+           "input_scale", "jitter", "layer_output", "total_variation"]
 
 
 def _safe_pow(base: Tensor, exponent: float) -> Tensor:
@@ -39,9 +46,9 @@ def _safe_pow(base: Tensor, exponent: float) -> Tensor:
 
 
 def _check_batch(x, caller: str) -> None:
+    """Any float batch (the priors are also taken of non-finite images)."""
     if not isinstance(x, Tensor) or x.dim() != 4 or not x.is_floating_point():
-        got = f"{x.dtype} {list(x.shape)}" if isinstance(x, Tensor) else type(x).__name__
-        raise ValueError(f"{caller}: x must be a float Tensor[N, C, H, W] (got {got})")
+        raise ValueError(f"{caller}: x must be a float Tensor[N, C, H, W] (got {describe(x)})")
 
 
 def total_variation(x: Tensor, beta: float = 2.0) -> Tensor:
@@ -53,7 +60,7 @@ def total_variation(x: Tensor, beta: float = 2.0) -> Tensor:
         tensor([2.])
     """
     _check_batch(x, "total_variation")
-    check_number(beta, "beta", "total_variation", low=0.0, strict=True)
+    check_positive_float(beta, "beta", "total_variation")
     dh = F.pad(x[..., :, 1:] - x[..., :, :-1], (0, 1))     # x[i, j+1] - x[i, j]; 0 in the last column
     dv = F.pad(x[..., 1:, :] - x[..., :-1, :], (0, 0, 0, 1))  # x[i+1, j] - x[i, j]; 0 in the last row
     return _safe_pow(dh * dh + dv * dv, beta / 2).sum((1, 2, 3))
@@ -62,7 +69,7 @@ def total_variation(x: Tensor, beta: float = 2.0) -> Tensor:
 def alpha_norm(x: Tensor, alpha: float = 6.0) -> Tensor:
     """``sum |x|^alpha`` over each image of ``x[N, C, H, W]``: ``Tensor[N]``."""
     _check_batch(x, "alpha_norm")
-    check_number(alpha, "alpha", "alpha_norm", low=0.0, strict=True)
+    check_positive_float(alpha, "alpha", "alpha_norm")
     return _safe_pow(x * x, alpha / 2).sum((1, 2, 3))
 
 
@@ -73,7 +80,7 @@ def jitter(x: Tensor, max_shift: int, generator: torch.Generator) -> tuple[Tenso
     the others in its batch). Returns ``(rolled, (dy, dx))``; the inverse is
     ``x.roll((-dy, -dx), (2, 3))``, and gradients taken through the roll
     arrive unrolled. ``max_shift == 0`` draws nothing and returns ``x``."""
-    check_count(max_shift, "max_shift", "jitter", low=0)
+    check_positive_int(max_shift, "max_shift", "jitter", minimum=0)
     if max_shift == 0:
         return x, (0, 0)
     dy, dx = torch.randint(-max_shift, max_shift + 1, (2,), generator=generator).tolist()
@@ -86,7 +93,7 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
     of radius ``ceil(3 sigma)`` normalised to sum 1, the border replicated.
     ``sigma == 0`` returns ``x``."""
     _check_batch(x, "gaussian_blur")
-    check_number(sigma, "sigma", "gaussian_blur", low=0.0)
+    check_positive_float(sigma, "sigma", "gaussian_blur", allow_zero=True)
     if sigma == 0:
         return x
     radius = max(1, math.ceil(3 * sigma))
@@ -100,52 +107,90 @@ def gaussian_blur(x: Tensor, sigma: float) -> Tensor:
                     groups=c)
 
 
-class _Reached(Exception):
-    """Raised by the layer's hook: nothing above it is computed."""
+def graph_tap(model: nn.Module, layers: Sequence[str]) -> LayerTap:
+    """A ``LayerTap`` whose outputs keep their autograd graph to the input (each
+    a clone, safe from a later in-place layer); the forward stops after the
+    last of ``layers``."""
+    return LayerTap(model, layers, reduce=torch.clone, graph=True)
 
 
 def layer_output(model: nn.Module, x: Tensor, layer: str) -> Tensor:
     """The output of module ``layer`` for input ``x``, with its graph to ``x``
     (the forward stops there; the hook is always removed)."""
-    captured = {}
-
-    def hook(_module, _inputs, output):
-        if not isinstance(output, Tensor):
-            raise ValueError(f"layer {layer!r} returns {type(output).__name__}, not a Tensor")
-        captured["out"] = output
-        raise _Reached
-
-    handle = dict(model.named_modules())[layer].register_forward_hook(hook)
-    try:
-        model(x)
-    except _Reached:
-        pass
-    finally:
-        handle.remove()
-    if "out" not in captured:
-        raise ValueError(f"layer {layer!r} did not run in the model's forward")
-    return captured["out"]
+    with graph_tap(model, [layer]) as tap:
+        return tap(x)[layer]
 
 
-def check_images(images, caller: str, name: str = "images") -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point() or not len(images):
-        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{caller}: {name} must be a non-empty float Tensor[N, C, H, W] in the model's input space "
-                         f"(got {got})")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError(f"{caller}: {name} hold NaN or infinite values")
-
-
-def check_number(value, name: str, caller: str, *, low: float | None = None, strict: bool = False) -> float:
-    """A real number (not bool), ``> low`` with ``strict`` else ``>= low``."""
+def check_number(value, name: str, caller: str, *, low: float, strict: bool = False) -> float:
+    """A finite real number (not bool), ``> low`` with ``strict`` else ``>= low``
+    (for bounds other than 0; ``_args.check_positive_float`` words those)."""
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise ValueError(f"{caller}: {name} must be a finite number (got {value!r})")
-    if low is not None and (value <= low if strict else value < low):
+    if value <= low if strict else value < low:
         raise ValueError(f"{caller}: {name} must be {'>' if strict else '>='} {low:g} (got {value!r})")
     return float(value)
 
 
-def check_count(value, name: str, caller: str, *, low: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise ValueError(f"{caller}: {name} must be an int >= {low} (got {value!r})")
-    return value
+def input_scale(images: Tensor, scale: float | None, caller: str) -> float:
+    """``B``, the typical magnitude of an image in the model's input space:
+    ``scale`` when given (a positive number), else the root mean square of all
+    of ``images`` (one number for the batch)."""
+    if scale is None:
+        scale = float(images.square().mean().sqrt())
+        if scale == 0:
+            raise ValueError(f"{caller}: the images are all 0, so their scale B is 0; pass scale explicitly")
+    return check_positive_float(scale, "scale", caller)
+
+
+def gradient_steps(x: Tensor, objective: Callable[[Tensor], Tensor], update: Callable[[Tensor, Tensor, int], Tensor],
+                   *, steps: int, caller: str, bar, what: str = "the ascent", advice: str = "lower lr",
+                   max_shift: int = 0, generator: torch.Generator | None = None) -> tuple[Tensor, list[float]]:
+    """``steps`` gradient steps on the images ``x[N, ...]`` (a leaf).
+
+    Each step: ``objective`` (per image, ``Tensor[N]``) of ``x`` rolled by a
+    random shift of at most ``max_shift`` pixels (``jitter`` with
+    ``generator``), its sum's gradient ``g`` with respect to ``x`` (the roll
+    undone by autograd), and ``x <- update(x, g, step)`` (without grad; the
+    sign is the update's: ascent or descent). A non-finite objective, or an
+    image made non-finite, is a ``ValueError`` naming ``what`` and the step.
+    ``bar`` (a tqdm) moves by one per step.
+
+    Returns ``(x, curve)``: the final images, detached, and the mean objective
+    before each step.
+    """
+    curve = []
+    for step in range(steps):
+        if not x.requires_grad:
+            x.requires_grad_(True)
+        shifted, _ = jitter(x, max_shift, generator)
+        value = objective(shifted)
+        loss = value.sum()
+        if not bool(torch.isfinite(loss)):
+            raise ValueError(f"{caller}: {what} diverged at step {step} (non-finite objective); {advice}")
+        grad, = torch.autograd.grad(loss, [x])
+        with torch.no_grad():
+            x = update(x, grad, step)
+        if not bool(torch.isfinite(x).all()):
+            raise ValueError(f"{caller}: {what} diverged at step {step} (non-finite image); {advice}")
+        curve.append(float(loss.detach()) / len(value))
+        bar.update(1)
+    return x.detach(), curve
+
+
+def adam(x: Tensor, lr: float) -> Callable[[Tensor, Tensor, int], Tensor]:
+    """The ``update`` of ``gradient_steps`` that takes Adam steps (descent) on
+    the leaf ``x`` itself, with learning rate ``lr``."""
+    optimiser = torch.optim.Adam([x.requires_grad_(True)], lr=lr)
+
+    def update(x: Tensor, grad: Tensor, _step: int) -> Tensor:
+        x.grad = grad
+        optimiser.step()
+        return x
+    return update
+
+
+def first_of_each_class(dataset, per_class: int = 1) -> Tensor:
+    """The indices of the first ``per_class`` images of each class of
+    ``dataset`` (fewer where a class has fewer), class by class: the images
+    the analyses here run on."""
+    return torch.cat([torch.nonzero(dataset.labels == c).flatten()[:per_class] for c in range(len(dataset.classes))])

@@ -56,10 +56,14 @@ class LayerTap:
     With ``reduce`` (a function, or a dict of one per layer), what is kept of a
     layer's output is ``reduce(output)``, computed in the hook: the output
     itself can then be freed as soon as the next layer has read it (a streaming
-    pass holds no layer's maps)."""
+    pass holds no layer's maps).
 
-    def __init__(self, model: nn.Module, layers: Sequence[str], reduce=None):
-        self.model, self.layers, self.reduce = model, list(layers), reduce
+    With ``graph``, the outputs keep their autograd graph to the input (for
+    gradients with respect to it; the caller's grad mode holds) and the forward
+    stops after the last layer from the first call on."""
+
+    def __init__(self, model: nn.Module, layers: Sequence[str], reduce=None, *, graph: bool = False):
+        self.model, self.layers, self.reduce, self.graph = model, list(layers), reduce, graph
         self.outputs: dict[str, Tensor] = {}
         self._handles = []
         self._calls: dict[str, int] = {}
@@ -90,18 +94,18 @@ class LayerTap:
                 return
             if not isinstance(output, Tensor):
                 raise ValueError(f"layer {name!r} returns {type(output).__name__}, not a Tensor")
-            output = output.detach()
+            output = output if self.graph else output.detach()
             reduce = self.reduce.get(name) if isinstance(self.reduce, dict) else self.reduce
             self.outputs[name] = output if reduce is None else reduce(output)
-            if len(self.outputs) == len(self.layers) and self._checked:
+            if len(self.outputs) == len(self.layers) and (self._checked or self.graph):
                 raise _Stop
         return hook
 
-    @torch.no_grad()
     def __call__(self, x: Tensor) -> dict[str, Tensor]:
         self.outputs, self._calls = {}, {}
         try:
-            self.model(x)
+            with torch.set_grad_enabled(self.graph and torch.is_grad_enabled()):
+                self.model(x)
         except _Stop:
             pass
         self._checked = True

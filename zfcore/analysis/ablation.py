@@ -46,6 +46,9 @@ Choices the paper leaves open, or that a CPU budget forces:
   opposite of the paper's fully trained ImageNet models. The quick budget
   checks the pipeline; the default one measures.
 
+``zfcore analyze ablation`` runs it (``run``) into its ``runs`` folder; the
+page is ``zfcore.report.pages.ablation``.
+
 Example:
     >>> result = ablation(Path("runs/ablation"), quick=True)
     >>> dict(zip(result.variants, result.test_top1.tolist()))
@@ -55,7 +58,6 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -64,12 +66,18 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..train import TrainConfig, demo_config, latest_checkpoint, train
-from ._render import begin
+from .. import train
+from ..load import Subject, embedded_dataset, load
+from ..train import TrainConfig, train_or_reuse
 from ..train.config import parse_classes
+from ..train.loop import select_classes
+from ..train.reuse import comparable_config, output_folder
+from ._args import check_positive_int, eval_mode, model_device
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["DEFAULT", "PAPER_ROWS", "QUICK", "VARIANTS", "Ablation", "Variant", "ablation", "render", "top_k_error",
-           "train_or_reuse", "variant_config"]
+__all__ = ["ANALYSIS", "DEFAULT", "PAPER_ROWS", "QUICK", "VARIANTS", "Ablation", "Variant", "ablation", "run",
+           "top_k_error", "train_or_reuse", "variant_config"]
 
 
 @dataclass(frozen=True)
@@ -130,12 +138,9 @@ PAPER_ROWS = [
     _row("t3-zf-both", "3", "  layers 6,7: 8192 units and layers 3,4,5: 512,1024,512 maps", base="t3-zf-base",
          finding="overfits"),
 ]
-_PAPER = {row["key"]: row for row in PAPER_ROWS}
 
 # The presets' own conv width scale and fc6/fc7 width (zfcore.models), for scaling a base that leaves them None.
 _PRESET_SIZES = {"zfnet": (1.0, 4096), "alexnet": (1.0, 4096), "zfnet_small": (0.25, 256)}
-# TrainConfig fields that do not change what is trained: a finished run is reused whatever they are.
-_IRRELEVANT = ("out", "resume", "resume_from", "progress", "threads", "device", "checkpoint_every")
 
 
 def top_k_error(logits: Tensor, labels: Tensor, k: int) -> float:
@@ -145,8 +150,7 @@ def top_k_error(logits: Tensor, labels: Tensor, k: int) -> float:
     if logits.dim() != 2 or labels.shape != logits.shape[:1]:
         raise ValueError(f"top_k_error: logits must be [N, C] and labels [N] (got {tuple(logits.shape)} and "
                          f"{tuple(labels.shape)})")
-    if not isinstance(k, int) or k < 1:
-        raise ValueError(f"top_k_error: k must be a positive int (got {k!r})")
+    check_positive_int(k, "k", "top_k_error")
     if len(labels) == 0:
         return math.nan
     ranked = logits.topk(min(k, logits.shape[1]), dim=1).indices
@@ -186,69 +190,31 @@ def variant_config(base: TrainConfig, variant: str, out: Path) -> TrainConfig:
     return dataclasses.replace(base, **changes)
 
 
-def _comparable(config: dict) -> dict:
-    return {k: v for k, v in config.items() if k not in _IRRELEVANT and k != "fingerprint"}
-
-
-def _differences(saved: dict, wanted: TrainConfig) -> list[str]:
-    want = _comparable(dataclasses.asdict(wanted))
-    have = _comparable(saved)
-    return [f"{k}: {have.get(k)!r} there, {want[k]!r} wanted" for k in want if have.get(k) != want[k]]
-
-
-def train_or_reuse(config: TrainConfig, caller: str = "ablation") -> tuple[bool, float]:
-    """Train ``config`` into its folder ``config.out`` unless a finished run of
-    the same configuration is there (reused), resuming an interrupted one from
-    its last checkpoint; a run of another configuration there is a ValueError
-    naming the differences. Returns ``(reused, training seconds)``."""
-    folder = Path(config.out)
-    done = folder / "model.pt"
-    if done.is_file():
-        saved = torch.load(done, map_location="cpu", weights_only=True)["config"]
-        wrong = _differences(saved, config)
-        if wrong:
-            raise ValueError(f"{caller}: {folder} holds a finished run of another configuration ({'; '.join(wrong)});"
-                             f" delete it or choose another out")
-        return True, 0.0
-    resume = False
-    if (folder / "LATEST").exists():
-        found = latest_checkpoint(folder)
-        if found is not None:
-            wrong = _differences(found[1]["config"], config)
-            if wrong:
-                raise ValueError(f"{caller}: {folder} holds an interrupted run of another configuration "
-                                 f"({'; '.join(wrong)}); delete it or choose another out")
-            resume = True
-    started = time.time()
-    train(dataclasses.replace(config, resume=resume))
-    return False, time.time() - started
-
 
 @torch.no_grad()
 def _logits(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
-    model.eval()
-    device = next(model.parameters()).device
-    return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
+    device = model_device(model)
+    with eval_mode(model):
+        return torch.cat([model(x[i:i + batch_size].to(device)).float().cpu() for i in range(0, len(x), batch_size)])
 
 
-def _embedded(split: str, config: TrainConfig, per_class: int) -> tuple[Tensor, Tensor]:
-    """uint8 images and labels of a split of the embedded data, restricted to the run's classes."""
-    from ..data import SyntheticShapes
-    from ..train.loop import select_classes
-
-    data = SyntheticShapes(split, seed=config.seed, size=config.image_size, per_class=per_class)
-    keep, labels = select_classes(data.labels, parse_classes(config.classes, len(SyntheticShapes.classes)))
+def _embedded(subject: Subject, split: str, config: TrainConfig, per_class: int) -> tuple[Tensor, Tensor]:
+    """uint8 images and labels of a split of the embedded data of ``subject``'s
+    run, restricted (and renumbered) to the run's classes."""
+    data = embedded_dataset(subject, split, per_class)
+    keep, labels = select_classes(data.labels, parse_classes(config.classes, len(data.classes)))
     return data.images[keep], labels
 
 
-def _errors(loaded, images: Tensor, labels: Tensor) -> tuple[float, float]:
-    logits = torch.cat([_logits(loaded.model, loaded.preprocess(images[i:i + 512]))
+def _errors(subject: Subject, images: Tensor, labels: Tensor) -> tuple[float, float]:
+    logits = torch.cat([_logits(subject.model, subject.preprocess(images[i:i + 512]))
                         for i in range(0, len(images), 512)])
     return top_k_error(logits, labels, 1), top_k_error(logits, labels, 5)
 
 
+
 @dataclass
-class Ablation:
+class Ablation(Result):
     """Per variant (in ``variants`` order; errors are fractions):
 
     Attributes:
@@ -286,24 +252,7 @@ class Ablation:
     out: str
     paper: list[dict] = field(default_factory=lambda: [dict(r) for r in PAPER_ROWS])
 
-    def as_dict(self) -> dict:
-        return {"variants": list(self.variants), "labels": list(self.labels), "params": list(self.params),
-                "test_top1": self.test_top1, "test_top5": self.test_top5, "train_top1": self.train_top1,
-                "val_top1": self.val_top1, "val_top5": self.val_top5, "test_images": self.test_images,
-                "eval_split": self.eval_split, "configs": {k: dict(v) for k, v in self.configs.items()},
-                "reused": list(self.reused), "seconds": list(self.seconds), "quick": self.quick, "out": self.out,
-                "paper": [dict(r) for r in self.paper]}
 
-    @classmethod
-    def from_dict(cls, d: dict) -> Ablation:
-        return cls(variants=[str(v) for v in d["variants"]], labels=[str(v) for v in d["labels"]],
-                   params=[int(p) for p in d["params"]],
-                   **{k: torch.as_tensor(d[k], dtype=torch.float64)
-                      for k in ("test_top1", "test_top5", "train_top1", "val_top1", "val_top5")},
-                   test_images=int(d["test_images"]), eval_split=str(d["eval_split"]),
-                   configs={str(k): dict(v) for k, v in d["configs"].items()},
-                   reused=[bool(r) for r in d["reused"]], seconds=[float(s) for s in d["seconds"]],
-                   quick=bool(d["quick"]), out=str(d["out"]), paper=[dict(r) for r in d["paper"]])
 
     def error(self, variant: str, which: str = "top1") -> float:
         """The headline error of a variant: held-out if available, else the trainer's validation error."""
@@ -340,21 +289,15 @@ def ablation(out: Path, *, base: TrainConfig | None = None, variants: Sequence[s
     if base is not None and not isinstance(base, TrainConfig):
         raise ValueError(f"ablation: base must be a TrainConfig or None (got {type(base).__name__})")
     if base is None:
-        base = demo_config(str(out), progress=progress)
+        base = train.demo_config(str(out), progress=progress)
     base = dataclasses.replace(base, progress=progress)
     if quick:
         base = dataclasses.replace(base, per_class=min(base.per_class, QUICK["per_class"]),
                                    epochs=min(base.epochs, QUICK["epochs"]))
     if test_per_class is None:
         test_per_class = QUICK["test_per_class"] if quick else FULL_TEST_PER_CLASS
-    if not isinstance(test_per_class, int) or isinstance(test_per_class, bool) or test_per_class < 1:
-        raise ValueError(f"ablation: test_per_class must be a positive int (got {test_per_class!r})")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PermissionError(f"ablation: cannot create the output folder {out} ({error.strerror})") from None
-
-    from ..load import load
+    check_positive_int(test_per_class, "test_per_class", "ablation")
+    output_folder(out, "ablation")
 
     synthetic = base.data == "synthetic"
     rows = {k: [] for k in ("params", "test_top1", "test_top5", "train_top1", "val_top1", "val_top5", "reused",
@@ -362,17 +305,17 @@ def ablation(out: Path, *, base: TrainConfig | None = None, variants: Sequence[s
     configs, test_images = {}, 0
     for variant in tqdm(variants, desc="ablation", unit="variant", disable=not progress):
         config = variant_config(base, variant, out / variant)
-        reused, seconds = train_or_reuse(config)
+        reused, seconds = train_or_reuse(config, "ablation")
         loaded = load(out / variant / "model.pt")
         last = loaded.history[-1] if loaded.history else {}
         if synthetic:
-            images, labels = _embedded("test", config, test_per_class)
+            images, labels = _embedded(loaded, "test", config, test_per_class)
             test_images = len(labels)
             top1, top5 = _errors(loaded, images, labels)
-            train_top1 = _errors(loaded, *_embedded("train", config, config.per_class))[0]
+            train_top1 = _errors(loaded, *_embedded(loaded, "train", config, config.per_class))[0]
         else:
             top1 = top5 = train_top1 = math.nan
-        configs[variant] = _comparable(dataclasses.asdict(config))
+        configs[variant] = comparable_config(dataclasses.asdict(config))
         for key, value in (("params", sum(p.numel() for p in loaded.model.parameters())), ("test_top1", top1),
                            ("test_top5", top5), ("train_top1", train_top1),
                            ("val_top1", float(last.get("val_top1_error", math.nan))),
@@ -386,165 +329,21 @@ def ablation(out: Path, *, base: TrainConfig | None = None, variants: Sequence[s
                     configs=configs, reused=rows["reused"], seconds=rows["seconds"], quick=quick, out=str(out))
 
 
-# ----------------------------------------------------------------- rendering
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int, runs: str | Path,
+        variants: Sequence[str] | None = None) -> tuple[Ablation, dict]:
+    """``zfcore analyze ablation``: ``ablation`` of the ``zfcore demo`` recipe
+    (``zfcore.train.demo_config`` with ``seed``, looked up when called) into
+    the folder ``runs``, ``variants`` (None: ``DEFAULT``). ``subject`` and
+    ``dataset`` are not used: it trains its own models on the embedded data."""
+    base = train.demo_config(str(runs), seed=seed, progress=progress)
+    result = ablation(Path(runs), base=base, variants=DEFAULT if variants is None else variants, quick=quick,
+                      progress=progress)
+    return result, {}
 
 
-def _pct(value) -> str:
-    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.1f}"
-
-
-def _paper_pct(value) -> str:
-    return "-" if value is None else f"{value:.1f}"
-
-
-def _se(p: float, n: int) -> float:
-    return math.sqrt(max(p * (1 - p), 0.0) / n) if n else math.nan
-
-
-def _compare(result: Ablation, a: str, b: str) -> tuple[float, float, float, str]:
-    """a's top-1 error, b's, and a minus b in standard errors, with a phrase."""
-    ea, eb = result.error(a), result.error(b)
-    n = result.error_count()
-    se = math.sqrt(_se(ea, n) ** 2 + _se(eb, n) ** 2) if n else math.nan
-    z = (ea - eb) / se if se and not math.isnan(se) else math.nan
-    noise = "" if math.isnan(z) else (" (within 2 standard errors: not distinguishable from noise at one seed)"
-                                      if abs(z) < 2 else f" ({abs(z):.1f} standard errors)")
-    return ea, eb, z, noise
-
-
-def _claims(result: Ablation) -> list[dict]:
-    """The paper's Table 3 statements, on our numbers, where the needed variants were trained."""
-    have = set(result.variants)
-    claims = []
-    split = f"{result.eval_split} top-1 error"
-    cost = {v: result.error(v) - result.error("full") for v in have} if "full" in have else {}
-    fc, conv, both = "no-fc6-fc7", "no-conv3-conv4", "no-conv3-conv4-fc6-fc7"
-
-    def pair(claim: str, worse: str, better: str, paper: str) -> dict:
-        ea, eb, _, noise = _compare(result, worse, better)
-        return {"claim": claim, "holds": ea > eb,
-                "detail": f"{split}: {worse} {100 * ea:.1f}%, {better} {100 * eb:.1f}%: difference "
-                          f"{100 * (ea - eb):+.1f} points{noise}; paper: {paper}"}
-
-    if {"full", fc, conv, both} <= have:
-        order = cost[fc] <= cost[conv] <= cost[both]
-        claims.append({
-            "claim": "Removing the fully connected layers (fc6, fc7) costs little, removing the middle convs "
-                     "(conv3, conv4) costs more, removing both costs most (Table 3)",
-            "holds": bool(order),
-            "detail": f"{split} minus the full model's ({100 * result.error('full'):.1f}%): fc6, fc7 removed "
-                      f"{100 * cost[fc]:+.1f} points, conv3, conv4 removed {100 * cost[conv]:+.1f}, both "
-                      f"{100 * cost[both]:+.1f} (n = {result.error_count()} images, one seed); paper, on its "
-                      f"AlexNet replication: each pair alone a small change, both a big drop"})
-    if {fc, both} <= have:
-        claims.append(pair("Removing conv3, conv4 as well as fc6, fc7 is worse than removing fc6, fc7 alone", both,
-                           fc, "a big drop against a small change"))
-    if {conv, both} <= have:
-        claims.append(pair("Removing fc6, fc7 as well as conv3, conv4 is worse than removing conv3, conv4 alone",
-                           both, conv, "a big drop against a small change"))
-    if {"full", fc, conv, both} <= have:
-        claims.append({
-            "claim": "Depth matters: removing both pairs raises the error, by more than the two removals' costs "
-                     "added",
-            "holds": bool(cost[both] > 0 and cost[both] > cost[fc] + cost[conv]),
-            "detail": f"cost of both {100 * cost[both]:+.1f} points against {100 * (cost[fc] + cost[conv]):+.1f} "
-                      f"({100 * cost[fc]:+.1f} + {100 * cost[conv]:+.1f}); paper: a big drop against two small changes"})
-    if {"full", "wide-conv"} <= have:
-        claims.append(pair("Widening the conv layers lowers the error (Table 3)", "full",
-                           "wide-conv", "better with conv3-5 at 512, 1024, 512 maps"))
-    if {"full", "wide-fc"} <= have:
-        ea, eb, _, noise = _compare(result, "wide-fc", "full")
-        claims.append({"claim": "Widening fc6, fc7 does not lower the error (Table 3)",
-                       "holds": ea >= eb,
-                       "detail": f"{split}: wide-fc {100 * ea:.1f}%, full {100 * eb:.1f}%: difference "
-                                 f"{100 * (ea - eb):+.1f} points{noise}"})
-        i, j = result.variants.index("wide-fc"), result.variants.index("full")
-        gap = [result.error(v) - result.train_top1[k].item() for v, k in (("wide-fc", i), ("full", j))]
-        if not any(math.isnan(g) for g in gap):
-            claims.append({"claim": "Widening fc6, fc7 overfits: the gap between held-out and training error grows",
-                           "holds": gap[0] > gap[1],
-                           "detail": f"held-out minus training top-1 error: wide-fc {100 * gap[0]:+.1f} points "
-                                     f"(train {_pct(result.train_top1[i].item())}%), full {100 * gap[1]:+.1f} "
-                                     f"(train {_pct(result.train_top1[j].item())}%); paper: 8192-unit fc6, fc7 "
-                                     f"overfit"})
-    return claims
-
-
-def render(result: Ablation | dict, assets: Path) -> dict:
-    """The table of our variants beside the paper's Tables 2 and 3, a bar chart
-    of top-1 error per variant (``ablation-top1.png``) and the claims."""
-    plt, result, assets = begin(result, Ablation, assets)
-    paper = {row["key"]: row for row in result.paper}
-    n = result.error_count()
-
-    fig, ax = plt.subplots(figsize=(max(6.0, 1.1 * len(result.variants) + 2), 4.2), dpi=100)
-    xs = torch.arange(len(result.variants), dtype=torch.float64)
-    ours = [100 * result.error(v) for v in result.variants]
-    errs = [100 * 2 * _se(result.error(v), n) if n else 0.0 for v in result.variants]
-    ax.bar((xs - 0.2).tolist(), ours, width=0.4, yerr=errs, capsize=3, color="tab:blue",
-           label=f"ours ({result.eval_split}, {n} images; bars: 2 standard errors)" if n else "ours (validation)")
-    theirs = [paper.get(VARIANTS[v].paper or "", {}).get("val_top1") if v in VARIANTS else None
-              for v in result.variants]
-    ax.bar([x - 0.2 + 0.4 for x, t in zip(xs.tolist(), theirs) if t is not None],
-           [t for t in theirs if t is not None], width=0.4, color="tab:grey", alpha=0.7,
-           label="paper (ImageNet val, the row it corresponds to)")
-    ax.set_xticks(xs.tolist(), result.variants, rotation=25, ha="right", fontsize=8)
-    ax.set_ylabel("top-1 error (%)")
-    ax.set_title("Top-1 error per variant (Table 3)", fontsize=10)
-    ax.set_ylim(0, 115)  # room for the legend above the bars
-    ax.legend(fontsize=7, loc="upper center", ncol=2)
-    ax.grid(axis="y", alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(assets / "ablation-top1.png")
-    plt.close(fig)
-
-    full = result.error("full") if "full" in result.variants else None
-    ours_rows = []
-    for i, v in enumerate(result.variants):
-        row = paper.get(VARIANTS[v].paper or "") if v in VARIANTS else None
-        ours_rows.append([v, result.labels[i], result.params[i], _pct(result.train_top1[i].item()),
-                          _pct(result.error(v)), _pct(result.error(v, "top5")),
-                          "-" if full is None else f"{100 * (result.error(v) - full):+.1f}",
-                          _pct(result.val_top1[i].item()), "reused" if result.reused[i] else f"{result.seconds[i]:.0f}",
-                          row["row"].strip() if row else "-",
-                          _paper_pct(row["val_top1"]) if row else "-", _paper_pct(row["val_top5"]) if row else "-",
-                          (row.get("finding") or "-") if row else "-"])
-    mapped = {VARIANTS[v].paper: v for v in result.variants if v in VARIANTS and VARIANTS[v].paper}
-    mapped.update({"t2-zf-1": "full"} if "full" in result.variants else {})
-    mapped.update({"t2-alex": "conv1-11x4"} if "conv1-11x4" in result.variants else {})
-    mapped.update({"t2-zf-wide": "wide-conv"} if "wide-conv" in result.variants else {})
-    paper_rows = [[row["table"], row["row"], _paper_pct(row["val_top1"]),
-                   _paper_pct(row["val_top5"]), _paper_pct(row["test_top5"]), row.get("finding") or "-",
-                   mapped.get(row["key"], "-"),
-                   _pct(result.error(mapped[row["key"]])) if row["key"] in mapped else "-",
-                   _pct(result.error(mapped[row["key"]], "top5")) if row["key"] in mapped else "-"]
-                  for row in result.paper]
-    tables = [
-        {"caption": f"Our variants (errors in %; held-out = the embedded {result.eval_split} split, {n} images; "
-                    f"train = the run's training images, eval mode) beside the paper's corresponding Table 3 row "
-                    f"(ImageNet 2012 validation, and its finding about the change: removals on its AlexNet "
-                    f"replication, resizings on ZFNet).",
-         "header": ["variant", "change", "parameters", "train top-1", "held-out top-1", "held-out top-5",
-                    "top-1 vs full", "trainer's val top-1", "training s", "paper row",
-                    "paper val top-1", "paper val top-5", "paper's finding"],
-         "rows": ours_rows},
-        {"caption": "The paper's Tables 2 and 3 (ImageNet 2012, %), with our corresponding variant where one "
-                    "exists (ours: held-out error on the embedded data; '-': no variant of ours).",
-         "header": ["paper table", "paper row", "val top-1", "val top-5", "test top-5", "paper's finding",
-                    "our variant", "our top-1", "our top-5"],
-         "rows": paper_rows}]
-    budget = result.configs.get(result.variants[0], {})
-    intro = (f"The paper's Tables 2 and 3: the base model and variants with layers removed or resized, each "
-             f"trained from scratch ({budget.get('model', '?')}, {budget.get('image_size', '?')} px, "
-             f"{budget.get('per_class', '?')} training images per class, {budget.get('epochs', '?')} epochs"
-             f"{', quick budget' if result.quick else ''}; one seed) and scored on held-out images. The paper "
-             f"finds that removing fc6/fc7 or conv3/conv4 alone changes the error little, removing both costs a "
-             f"lot, widening the conv layers helps and widening fc6/fc7 overfits. Its removals change its AlexNet "
-             f"replication, its resizings ZFNet; ours all change the same base model, and the paper's numbers "
-             f"are ImageNet's, shown for reference only.")
-    figures = [{"file": "ablation-top1.png",
-                "caption": "Top-1 error per variant: ours on the held-out embedded images (blue, with 2 standard "
-                           "errors of a binomial estimate) and the paper's ImageNet validation error of the "
-                           "corresponding Table 3 row (grey)."}]
-    return {"title": "Ablation and model size (Tables 2 and 3)", "intro": intro, "figures": figures,
-            "tables": tables, "claims": _claims(result)}
+ANALYSIS = Analysis(
+    name="ablation", group="paper", order=70, result=Ablation, run=run,
+    description="layers removed or resized (Tables 2-3; trains a model per variant)",
+    needs=frozenset({"training"}), options=("runs", "variants"),
+    claims=("removing fc6, fc7 or conv3, conv4 costs little, removing both costs most (depth matters)",
+            "widening the conv layers lowers the error", "widening fc6, fc7 does not lower the error: it overfits"))

@@ -11,19 +11,18 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._stream import LayerTap, batches, check_layers, model_device
+from ._args import LayerTap, check_dataset, check_layers, check_positive_int, eval_mode, model_device
+from ._stream import batches
+from .result import Result
 
 __all__ = ["Activations", "DeadUnits", "activations", "dead_units"]
 
 
 @dataclass
-class Activations:
+class Activations(Result):
     """``maps[layer]``: that layer's output for the image, ``[C, H, W]`` (or ``[F]``)."""
 
     maps: dict[str, Tensor]
-
-    def as_dict(self) -> dict:
-        return {"maps": self.maps}
 
 
 @torch.no_grad()
@@ -34,18 +33,13 @@ def activations(model: nn.Module, image: Tensor, layers: Sequence[str] | str) ->
     if not isinstance(image, Tensor) or image.dim() != 3:
         got = list(image.shape) if isinstance(image, Tensor) else type(image).__name__
         raise ValueError(f"activations: image must be a Tensor[C, H, W] (got {got})")
-    was_training = model.training
-    model.eval()
-    try:
-        with LayerTap(model, layers) as tap:
-            outputs = tap(image[None].float().to(model_device(model)))
-    finally:
-        model.train(was_training)
+    with eval_mode(model), LayerTap(model, layers) as tap:
+        outputs = tap(image[None].float().to(model_device(model)))
     return Activations({name: outputs[name][0].cpu() for name in layers})
 
 
 @dataclass
-class DeadUnits:
+class DeadUnits(Result):
     """Per layer and channel: ``zero_fraction[C]`` (share of images on which the
     whole map is zero), ``mean[C]`` (mean activation over images and positions),
     ``dead`` (channels zero on every image)."""
@@ -58,9 +52,6 @@ class DeadUnits:
     @property
     def dead(self) -> list[int]:
         return [int(c) for c in torch.nonzero(self.zero_fraction == 1).flatten()]
-
-    def as_dict(self) -> dict:
-        return {"layer": self.layer, "zero_fraction": self.zero_fraction, "mean": self.mean, "images": self.images}
 
 
 @torch.no_grad()
@@ -75,20 +66,15 @@ def dead_units(model: nn.Module, dataset, layers: Sequence[str] | str, batch_siz
         >>> found["relu1"].dead           # channels that never fire
     """
     layers = check_layers(model, layers, "dead_units")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"dead_units: batch_size must be a positive int (got {batch_size!r})")
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("dead_units: the dataset is empty")
+    check_positive_int(batch_size, "batch_size", "dead_units")
+    n = check_dataset(dataset, "dead_units")
     device = model_device(model)
     zeros: dict[str, Tensor] = {}
     sums: dict[str, Tensor] = {}
     positions: dict[str, int] = {}
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=n, desc="dead units", unit="img", disable=not progress, leave=False)
     try:
-        with LayerTap(model, layers) as tap:
+        with eval_mode(model), LayerTap(model, layers) as tap:
             for images, _labels, _indices in batches(dataset, list(range(n)), batch_size, num_workers):
                 outputs = tap(images.float().to(device))
                 for name in layers:
@@ -102,6 +88,5 @@ def dead_units(model: nn.Module, dataset, layers: Sequence[str] | str, batch_siz
                 bar.update(len(images))
     finally:
         bar.close()
-        model.train(was_training)
     return {name: DeadUnits(name, (zeros[name].double() / n).float().cpu(),
                             (sums[name] / (n * positions[name])).float().cpu(), n) for name in layers}

@@ -17,7 +17,7 @@ descends the loss of ``target``.
 ``attack`` runs them over a list of epsilons and records, per epsilon and
 image, the prediction, the true class's probability and the perturbation's
 L-infinity and L2 norms (after clamping), and keeps the perturbations of a
-few images for display; its renderer plots accuracy against epsilon.
+few images for display; its page plots accuracy against epsilon.
 
 Where the papers are silent: the loss is the cross-entropy summed over the
 batch (each image's gradient is its own loss's); epsilon may differ per image
@@ -29,7 +29,7 @@ the L2 random start is uniform in the ball (a Gaussian direction, the radius
 ``epsilon * U ** (1 / d)``); a zero gradient makes no step; the projection onto
 the ball comes before the clamp, so the iterate stays in the ball whenever
 the clean images lie in the clamp range. The norms are in model-input units;
-the renderer converts them to pixel levels with ``pixel_scale`` when given.
+the page converts them to pixel levels with ``pixel_scale`` when given.
 """
 
 from __future__ import annotations
@@ -37,53 +37,24 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import model_device
+from ._args import (check_choice, check_class_range, check_images, check_labels, check_logits, check_model,
+                    check_positive_float, check_positive_int, describe, eval_mode, model_device)
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["Adversarial", "analyze_embedded", "attack", "fgsm", "pgd", "render"]
+__all__ = ["ANALYSIS", "Adversarial", "attack", "fgsm", "pgd", "run"]
 
 NORMS = ("inf", "2")
 METHODS = ("fgsm", "pgd")
 
 
 # ------------------------------------------------------------------ checks
-
-def _describe(value) -> str:
-    return f"{value.dtype} {list(value.shape)}" if isinstance(value, Tensor) else repr(value)
-
-
-def _check_model(model, caller: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{caller}: model must be a torch.nn.Module (got {type(model).__name__})")
-
-
-def _check_images(images, caller: str) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point() or not len(images):
-        raise ValueError(f"{caller}: images must be a non-empty float Tensor[N, C, H, W] in the model's input "
-                         f"space (got {_describe(images) if isinstance(images, Tensor) else type(images).__name__})")
-
-
-def _check_labels(labels, n: int, caller: str, name: str = "labels") -> Tensor:
-    if (not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point()
-            or labels.dtype == torch.bool):
-        got = _describe(labels) if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"{caller}: {name} must be an integer Tensor[{n}] of class indices (got {got})")
-    return labels.long()
-
-
-def _check_range(labels: Tensor, classes: int, caller: str, name: str = "labels") -> None:
-    bad = (labels < 0) | (labels >= classes)
-    if bad.any():
-        raise ValueError(f"{caller}: {name} holds class {int(labels[bad][0])}, outside the model's {classes} "
-                         f"classes [0, {classes})")
-
 
 def _epsilon(epsilon, n: int, caller: str) -> Tensor:
     """``epsilon`` as a float64 ``Tensor[N]`` (checked finite and >= 0)."""
@@ -96,7 +67,7 @@ def _epsilon(epsilon, n: int, caller: str) -> Tensor:
         eps = eps.expand(n)
     if eps.shape != (n,) or not torch.isfinite(eps).all() or (eps < 0).any():
         raise ValueError(f"{caller}: epsilon must be a finite number >= 0 or a Tensor[{n}] of them "
-                         f"(got {_describe(epsilon)})")
+                         f"(got {describe(epsilon)})")
     return eps
 
 
@@ -146,10 +117,8 @@ def _loss_grad(model: nn.Module, x: Tensor, labels: Tensor, caller: str) -> tupl
     with torch.enable_grad():
         x = x.detach().requires_grad_()
         logits = model(x)
-        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(x):
-            got = _describe(logits) if isinstance(logits, Tensor) else type(logits).__name__
-            raise ValueError(f"{caller}: the model must return logits Tensor[N, classes] (got {got})")
-        _check_range(labels, logits.shape[1], caller)
+        check_logits(logits, len(x), caller)
+        check_class_range(labels, logits.shape[1], caller)
         loss = F.cross_entropy(logits, labels.to(logits.device), reduction="sum")
         grad, = torch.autograd.grad(loss, x, allow_unused=True)
     if grad is None:
@@ -158,21 +127,6 @@ def _loss_grad(model: nn.Module, x: Tensor, labels: Tensor, caller: str) -> tupl
         raise ValueError(f"{caller}: the loss's gradient is not finite (NaN or inf in the model's output or "
                          f"its gradient)")
     return grad, logits.detach()
-
-
-class _Eval:
-    """The model in eval mode inside the block, its mode restored after."""
-
-    def __init__(self, model: nn.Module):
-        self.model = model
-
-    def __enter__(self):
-        self.was_training = self.model.training
-        self.model.eval()
-
-    def __exit__(self, *exc):
-        self.model.train(self.was_training)
-        return False
 
 
 # ------------------------------------------------------------------ FGSM
@@ -195,13 +149,13 @@ def fgsm(model: nn.Module, images: Tensor, labels: Tensor, epsilon, clamp=None) 
         >>> adversarial = fgsm(model, images, labels, 8 / 255, clamp=(0.0, 1.0))
     """
     caller = "fgsm"
-    _check_model(model, caller)
-    _check_images(images, caller)
-    labels = _check_labels(labels, len(images), caller)
+    check_model(model, caller)
+    check_images(images, caller)
+    labels = check_labels(labels, len(images), caller).long()
     eps = _epsilon(epsilon, len(images), caller)
     x = images.detach().to(model_device(model))
     bounds = _clamp(clamp, x, caller)
-    with _Eval(model):
+    with eval_mode(model):
         grad, _ = _loss_grad(model, x, labels, caller)
     return _apply_clamp(x + _per_image(eps, x) * grad.sign(), bounds)
 
@@ -263,28 +217,25 @@ def pgd(model: nn.Module, images: Tensor, labels: Tensor, epsilon, *, step_size=
         >>> adversarial = pgd(model, images, labels, 8 / 255, steps=20, clamp=(0.0, 1.0))
     """
     caller = "pgd"
-    _check_model(model, caller)
-    _check_images(images, caller)
+    check_model(model, caller)
+    check_images(images, caller)
     n = len(images)
-    labels = _check_labels(labels, n, caller)
+    labels = check_labels(labels, n, caller).long()
     eps = _epsilon(epsilon, n, caller)
-    if norm not in NORMS:
-        raise ValueError(f"{caller}: norm must be 'inf' or '2' (got {norm!r})")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{caller}: steps must be an int >= 1 (got {steps!r})")
+    check_choice(norm, NORMS, "norm", caller)
+    check_positive_int(steps, "steps", caller)
     alpha = 2.5 * eps / steps if step_size is None else _epsilon(step_size, n, caller)
     if not isinstance(targeted, bool) or not isinstance(random_start, bool):
         raise TypeError(f"{caller}: targeted and random_start must be bools (got {targeted!r}, {random_start!r})")
     if targeted:
         if target is None:
             raise ValueError(f"{caller}: targeted=True needs target, a LongTensor[{n}] of the classes to reach")
-        goal = _check_labels(target, n, caller, "target")
+        goal = check_labels(target, n, caller, "target").long()
     elif target is not None:
         raise ValueError(f"{caller}: target is given but targeted=False; pass targeted=True for a targeted attack")
     else:
         goal = labels
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"{caller}: seed must be an int >= 0 (got {seed!r})")
+    check_positive_int(seed, "seed", caller, minimum=0)  # any generator seed (attack draws them up to 2**62)
     x0 = images.detach().to(model_device(model))
     bounds = _clamp(clamp, x0, caller)
     sign = -1.0 if targeted else 1.0
@@ -292,7 +243,7 @@ def pgd(model: nn.Module, images: Tensor, labels: Tensor, epsilon, *, step_size=
     if random_start:
         generator = torch.Generator().manual_seed(seed)
         x = _apply_clamp(x0 + _random_start(x0.shape, eps, norm, generator).to(x0), bounds)
-    with _Eval(model):
+    with eval_mode(model):
         for _ in tqdm(range(steps), desc="pgd", unit="step", disable=not progress):
             grad, _ = _loss_grad(model, x, goal, caller)
             x = x + sign * _per_image(alpha, x) * _direction(grad, norm)
@@ -303,7 +254,7 @@ def pgd(model: nn.Module, images: Tensor, labels: Tensor, epsilon, *, step_size=
 # ------------------------------------------------------------------ attack
 
 @dataclass
-class Adversarial:
+class Adversarial(Result):
     """Attacks of ``N`` images at ``E`` epsilons by ``M`` methods (``methods``:
     ``"fgsm"``, ``"pgd"``).
 
@@ -335,13 +286,6 @@ class Adversarial:
     examples: Tensor
     perturbation: Tensor
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Adversarial":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
 
 def _methods(method, caller: str) -> list[str]:
     chosen = [method] if isinstance(method, str) else list(method) if isinstance(method, Sequence) else None
@@ -371,10 +315,10 @@ def attack(model: nn.Module, images: Tensor, labels: Tensor, epsilons: Sequence[
         >>> result.accuracy          # [2 methods, 3 epsilons]
     """
     caller = "attack"
-    _check_model(model, caller)
-    _check_images(images, caller)
+    check_model(model, caller)
+    check_images(images, caller)
     n = len(images)
-    labels = _check_labels(labels, n, caller).cpu()
+    labels = check_labels(labels, n, caller).long().cpu()
     methods = _methods(method, caller)
     if isinstance(epsilons, Tensor):
         epsilons = epsilons.tolist() if epsilons.dim() == 1 else None
@@ -383,17 +327,14 @@ def attack(model: nn.Module, images: Tensor, labels: Tensor, epsilons: Sequence[
                    for e in epsilons)):
         raise ValueError(f"{caller}: epsilons must be a non-empty sequence of finite numbers >= 0 "
                          f"(got {epsilons!r})")
-    if norm not in NORMS:
-        raise ValueError(f"{caller}: norm must be 'inf' or '2' (got {norm!r})")
-    for name, value, low in (("steps", steps, 1), ("keep", keep, 0), ("batch_size", batch_size, 1)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{caller}: {name} must be an int >= {low} (got {value!r})")
-    if isinstance(step_ratio, bool) or not isinstance(step_ratio, int | float) or not step_ratio > 0:
-        raise ValueError(f"{caller}: step_ratio must be a number > 0 (got {step_ratio!r})")
-    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
-        raise ValueError(f"{caller}: seed must be an int >= 0 (got {seed!r})")
+    check_choice(norm, NORMS, "norm", caller)
+    check_positive_int(steps, "steps", caller)
+    check_positive_int(keep, "keep", caller, minimum=0)
+    check_positive_int(batch_size, "batch_size", caller)
+    check_positive_float(step_ratio, "step_ratio", caller)
+    check_positive_int(seed, "seed", caller, minimum=0)
     if index is not None and (not isinstance(index, Tensor) or index.shape != (n,) or index.is_floating_point()):
-        raise ValueError(f"{caller}: index must be None or an integer Tensor[{n}] (got {_describe(index)})")
+        raise ValueError(f"{caller}: index must be None or an integer Tensor[{n}] (got {describe(index)})")
     device = model_device(model)
     x_all = images.detach().to(device)
     bounds = _clamp(clamp, x_all, caller)
@@ -404,11 +345,10 @@ def attack(model: nn.Module, images: Tensor, labels: Tensor, epsilons: Sequence[
     starts = list(range(0, n, batch_size))
     # one seed per (epsilon, batch) for PGD's random starts, drawn from ``seed``
     seeds = torch.randint(0, 2 ** 62, (e_count, len(starts)), generator=torch.Generator().manual_seed(seed))
-    with _Eval(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         logits = torch.cat([model(x_all[s:s + batch_size]) for s in starts])
-    if logits.dim() != 2 or logits.shape[0] != n:
-        raise ValueError(f"{caller}: the model must return logits Tensor[N, classes] (got {_describe(logits)})")
-    _check_range(labels, logits.shape[1], caller)
+    check_logits(logits, n, caller)
+    check_class_range(labels, logits.shape[1], caller)
     probs = logits.float().softmax(1).cpu()
     clean_pred = probs.argmax(1)
     clean_prob = probs.gather(1, labels[:, None])[:, 0]
@@ -421,7 +361,7 @@ def attack(model: nn.Module, images: Tensor, labels: Tensor, epsilons: Sequence[
     where = {int(i): k for k, i in enumerate(examples)}
     bar = tqdm(total=len(starts) * m * e_count, desc="attack", unit="attack", disable=not progress)
     try:
-        with _Eval(model):
+        with eval_mode(model):
             for b, s in enumerate(starts):
                 x = x_all[s:s + batch_size]
                 y = labels[s:s + batch_size]
@@ -463,173 +403,32 @@ def attack(model: nn.Module, images: Tensor, labels: Tensor, epsilons: Sequence[
                        examples=examples, perturbation=perturbation)
 
 
-# ------------------------------------------------------------------ render
-
-_LABELS = {"fgsm": "FGSM", "pgd": "PGD"}
-
-
-def _shown_epsilon(result: Adversarial) -> int:
-    """The epsilon the example rows show: the smallest non-zero one at which the
-    strongest method fools at least half the examples shown, else the largest."""
-    shown = result.examples
-    for e in result.epsilons.argsort().tolist():
-        fooled = (result.pred[:, e][:, shown] != result.labels[shown]).double().mean(1).max()
-        if result.epsilons[e] > 0 and fooled >= 0.5:
-            return e
-    return int(result.epsilons.argmax())
-
-
-def render(result: "Adversarial | dict", assets: Path, *, images: Tensor | None = None,
-           classes: Sequence[str] | None = None, pixel_scale: float | None = None) -> dict:
-    """Accuracy against epsilon (one line per method), example rows (image,
-    perturbation magnified, adversarial image, prediction before -> after) at
-    one epsilon, a table per method and epsilon, and the literature's claims.
-
-    ``images``: uint8 ``[K, 3, H, W]``, the display images of
-    ``result.examples``; ``pixel_scale``: model-input units per pixel level
-    (``Loaded.scale``: the adversarial image shown is ``images + delta /
-    pixel_scale``, and epsilons are given in pixel levels too)."""
-    plt, result, assets = begin(result, Adversarial, assets)
-    names = [str(c) for c in classes] if classes is not None else None
-
-    def name(label: int) -> str:
-        return names[label] if names is not None and 0 <= label < len(names) else str(label)
-
-    eps = result.epsilons.double()
-    levels = eps / pixel_scale if pixel_scale else None
-    unit = "pixel levels (of 255)" if levels is not None else "model-input units"
-    axis = (levels if levels is not None else eps).tolist()
-    figures = []
-    fig, ax = plt.subplots(figsize=(5.2, 3.6))
-    for a, method in enumerate(result.methods):
-        ax.plot(axis, result.accuracy[a].tolist(), marker="o", label=_LABELS[method]
-                + (f" ({result.steps} steps, L{'∞' if result.norm == 'inf' else '2'})" if method == "pgd" else ""))
-    ax.axhline(result.clean_accuracy, color="grey", linestyle="--", linewidth=1, label="no attack")
-    ax.set_xlabel(f"epsilon, {unit}")
-    ax.set_ylabel("accuracy")
-    ax.set_ylim(-0.02, 1.02)
-    ax.legend(fontsize=8)
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(assets / "adversarial_accuracy.png", dpi=80)
-    plt.close(fig)
-    figures.append({"file": "adversarial_accuracy.png",
-                    "caption": f"Accuracy on {len(result.labels)} images against the attack's epsilon ({unit})."})
-    k = len(result.examples)
-    if k:
-        from ..report import display_signed
-
-        e = _shown_epsilon(result)
-        rows = [(a, j) for j in range(k) for a in range(len(result.methods))]
-        cols = 3 if images is not None and pixel_scale else 1
-        fig, axes = plt.subplots(len(rows), cols, figsize=(2.2 * cols, 2.2 * len(rows)), squeeze=False)
-        for r, (a, j) in enumerate(rows):
-            i = int(result.examples[j])
-            delta = result.perturbation[a, e, j].float()
-            before, after = name(int(result.clean_pred[i])), name(int(result.pred[a, e, i]))
-            method = _LABELS[result.methods[a]]
-            if cols == 3:
-                axes[r, 0].imshow(images[j].permute(1, 2, 0).numpy())
-                axes[r, 0].set_title(f"true: {name(int(result.labels[i]))}, predicted: {before}", fontsize=7)
-                adv = (images[j].float() + delta / pixel_scale).round().clamp(0, 255).to(torch.uint8)
-                axes[r, 2].imshow(adv.permute(1, 2, 0).numpy())
-                axes[r, 2].set_title(f"{method}: {before} -> {after}", fontsize=7)
-            c = 1 if cols == 3 else 0
-            axes[r, c].imshow(display_signed(delta).permute(1, 2, 0).numpy())
-            axes[r, c].set_title(f"{method} perturbation (magnified)" if cols == 3
-                                 else f"{method}: {before} -> {after}", fontsize=7)
-            for ax in axes[r]:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        fig.tight_layout()
-        fig.savefig(assets / "adversarial_examples.png", dpi=80)
-        plt.close(fig)
-        shown = f"{float(levels[e]):g} pixel levels" if levels is not None else f"{float(eps[e]):g}"
-        figures.append({"file": "adversarial_examples.png",
-                        "caption": f"At epsilon {shown}: the image, the perturbation (grey is 0, scaled to its "
-                                   f"own largest magnitude) and the adversarial image, with the prediction before "
-                                   f"and after the attack."})
-    norm_unit = pixel_scale if levels is not None else 1.0
-    header = ["method", "epsilon"] + (["epsilon, pixel levels"] if levels is not None else []) + [
-        "accuracy", "fooled (of those right without attack)",
-        *(f"mean {n}" + (", pixel levels" if levels is not None else "") for n in ("L∞", "L2")),
-        "mean p(true class)"]
-    right = result.clean_pred == result.labels
-    table = []
-    for a, method in enumerate(result.methods):
-        for e in range(len(eps)):
-            fooled = float((result.pred[a, e][right] != result.labels[right]).double().mean()) if right.any() \
-                else float("nan")
-            table.append([_LABELS[method], round(float(eps[e]), 5)]
-                         + ([round(float(levels[e]), 3)] if levels is not None else [])
-                         + [round(float(result.accuracy[a, e]), 3), round(fooled, 3),
-                            round(float(result.linf[a, e].mean()) / norm_unit, 5),
-                            round(float(result.l2[a, e].mean()) / norm_unit, 5),
-                            round(float(result.true_prob[a, e].mean()), 3)])
-    claims = []
-    order = eps.argsort()
-    for a, method in enumerate(result.methods):
-        acc = result.accuracy[a][order]
-        if len(acc) > 1:
-            steps_ok = bool((acc[1:] <= acc[:-1] + 1e-9).all())
-            claims.append({"claim": f"Accuracy falls as epsilon grows ({_LABELS[method]})",
-                           "holds": steps_ok and float(acc[-1]) < float(acc[0]),
-                           "detail": "accuracy " + ", ".join(f"{float(v):.2f}" for v in acc)
-                                     + f" at epsilon " + ", ".join(f"{float(v):g}" for v in
-                                                                   (levels if levels is not None else eps)[order])
-                                     + (" pixel levels" if levels is not None else "")})
-    if set(result.methods) == {"fgsm", "pgd"}:
-        f, p = result.accuracy[result.methods.index("fgsm")], result.accuracy[result.methods.index("pgd")]
-        worse = [float((levels if levels is not None else eps)[e]) for e in range(len(eps)) if p[e] > f[e] + 1e-9]
-        claims.append({"claim": "PGD is at least as strong as FGSM at each epsilon (Madry et al.: the iterated "
-                                "attack finds higher-loss points)",
-                       "holds": not worse,
-                       "detail": f"PGD accuracy minus FGSM accuracy: "
-                                 + ", ".join(f"{float(p[e] - f[e]):+.2f}" for e in range(len(eps)))
-                                 + (f"; PGD weaker at epsilon {', '.join(f'{v:g}' for v in worse)}" if worse else "")})
-    if levels is not None:
-        small = [e for e in range(len(eps)) if 0 < float(levels[e]) <= 8 + 1e-9]
-        if small and right.any():
-            e = max(small, key=lambda i: float(levels[i]))
-            fooled = [float((result.pred[a, e][right] != result.labels[right]).double().mean())
-                      for a in range(len(result.methods))]
-            best = max(range(len(fooled)), key=fooled.__getitem__)
-            claims.append({"claim": "A nearly imperceptible perturbation (at most 8 of 255 levels per pixel) fools "
-                                    "the model on at least half the images it classified correctly (Goodfellow et "
-                                    "al.)",
-                           "holds": fooled[best] >= 0.5,
-                           "detail": f"{_LABELS[result.methods[best]]} at {float(levels[e]):g} levels fools "
-                                     f"{fooled[best]:.0%} of the {int(right.sum())} correctly classified images"})
-    return {"title": "Adversarial examples (FGSM, PGD)",
-            "intro": "Small perturbations along the gradient of the loss change the model's decision: FGSM takes "
-                     "one step of epsilon * sign(gradient) (Goodfellow et al.), PGD iterates smaller steps and "
-                     "projects back onto the epsilon ball (Madry et al.). Perturbations are clamped to the valid "
-                     "pixel range.",
-            "figures": figures,
-            "tables": [{"caption": "per method and epsilon", "header": header, "rows": table}],
-            "claims": claims}
-
-
-# ---------------------------------------------------------- embedded data
-
-def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int = 0) -> tuple[Adversarial, dict]:
-    """FGSM and L-infinity PGD on the embedded validation images (64 with
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int = 0) -> tuple[Adversarial, dict]:
+    """FGSM and L-infinity PGD on ``dataset`` (its first 64 images with
     ``quick``, else all) at epsilons of 0 to 8 pixel levels (0.5 to 16 in the
-    full run). A pixel level is ``loaded.scale`` in model-input units (the input is
-    ``(pixels - mean image) * scale``); the adversarial images are clamped to
-    what pixels 0 and 255 preprocess to, per pixel (the mean image differs per
-    pixel). PGD: 3 steps with ``quick``, else 10."""
-    from ..analyze import _embedded_val
-
-    base = _embedded_val(loaded).base
-    index = torch.arange(len(base.labels))[:64 if quick else None]
-    images = loaded.preprocess(base.images[index])
-    shape = (1, *base.images.shape[1:])
-    low = loaded.preprocess(torch.zeros(shape, dtype=torch.uint8))
-    high = loaded.preprocess(torch.full(shape, 255, dtype=torch.uint8))
+    full run). A pixel level is ``subject.scale`` in model-input units (the
+    input is ``(pixels - mean image) * scale``); the adversarial images are
+    clamped to what pixels 0 and 255 preprocess to, per pixel (the mean image
+    differs per pixel). PGD: 3 steps with ``quick``, else 10. Extra for the
+    page: the uint8 images of the examples kept, the class names and
+    ``pixel_scale``."""
+    index = torch.arange(len(dataset))[:64 if quick else None]
+    images = subject.preprocess(dataset.images[index])
+    shape = (1, *dataset.images.shape[1:])
+    low = subject.preprocess(torch.zeros(shape, dtype=torch.uint8))
+    high = subject.preprocess(torch.full(shape, 255, dtype=torch.uint8))
     levels = [0, 1, 2, 4, 8] if quick else [0, 0.5, 1, 2, 4, 8, 16]
-    result = attack(loaded.model, images, base.labels[index], [v * loaded.scale for v in levels],
+    result = attack(subject.model, images, dataset.labels[index], [v * subject.scale for v in levels],
                     method=("fgsm", "pgd"), steps=3 if quick else 10, clamp=(low, high), index=index, keep=4,
                     seed=seed, progress=progress)
-    return result, {"images": base.images[index[result.examples]], "classes": list(loaded.classes),
-                    "pixel_scale": float(loaded.scale)}
+    return result, {"images": dataset.images[index[result.examples]], "classes": list(dataset.classes),
+                    "pixel_scale": float(subject.scale)}
+
+
+ANALYSIS = Analysis(
+    name="adversarial", group="toolbox", order=40, demo=True, result=Adversarial, run=run,
+    description="FGSM and PGD adversarial examples, accuracy against epsilon",
+    claims=("accuracy falls as epsilon grows (each method)",
+            "PGD is at least as strong as FGSM at each epsilon (Madry et al.)",
+            "a perturbation of at most 8 of 255 levels per pixel fools the model on at least half the images it "
+            "classified correctly (Goodfellow et al.)"))

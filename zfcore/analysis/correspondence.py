@@ -50,17 +50,17 @@ from __future__ import annotations
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import LayerTap, check_layers, model_device
+from ._args import LayerTap, check_images, check_layers, check_positive_int, eval_mode, model_device
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["PAPER_TABLE1", "PARTS", "Correspondence", "correspondence", "occlusion_boxes", "occlude",
-           "sign_disagreement", "render"]
+__all__ = ["ANALYSIS", "PAPER_LAYERS", "PAPER_TABLE1", "PARTS", "Correspondence", "correspondence", "face_check",
+           "occlude", "occlusion_boxes", "run", "sign_disagreement"]
 
 PARTS = ("left_eye", "right_eye", "nose")  # the order of SyntheticShapes.landmarks
 # Table 1 of the paper: Delta at layer 5 and layer 7 (5 dog images).
@@ -72,7 +72,7 @@ _EXAMPLES = 5  # face images kept for the figure (the paper's Fig. 8 shows 5)
 
 
 @dataclass
-class Correspondence:
+class Correspondence(Result):
     """The correspondence scores of ``parts`` x ``layers``.
 
     Attributes:
@@ -126,23 +126,10 @@ class Correspondence:
             return torch.zeros_like(self.random_mean)
         return self.random_delta.std(0, correction=1)
 
-    def as_dict(self) -> dict:
-        return {"parts": list(self.parts), "layers": list(self.layers), "delta": self.delta,
-                "changed": self.changed, "opposite": self.opposite, "random_delta": self.random_delta,
-                "random_changed": self.random_changed, "random_opposite": self.random_opposite,
-                "random_mean": self.random_mean, "random_std": self.random_std, "part_boxes": self.part_boxes,
-                "random_boxes": self.random_boxes, "examples": self.examples, "patch_size": self.patch_size,
-                "fill": self.fill, "seed": self.seed, "images": self.images,
-                "paper": {k: list(v) for k, v in self.paper.items()}, "paper_layer": dict(self.paper_layer)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Correspondence:
-        return cls(parts=list(d["parts"]), layers=list(d["layers"]), delta=d["delta"], changed=d["changed"],
-                   opposite=d["opposite"], random_delta=d["random_delta"], random_changed=d["random_changed"],
-                   random_opposite=d["random_opposite"], part_boxes=d["part_boxes"],
-                   random_boxes=d["random_boxes"], examples=d["examples"], patch_size=int(d["patch_size"]),
-                   fill=float(d["fill"]), seed=int(d["seed"]), images=int(d["images"]),
-                   paper={k: list(v) for k, v in d["paper"].items()}, paper_layer=dict(d["paper_layer"]))
+    def to_plain(self) -> dict:
+        """The fields, with ``random_mean`` and ``random_std`` beside them (as
+        saved before; ``from_plain`` ignores them)."""
+        return {**super().to_plain(), "random_mean": self.random_mean, "random_std": self.random_std}
 
 
 # ----------------------------------------------------------------- pieces
@@ -205,11 +192,10 @@ def sign_disagreement(eps: Tensor) -> float:
 
 def _check(images, landmarks, patch_size, random_trials, fill, batch_size, landmark_size) -> Tensor:
     """The validated landmarks, float64, scaled to the images' pixels."""
-    if not isinstance(images, Tensor) or images.dim() != 4 or images.shape[1] != 3 or not images.is_floating_point():
-        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"correspondence: images must be a float Tensor[N, 3, H, W] in the model's input space "
-                         f"(got {got})")
-    n, _, h, w = images.shape
+    check_images(images, "correspondence")
+    n, c, h, w = images.shape
+    if c != 3:
+        raise ValueError(f"correspondence: images must have 3 channels, colour images (got {c})")
     if n < 2:
         raise ValueError(f"correspondence: images must hold at least 2 face images to form pairs (got {n})")
     if not isinstance(landmarks, Tensor) or tuple(landmarks.shape) != (n, 3, 2):
@@ -224,16 +210,13 @@ def _check(images, landmarks, patch_size, random_trials, fill, batch_size, landm
     if not isinstance(patch_size, int) or isinstance(patch_size, bool) or not 1 <= patch_size <= min(h, w):
         raise ValueError(f"correspondence: patch_size must be an int from 1 to the image side {min(h, w)} "
                          f"(got {patch_size!r})")
-    if not isinstance(random_trials, int) or isinstance(random_trials, bool) or random_trials < 1:
-        raise ValueError(f"correspondence: random_trials must be a positive int (got {random_trials!r})")
+    check_positive_int(random_trials, "random_trials", "correspondence")
     if not isinstance(fill, int | float) or isinstance(fill, bool) or not math.isfinite(fill):
         raise ValueError(f"correspondence: fill must be a finite number (got {fill!r})")
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"correspondence: batch_size must be a positive int (got {batch_size!r})")
+    check_positive_int(batch_size, "batch_size", "correspondence")
     if landmark_size is None:
         return landmarks.double()
-    if not isinstance(landmark_size, int) or isinstance(landmark_size, bool) or landmark_size < 1:
-        raise ValueError(f"correspondence: landmark_size must be a positive int or None (got {landmark_size!r})")
+    check_positive_int(landmark_size, "landmark_size", "correspondence")
     return landmarks.double() * torch.tensor([w / landmark_size, h / landmark_size], dtype=torch.float64)
 
 
@@ -318,13 +301,11 @@ def correspondence(model: nn.Module, images: Tensor, landmarks: Tensor, *,
     counts = [{name: None for name in layers} for _ in occlusions]
     changed = [{name: 0 for name in layers} for _ in occlusions]
     sizes: dict[str, int] = {}
-    was_training = model.training
-    model.eval()
     starts = range(0, n, batch_size)
     bar = tqdm(total=len(starts) * (1 + len(occlusions)), desc="correspondence", unit="batch",
                disable=not progress, leave=False)
     try:
-        with LayerTap(model, layers) as tap:
+        with eval_mode(model), LayerTap(model, layers) as tap:
             for start in starts:
                 batch = images[start:start + batch_size].float().to(device)
                 # Originals and occluded copies run in batches of the same shape, so that the
@@ -342,7 +323,6 @@ def correspondence(model: nn.Module, images: Tensor, landmarks: Tensor, *,
                     bar.update(1)
     finally:
         bar.close()
-        model.train(was_training)
 
     def table(ks) -> tuple[Tensor, Tensor, Tensor]:
         d = [[_delta_from_counts(counts[k][name].cpu(), n) for name in layers] for k in ks]
@@ -360,161 +340,26 @@ def correspondence(model: nn.Module, images: Tensor, landmarks: Tensor, *,
                           paper_layer={name: _PAPER_LAYER_OF[name] for name in layers if name in _PAPER_LAYER_OF})
 
 
-# ----------------------------------------------------------------- rendering
-
-
-def _paint(image, box, grey: int = 128):
-    """A copy of the HWC uint8 array with ``box`` filled grey."""
-    out = image.copy()
-    top, left, bottom, right = (int(v) for v in box)
-    out[top:bottom, left:right] = grey
-    return out
-
-
-def _examples_figure(result: Correspondence, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    from matplotlib.patches import Rectangle
-
-    shown = result.examples.permute(0, 2, 3, 1).numpy()
-    columns = ["original"] + [p.replace("_", " ") for p in result.parts] + ["random"]
-    rows = len(shown)
-    fig, axes = plt.subplots(rows, len(columns), figsize=(1.5 * len(columns), 1.5 * rows), dpi=100, squeeze=False)
-    for i, image in enumerate(shown):
-        boxes = [None] + [result.part_boxes[i, p] for p in range(len(result.parts))] + [result.random_boxes[0, i]]
-        for axis, box, title in zip(axes[i], boxes, columns):
-            axis.imshow(image if box is None else _paint(image, box), interpolation="nearest")
-            if box is not None:
-                top, left, bottom, right = (int(v) for v in box)
-                axis.add_patch(Rectangle((left - 0.5, top - 0.5), right - left, bottom - top, fill=False,
-                                         edgecolor="tab:red", linewidth=1))
-            axis.set_xticks([])
-            axis.set_yticks([])
-            if i == 0:
-                axis.set_title(title, fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _table_figure(result: Correspondence, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    labels = [p.replace("_", " ") for p in result.parts] + ["random"]
-    fig, axes = plt.subplots(1, len(result.layers), figsize=(3.4 * len(result.layers), 2.8), dpi=100, squeeze=False)
-    for l, (axis, layer) in enumerate(zip(axes[0], result.layers)):
-        ours = result.delta[:, l].tolist() + [float(result.random_mean[l])]
-        errors = [0.0] * len(result.parts) + [float(result.random_std[l])]
-        x = list(range(len(labels)))
-        axis.bar(x, ours, yerr=errors, color=["tab:blue"] * len(result.parts) + ["tab:gray"], capsize=3,
-                 label="ours")
-        column = PAPER_LAYERS.index(result.paper_layer[layer]) if layer in result.paper_layer else None
-        if column is not None:
-            paper = [result.paper[p][column] for p in result.parts] + [result.paper["random"][column]]
-            axis.plot(x, paper, "D", color="tab:red", label=f"paper ({result.paper_layer[layer]})")
-        axis.set_xticks(x)
-        axis.set_xticklabels(labels, fontsize=8)
-        axis.set_title(f"{layer}", fontsize=9)
-        axis.set_ylabel("Delta (mean share of differing signs)", fontsize=7)
-        axis.tick_params(labelsize=7)
-        axis.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(path)
-    plt.close(fig)
-
-
-def _layer_of(result: Correspondence, paper_layer: str) -> int | None:
-    for l, layer in enumerate(result.layers):
-        if result.paper_layer.get(layer) == paper_layer:
-            return l
+def face_check(subject, dataset) -> str | None:
+    """Why ``run`` cannot use ``dataset`` (no 'face' class), or None."""
+    if "face" not in dataset.classes:
+        return "correspondence needs a dataset with a 'face' class (its landmarks); this one has none"
     return None
 
 
-def _gap(parts: list[float], random: float) -> float:
-    """Relative advantage of the parts: (random - mean part Delta) / random."""
-    return (random - sum(parts) / len(parts)) / random if random > 0 else 0.0
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Correspondence, dict]:
+    """Fig. 8 and Table 1 on ``dataset``'s face images (its class ``'face'``)
+    and their landmarks, with ``correspondence``'s defaults (layers, square,
+    10 random trials drawn with its seed 0); ``quick`` and ``seed`` change
+    nothing."""
+    face = dataset.labels == dataset.classes.index("face")
+    return correspondence(subject.model, subject.preprocess(dataset.images[face]), dataset.landmarks[face],
+                          display=dataset.images[face], progress=progress), {}
 
 
-def _claims(result: Correspondence) -> list[dict]:
-    claims = []
-    found = {name: _layer_of(result, name) for name in PAPER_LAYERS}
-    paper = {name: ([PAPER_TABLE1[p][c] for p in PARTS], PAPER_TABLE1["random"][c])
-             for c, name in enumerate(PAPER_LAYERS)}
-    for name, l in found.items():
-        if l is None:
-            continue
-        mean, std = float(result.random_mean[l]), float(result.random_std[l])
-        parts = result.delta[:, l].tolist()
-        ours = "; ".join(f"{p.replace('_', ' ')} {d:.4f}" for p, d in zip(result.parts, parts))
-        paper_parts, paper_random = paper[name]
-        claims.append({"claim": f"At {name} ({result.layers[l]}) every part is encoded more consistently than "
-                                f"random positions (lower Delta)",
-                       "holds": all(d < mean for d in parts),
-                       "detail": f"{ours}; random {mean:.4f} +- {std:.4f} over {result.random_delta.shape[0]} "
-                                 f"trials (paper: parts {min(paper_parts):.3f}-{max(paper_parts):.3f}, "
-                                 f"random {paper_random:.3f})"})
-    if None not in found.values():
-        l5, l7 = found["layer 5"], found["layer 7"]
-        g5 = _gap(result.delta[:, l5].tolist(), float(result.random_mean[l5]))
-        g7 = _gap(result.delta[:, l7].tolist(), float(result.random_mean[l7]))
-        claims.append({"claim": "The parts' advantage over random positions is smaller at layer 7 than at layer 5 "
-                                "(the paper: layer 7 discriminates more between individuals, less by part)",
-                       "holds": g7 < g5,
-                       "detail": f"(random - mean part Delta) / random: {g5:.1%} at {result.layers[l5]}, {g7:.1%} "
-                                 f"at {result.layers[l7]} (paper: {_gap(*paper['layer 5']):.1%} at layer 5, "
-                                 f"{_gap(*paper['layer 7']):.1%} at layer 7)"})
-    return claims
-
-
-def render(result: Correspondence | dict, assets: Path) -> dict:
-    """Fig. 8 (example faces with their occluded squares) and Table 1 (ours
-    beside the paper's) as PNGs in ``assets``, with the table and the claims."""
-    _, result, assets = begin(result, Correspondence, assets)
-    _examples_figure(result, assets / "correspondence-examples.png")
-    _table_figure(result, assets / "correspondence-table1.png")
-
-    header = ["part"]
-    for layer in result.layers:
-        header += [f"Delta {layer}", f"changed {layer}", f"opposite {layer}"]
-    header += [f"paper {name}" for name in PAPER_LAYERS]
-    rows = []
-    for p, part in enumerate(result.parts):
-        row = [part.replace("_", " ")]
-        for l in range(len(result.layers)):
-            row += [round(float(result.delta[p, l]), 4), round(float(result.changed[p, l]), 4),
-                    round(float(result.opposite[p, l]), 4)]
-        rows.append(row + [result.paper[part][0], result.paper[part][1]])
-    row = [f"random ({result.random_delta.shape[0]} trials)"]
-    for l in range(len(result.layers)):
-        row += [f"{float(result.random_mean[l]):.4f} +- {float(result.random_std[l]):.4f}",
-                round(float(result.random_changed[:, l].mean()), 4),
-                round(float(result.random_opposite[:, l].nanmean()), 4)]
-    rows.append(row + [result.paper["random"][0], result.paper["random"][1]])
-
-    intro = (f"The paper's correspondence test (section 5, Fig. 8, Table 1) on {result.images} face images: each "
-             f"part (left eye, right eye, nose) is covered by a {result.patch_size}x{result.patch_size} square of "
-             f"value {result.fill:g} (0 = the mean image) in every image; eps_i is the change of a layer's features "
-             f"of image i. Delta is the mean, over pairs of images, of the share of feature entries whose signs "
-             f"sign(eps_i), sign(eps_j) differ (sign(0) = 0); lower means the part is encoded more consistently "
-             f"across images. The control covers a random square anywhere in each image. 'changed' is the share "
-             f"of entries the occlusion changes at all: entries that stay equal count as agreeing, so Delta also "
-             f"falls when fewer entries change; 'opposite' is the share of opposite signs among the entries that "
-             f"changed in both images of a pair (0.5 = no consistency). The paper used 5 dog images of ImageNet "
-             f"at 224 px; these are small procedural faces at random rotations.")
-    return {"title": "Correspondence of object parts (Fig. 8, Table 1)", "intro": intro,
-            "figures": [{"file": "correspondence-examples.png",
-                         "caption": "Face images (rows) with the occluded square of each part and one random square "
-                                    "(grey, outlined in red)."},
-                        {"file": "correspondence-table1.png",
-                         "caption": "Delta per part and the random control (mean and standard deviation over the "
-                                    "trials), with the paper's Table 1 values (red diamonds) where the layer "
-                                    "corresponds."}],
-            "tables": [{"caption": "Table 1: Delta (lower = more consistent), the share of changed entries and the "
-                                   "share of opposite signs among entries changed in both images, ours beside the "
-                                   "paper's Delta.", "header": header, "rows": rows}],
-            "claims": _claims(result)}
+ANALYSIS = Analysis(
+    name="correspondence", group="paper", order=30, demo=True, result=Correspondence, run=run,
+    description="correspondence of face parts (Fig. 8, Table 1)",
+    needs=frozenset({"subject", "labels", "landmarks"}), check=face_check,
+    claims=("at layer 5 every face part is encoded more consistently than random positions (lower Delta)",
+            "the parts' advantage over random positions is smaller at layer 7 than at layer 5"))

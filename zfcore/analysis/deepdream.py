@@ -36,24 +36,25 @@ Where the notebook is silent or we chose otherwise:
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._priors import check_count, check_images, check_number, jitter as roll_randomly, layer_output
-from ._render import begin
-from ._stream import check_layers, model_device
+from ._args import (check_images, check_layers, check_positive_float, check_positive_int, check_seed, eval_mode,
+                    model_device)
+from ._priors import check_number, first_of_each_class, gradient_steps, input_scale, layer_output
+from .probes import depth_layers
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["DeepDream", "deep_dream", "octave_sizes", "render", "analyze_embedded"]
+__all__ = ["ANALYSIS", "DeepDream", "deep_dream", "octave_sizes", "run"]
 
 
 @dataclass
-class DeepDream:
+class DeepDream(Result):
     """``originals[N, C, H, W]`` and their ``dreams`` (model input space) at
     ``layer``; ``norm_before[N]`` and ``norm_after[N]``: the layer's
     activation norm ``||a(x)||`` of each; ``sizes``: the octaves' ``[h, w]``,
@@ -75,13 +76,6 @@ class DeepDream:
     jitter: int
     scale: float
     seed: int
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DeepDream":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 def octave_sizes(height: int, width: int, octaves: int, octave_scale: float) -> list[tuple[int, int]]:
@@ -125,34 +119,36 @@ def deep_dream(model: nn.Module, images: Tensor, layer: str, *, octaves: int = 3
         >>> result = deep_dream(loaded.model, loaded.preprocess(uint8_images), "relu3")
         >>> result.norm_after / result.norm_before   # above 1
     """
-    check_layers(model, [layer], "deep_dream")
-    check_images(images, "deep_dream")
-    octaves = check_count(octaves, "octaves", "deep_dream")
-    octave_scale = check_number(octave_scale, "octave_scale", "deep_dream", low=1.0, strict=True)
-    steps = check_count(steps, "steps", "deep_dream")
-    lr = check_number(lr, "lr", "deep_dream", low=0.0, strict=True)
-    jitter = check_count(jitter, "jitter", "deep_dream", low=0)
-    check_count(seed, "seed", "deep_dream", low=0)
+    caller = "deep_dream"
+    check_layers(model, [layer], caller)
+    check_images(images, caller)
+    octaves = check_positive_int(octaves, "octaves", caller)
+    octave_scale = check_number(octave_scale, "octave_scale", caller, low=1.0, strict=True)
+    steps = check_positive_int(steps, "steps", caller)
+    lr = check_positive_float(lr, "lr", caller)
+    jitter = check_positive_int(jitter, "jitter", caller, minimum=0)
+    check_seed(seed, caller)
     device = model_device(model)
     images = images.detach().to(device)
-    if scale is None:
-        scale = float(images.square().mean().sqrt())
-        if scale == 0:
-            raise ValueError("deep_dream: the images are all 0, so their scale B is 0; pass scale explicitly")
-    scale = check_number(scale, "scale", "deep_dream", low=0.0, strict=True)
+    scale = input_scale(images, scale, caller)
     sizes = octave_sizes(images.shape[2], images.shape[3], octaves, octave_scale)
     generator = torch.Generator().manual_seed(seed)
-    was_training = model.training
-    model.eval()
-    bar = tqdm(total=octaves * steps, desc="deepdream", unit="step", disable=not progress)
-    try:
+
+    def objective(x: Tensor) -> Tensor:
+        return _energy(model, x, layer)
+
+    def ascend(x: Tensor, grad: Tensor, _step: int) -> Tensor:
+        mean = grad.abs().mean((1, 2, 3), keepdim=True)
+        return x + lr * scale * torch.where(mean > 0, grad / mean.clamp_min(1e-30), torch.zeros_like(grad))
+
+    with eval_mode(model), tqdm(total=octaves * steps, desc="deepdream", unit="step", disable=not progress) as bar:
         with torch.no_grad():
             norm_before = _energy(model, images, layer).mul(2).sqrt()
             smallest = F.interpolate(images[:1], size=sizes[-1], mode="bilinear", antialias=True)
             try:
                 layer_output(model, smallest, layer)
             except RuntimeError as error:
-                raise ValueError(f"deep_dream: layer {layer!r} cannot take the smallest octave, "
+                raise ValueError(f"{caller}: layer {layer!r} cannot take the smallest octave, "
                                  f"{sizes[-1][0]}x{sizes[-1][1]} px ({str(error).splitlines()[0][:120]}); use "
                                  f"fewer octaves, a smaller octave_scale or a convolutional layer") from None
         curve = []
@@ -160,130 +156,44 @@ def deep_dream(model: nn.Module, images: Tensor, layer: str, *, octaves: int = 3
         for size in reversed(sizes):
             base = images if size == tuple(images.shape[2:]) else F.interpolate(
                 images, size=size, mode="bilinear", antialias=True)
-            if detail is None:
-                x = base.clone()
-            else:
-                x = base + F.interpolate(detail, size=size, mode="bilinear")
-            for step in range(steps):
-                x.requires_grad_(True)
-                shifted, _ = roll_randomly(x, jitter, generator)
-                energy = _energy(model, shifted, layer)
-                grad, = torch.autograd.grad(energy.sum(), [x])
-                with torch.no_grad():
-                    mean = grad.abs().mean((1, 2, 3), keepdim=True)
-                    x = x.detach() + lr * scale * torch.where(mean > 0, grad / mean.clamp_min(1e-30),
-                                                              torch.zeros_like(grad))
-                if not bool(torch.isfinite(x).all()):
-                    raise ValueError(f"deep_dream: the ascent diverged at octave {size[0]}x{size[1]} step {step} "
-                                     f"(non-finite image)")
-                curve.append(float(energy.detach().mean()))
-                bar.update(1)
+            x = base.clone() if detail is None else base + F.interpolate(detail, size=size, mode="bilinear")
+            x, octave_curve = gradient_steps(x, objective, ascend, steps=steps, caller=caller, bar=bar,
+                                             what=f"the ascent at octave {size[0]}x{size[1]}", max_shift=jitter,
+                                             generator=generator)
+            curve += octave_curve
             detail = x - base
-        dreams = x.detach()
+        dreams = x
         with torch.no_grad():
             norm_after = _energy(model, dreams, layer).mul(2).sqrt()
-    finally:
-        bar.close()
-        model.train(was_training)
     return DeepDream(layer, images.cpu(), dreams.cpu(), norm_before.cpu(), norm_after.cpu(),
                      [list(s) for s in reversed(sizes)], torch.tensor(curve), octaves, octave_scale, steps, lr,
                      jitter, scale, seed)
 
 
-def _display(x: Tensor) -> Tensor:
-    """Model-space images for display when no uint8 version is given: each
-    linearly rescaled from its own min..max to 0..255."""
-    low = x.amin(dim=(-3, -2, -1), keepdim=True)
-    high = x.amax(dim=(-3, -2, -1), keepdim=True)
-    return ((x - low) / (high - low).clamp_min(1e-12) * 255).round().clamp(0, 255).to(torch.uint8)
-
-
-def render(result: "DeepDream | dict", assets: Path, *, images: Tensor | None = None, dreams: Tensor | None = None,
-           classes: Sequence[str] | None = None, labels: Tensor | None = None) -> dict:
-    """Originals beside their dreams, the norms in a table, and the claim that
-    the layer's activation norm grows. ``images`` and ``dreams`` (uint8
-    ``[N, 3, H, W]``, e.g. through ``Loaded.deprocess``) are what is shown;
-    without them each image is linearly rescaled from its own min..max."""
-    plt, result, assets = begin(result, DeepDream, assets)
-    n = len(result.norm_before)
-    shown_originals = images if images is not None else _display(result.originals)
-    shown_dreams = dreams if dreams is not None else _display(result.dreams)
-    figures = []
-    if n:
-        per_row = 4
-        shown = min(n, 16)
-        rows = -(-shown // per_row)
-        fig, axes = plt.subplots(rows, 2 * per_row, squeeze=False, figsize=(1.6 * 2 * per_row, 1.75 * rows))
-        for k in range(shown):
-            a, b = axes[k // per_row, 2 * (k % per_row)], axes[k // per_row, 2 * (k % per_row) + 1]
-            a.imshow(shown_originals[k].permute(1, 2, 0).numpy())
-            b.imshow(shown_dreams[k].permute(1, 2, 0).numpy())
-            title = str(classes[int(labels[k])]) if classes is not None and labels is not None else f"image {k}"
-            a.set_title(title, fontsize=8)
-            b.set_title(f"dream (x{float(result.norm_after[k] / result.norm_before[k].clamp_min(1e-30)):.1f})",
-                        fontsize=8)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        for ax in axes.flat[2 * shown:]:
-            ax.set_axis_off()
-        fig.tight_layout()
-        fig.savefig(assets / "deepdream.png", dpi=80)
-        plt.close(fig)
-        sizes = ", ".join(f"{h}x{w}" for h, w in result.sizes)
-        figures.append({"file": "deepdream.png",
-                        "caption": f"Each image beside its dream at {result.layer}: {result.steps} normalised "
-                                   f"gradient ascent steps on 0.5 ||a||^2 at each octave ({sizes} px), jitter "
-                                   f"{result.jitter} px; in brackets the growth of the layer's activation norm."
-                                   + ("" if dreams is not None else
-                                      " Each image is rescaled from its own min..max for display.")})
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        ax.plot(result.curve.numpy())
-        for o in range(1, result.octaves):
-            ax.axvline(o * result.steps - 0.5, color="0.7", linewidth=0.8)
-        ax.set_yscale("log")
-        ax.set_xlabel("step (octaves separated by grey lines)")
-        ax.set_ylabel("0.5 ||a||^2 (mean)")
-        fig.tight_layout()
-        fig.savefig(assets / "deepdream_curve.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "deepdream_curve.png",
-                        "caption": "The objective during the ascent, at each octave's size."})
-    ratio = result.norm_after / result.norm_before.clamp_min(1e-30)
-    rows = [[k, round(float(result.norm_before[k]), 4), round(float(result.norm_after[k]), 4),
-             round(float(ratio[k]), 3)] for k in range(n)]
-    claims = []
-    if n:
-        grows = result.norm_after > result.norm_before
-        claims.append({"claim": f"Dreaming amplifies what {result.layer} detects: its activation norm grows for "
-                                f"every image",
-                       "holds": bool(grows.all()),
-                       "detail": f"grows for {int(grows.sum())} of {n} images; norm ratio after/before "
-                                 f"{float(ratio.min()):.2f} to {float(ratio.max()):.2f}"})
-    return {"title": f"DeepDream at {result.layer}",
-            "intro": "Gradient ascent on the image amplifies whatever the layer responds to, from coarse to fine "
-                     "scales (octaves) with random shifts (jitter), as in Google's DeepDream.",
-            "figures": figures,
-            "tables": [{"caption": f"the activation norm ||a|| of {result.layer}, before and after",
-                        "header": ["image", "before", "after", "ratio"], "rows": rows}],
-            "claims": claims}
-
-
-def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int) -> tuple[DeepDream, dict]:
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[DeepDream, dict]:
     """DeepDream at the third ReLU (relu3 for the paper's models), 3 octaves:
     quick, 4 images (the first of 4 classes), 10 steps per octave; full, 20
-    images (the first 2 of each class), 20 steps per octave."""
-    from ..analyze import _embedded_val
-    from .probes import depth_layers
-
-    base = _embedded_val(loaded).base
-    per_class = 1 if quick else 2
-    index = torch.cat([torch.nonzero(base.labels == c).flatten()[:per_class] for c in range(len(loaded.classes))])
+    images (the first 2 of each class), 20 steps per octave. Extra for the
+    page: the uint8 originals and dreams (``subject.deprocess``), the class
+    names and the images' labels."""
+    index = first_of_each_class(dataset, 1 if quick else 2)
     index = index[:4] if quick else index
-    relus = depth_layers(loaded.model)
+    relus = depth_layers(subject.model)
     layer = relus[min(2, len(relus) - 1)]
     settings = dict(octaves=3, steps=10) if quick else dict(octaves=3, steps=20)
-    result = deep_dream(loaded.model, loaded.preprocess(base.images[index]), layer, seed=seed, progress=progress,
+    result = deep_dream(subject.model, subject.preprocess(dataset.images[index]), layer, seed=seed, progress=progress,
                         **settings)
-    return result, {"images": base.images[index], "dreams": loaded.deprocess(result.dreams),
-                    "classes": list(loaded.classes), "labels": base.labels[index]}
+    return result, {"images": dataset.images[index], "dreams": subject.deprocess(result.dreams),
+                    "classes": list(dataset.classes), "labels": dataset.labels[index]}
+
+
+def _check(subject, dataset) -> str | None:
+    if not depth_layers(subject.model):
+        return "deepdream needs a model with ReLU, convolutional or linear layers; this one has none"
+    return None
+
+
+ANALYSIS = Analysis(
+    name="deepdream", group="toolbox", order=70, result=DeepDream, run=run, check=_check,
+    description="DeepDream: what a layer detects, amplified over octaves",
+    claims=("dreaming amplifies what the layer detects: its activation norm grows for every image",))

@@ -44,7 +44,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -57,12 +56,12 @@ from threadpoolctl import threadpool_limits  # a dependency of scikit-learn; see
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import check_layers
-from .neighbours import (_check_images, _check_labels, _check_positive, _layer_features, display_images,
-                         last_hidden_layer)
+from ._args import check_images, check_labels, check_layers, check_positive_int, check_seed, layer_features
+from .neighbours import last_hidden_layer
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["Embedding", "embed", "knn_accuracy", "analyze_embedded", "render"]
+__all__ = ["ANALYSIS", "Embedding", "embed", "knn_accuracy", "run", "spread"]
 
 METHODS = ("pca", "tsne")
 VARIANCE_COMPONENTS = 10
@@ -70,7 +69,7 @@ THUMBNAILS = 150
 
 
 @dataclass
-class Embedding:
+class Embedding(Result):
     """2-D maps of ``N`` images' ``layer`` features (and of their pixels).
 
     ``coords[method]``: ``Tensor[N, 2]`` per method (``"pca"``, ``"tsne"``);
@@ -96,13 +95,6 @@ class Embedding:
     pixel_silhouette: float = math.nan
     max_iter: int = 1000
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Embedding":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
-
 
 def knn_accuracy(points: Tensor, labels: Tensor, k: int) -> float:
     """Leave-one-out accuracy of a ``k``-nearest-neighbour majority vote among
@@ -110,7 +102,7 @@ def knn_accuracy(points: Tensor, labels: Tensor, k: int) -> float:
     lower class index; neighbours by ``sklearn.neighbors.NearestNeighbors``)."""
     if not isinstance(points, Tensor) or points.dim() != 2:
         raise ValueError(f"knn_accuracy: points must be a Tensor[N, D] (got {getattr(points, 'shape', points)!r})")
-    _check_labels(labels, len(points), "knn_accuracy")
+    check_labels(labels, len(points), "knn_accuracy")
     if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k < len(points):
         raise ValueError(f"knn_accuracy: k must be an int in [1, {len(points)}) (got {k!r})")
     points = np.asarray(points.detach().cpu().double())
@@ -174,11 +166,11 @@ def embed(model: nn.Module, images: Tensor, labels: Tensor, layer: str, *,
     """
     caller = "embed"
     check_layers(model, [layer], caller)
-    _check_images(images, caller)
+    check_images(images, caller)
     n = len(images)
     if n < 3:
         raise ValueError(f"embed: images must hold at least 3 images (got {n})")
-    _check_labels(labels, n, caller)
+    check_labels(labels, n, caller)
     if isinstance(methods, str) or not isinstance(methods, Sequence) or not methods \
             or any(m not in METHODS for m in methods) or len(set(methods)) != len(methods):
         raise ValueError(f"{caller}: methods must be a non-empty sequence of distinct names from 'pca', 'tsne' "
@@ -188,12 +180,10 @@ def embed(model: nn.Module, images: Tensor, labels: Tensor, layer: str, *,
                 or not 0 < perplexity < n:
             raise ValueError(f"{caller}: perplexity must be a number in (0, {n}), below the number of images "
                              f"(got {perplexity!r})")
-    if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 250:
-        raise ValueError(f"{caller}: max_iter must be an int >= 250 (got {max_iter!r})")
-    _check_positive(batch_size, "batch_size", caller)
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**32:
-        raise ValueError(f"{caller}: seed must be an int in [0, 2**32) (got {seed!r})")
-    feats = _layer_features(model, images, layer, batch_size, progress, caller)
+    check_positive_int(max_iter, "max_iter", caller, minimum=250)
+    check_positive_int(batch_size, "batch_size", caller)
+    check_seed(seed, caller)
+    feats = layer_features(model, images, layer, batch_size, progress, caller)
     if not torch.isfinite(feats).all():
         raise ValueError(f"{caller}: the features of layer {layer!r} contain NaN or inf")
     for space, values in ((f"the features of layer {layer!r}", feats), ("the images", images if pixels else None)):
@@ -202,8 +192,6 @@ def embed(model: nn.Module, images: Tensor, labels: Tensor, layer: str, *,
     if "pca" in methods and min(feats.shape[1], images[0].numel() if pixels else 2) < 2:
         raise ValueError(f"{caller}: PCA needs at least 2 values per image (layer {layer!r} gives "
                          f"{feats.shape[1]}, the pixels {images[0].numel()})")
-    if pixels and not torch.isfinite(images).all():
-        raise ValueError(f"{caller}: images contain NaN or inf")
     labels = labels.long().cpu()
     knn_k = min(5, n - 1)
     methods = list(methods)
@@ -222,155 +210,25 @@ def embed(model: nn.Module, images: Tensor, labels: Tensor, layer: str, *,
     return result
 
 
-def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int) -> tuple[Embedding, dict]:
-    """``embed`` of the last hidden layer (``relu7``) and of pixels on the run's
-    embedded validation images, PCA and t-SNE at perplexity 30 (1000
-    iterations; ``quick``: 200 images drawn with ``seed``, 500 iterations).
-    Extra for ``render``: the uint8 images of the thumbnails (``images``,
-    ``image_index``: their indices in the set) and the class names."""
-    from ..analyze import _embedded_val
-
-    base = _embedded_val(loaded).base
-    n = len(base.labels)
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Embedding, dict]:
+    """``embed`` of the last hidden layer (``relu7``) and of pixels on
+    ``dataset``, PCA and t-SNE at perplexity 30 (1000 iterations; ``quick``:
+    200 images drawn with ``seed``, 500 iterations). Extra for the page: the
+    uint8 images of the thumbnails (``images``, ``image_index``: their indices
+    in the set) and the class names."""
+    n = len(dataset)
     index = torch.arange(n)
     if quick and n > 200:
         index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:200].sort().values
-    inputs = loaded.preprocess(base.images[index])
-    result = embed(loaded.model, inputs, base.labels[index], last_hidden_layer(loaded.model),
+    inputs = subject.preprocess(dataset.images[index])
+    result = embed(subject.model, inputs, dataset.labels[index], last_hidden_layer(subject.model),
                    perplexity=min(30.0, (len(index) - 1) / 3), max_iter=500 if quick else 1000, seed=seed,
                    progress=progress)
-    drawn = torch.tensor(_spread(result.coords["tsne"], THUMBNAILS), dtype=torch.long)
-    return result, {"images": base.images[index][drawn], "image_index": drawn, "classes": list(loaded.classes)}
+    drawn = torch.tensor(spread(result.coords["tsne"], THUMBNAILS), dtype=torch.long)
+    return result, {"images": dataset.images[index][drawn], "image_index": drawn, "classes": list(dataset.classes)}
 
 
-_TITLES = {"pca": "PCA", "tsne": "t-SNE"}
-
-
-def render(result: "Embedding | dict", assets: Path, *, images: Tensor | None = None,
-           image_index: Tensor | None = None, classes: Sequence[str] | None = None,
-           thumbnails: int = THUMBNAILS) -> dict:
-    """The maps as PNGs in ``assets``: scatter plots coloured by class (one per
-    method, the layer above the pixels), one map with image thumbnails (t-SNE
-    if present; with ``images``, uint8 ``[N, 3, H, W]``; at most
-    ``thumbnails`` of them, placed where they do not overlap; ``image_index``:
-    the set's indices of ``images`` when they are only those drawn, as
-    ``analyze_embedded`` gives), PCA's explained
-    variance; a table of the separation measures; claims that the classes
-    separate better in the layer than in pixels."""
-    plt, result, assets = begin(result, Embedding, assets)
-    from matplotlib.offsetbox import AnnotationBbox, OffsetImage
-
-    names = [str(c) for c in classes] if classes is not None else None
-
-    def name(label: int) -> str:
-        return names[label] if names is not None and 0 <= label < len(names) else str(label)
-
-    labels = result.labels
-    present = sorted(set(labels.tolist()))
-    cmap = plt.get_cmap("tab10" if max(present, default=0) < 10 else "tab20")
-    colour = {c: cmap(c % cmap.N) for c in present}
-    spaces = [(result.layer, result.coords)] + ([("pixels", result.pixel_coords)] if result.pixel_coords else [])
-    figures = []
-    methods = result.methods
-    fig, axes = plt.subplots(len(spaces), len(methods), figsize=(4.2 * len(methods) + 1.6, 3.8 * len(spaces)),
-                             squeeze=False)
-    for r, (space, coords) in enumerate(spaces):
-        for c, method in enumerate(methods):
-            ax = axes[r][c]
-            z = coords[method]
-            for label in present:
-                mask = labels == label
-                ax.scatter(z[mask, 0].numpy(), z[mask, 1].numpy(), s=9, color=colour[label], label=name(label))
-            ax.set_title(f"{space}: {_TITLES[method]}", fontsize=9)
-            ax.set_xticks([])
-            ax.set_yticks([])
-    handles, texts = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, texts, loc="center right", fontsize=8, markerscale=1.5)
-    fig.tight_layout(rect=(0, 0, 1 - 1.5 / fig.get_figwidth(), 1))
-    fig.savefig(assets / "embedding_scatter.png", dpi=80)
-    plt.close(fig)
-    figures.append({"file": "embedding_scatter.png",
-                    "caption": f"2-D maps of {len(labels)} images, coloured by class: {result.layer} features "
-                               + ("(top) and raw pixels (bottom)" if len(spaces) > 1 else "")
-                               + (f"; t-SNE at perplexity {result.perplexity:g}, seed {result.seed}"
-                                  if "tsne" in methods else "") + "."})
-    if images is not None and len(labels):
-        method = "tsne" if "tsne" in methods else methods[0]
-        z = result.coords[method]
-        have = (torch.arange(len(labels)) if image_index is None else image_index.long().sort().values).tolist()
-        images = display_images(images, image_index, len(labels))
-        shown = [have[i] for i in _spread(z[have], thumbnails)]
-        fig, ax = plt.subplots(figsize=(9, 9))
-        for label in present:
-            mask = labels == label
-            ax.scatter(z[mask, 0].numpy(), z[mask, 1].numpy(), s=4, color=colour[label])
-        zoom = 0.5 * 64 / max(images.shape[-1], 1)
-        for i in shown:
-            box = AnnotationBbox(OffsetImage(images[i].permute(1, 2, 0).numpy(), zoom=zoom),
-                                 (float(z[i, 0]), float(z[i, 1])), frameon=True, pad=0.1,
-                                 bboxprops={"edgecolor": colour[int(labels[i])], "linewidth": 1.5})
-            ax.add_artist(box)
-        ax.set_title(f"{result.layer}: {_TITLES[method]}, {len(shown)} images", fontsize=10)
-        ax.set_xticks([])
-        ax.set_yticks([])
-        fig.tight_layout()
-        fig.savefig(assets / "embedding_thumbnails.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "embedding_thumbnails.png",
-                        "caption": f"The {_TITLES[method]} map of {result.layer} with {len(shown)} image thumbnails "
-                                   f"that do not overlap (frame and dots: class colour as in the scatter plots)."})
-    if len(result.explained_variance):
-        fig, ax = plt.subplots(figsize=(5.5, 3.2))
-        bars = [(result.layer, result.explained_variance)]
-        if len(result.pixel_explained_variance):
-            bars.append(("pixels", result.pixel_explained_variance))
-        width = 0.8 / len(bars)
-        for b, (space, ratio) in enumerate(bars):
-            x = np.arange(1, len(ratio) + 1) + (b - (len(bars) - 1) / 2) * width
-            ax.bar(x, ratio.numpy(), width, label=f"{space} (first 2: {float(ratio[:2].sum()):.0%})")
-        ax.set_xlabel("principal component")
-        ax.set_ylabel("explained variance ratio")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(assets / "embedding_variance.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "embedding_variance.png",
-                        "caption": "PCA: the share of the variance each principal component explains."})
-    header = ["space", "silhouette (full space)"] + [f"{result.knn_k}-NN accuracy, {_TITLES[m]} map"
-                                                      for m in methods]
-    rows = [[result.layer, _round(result.silhouette)] + [_round(result.knn_accuracy[m]) for m in methods]]
-    if result.pixel_coords:
-        rows.append(["pixels", _round(result.pixel_silhouette)] + [_round(result.pixel_knn_accuracy[m])
-                                                                    for m in methods])
-    counts = torch.bincount(labels)
-    rows.append(["chance (largest class)", "", *[_round(float(counts.max()) / len(labels))] * len(methods)])
-    claims = []
-    if result.pixel_coords:
-        for m in methods:
-            a, b = result.knn_accuracy[m], result.pixel_knn_accuracy[m]
-            claims.append({"claim": f"Classes separate better in {result.layer} than in pixels "
-                                    f"({_TITLES[m]} map, {result.knn_k}-NN accuracy)",
-                           "holds": a > b,
-                           "detail": f"leave-one-out {result.knn_k}-NN accuracy in the 2-D {_TITLES[m]} map: "
-                                     f"{a:.1%} for {result.layer}, {b:.1%} for pixels"})
-        s, p = result.silhouette, result.pixel_silhouette
-        if not (math.isnan(s) or math.isnan(p)):
-            claims.append({"claim": f"Classes form tighter clusters in {result.layer} features than in pixels "
-                                    f"(silhouette score)",
-                           "holds": s > p,
-                           "detail": f"silhouette of the classes (Euclidean, full space): {s:.3f} in "
-                                     f"{result.layer}, {p:.3f} in pixels (1: tight and apart, 0: overlapping)"})
-    return {"title": "PCA and t-SNE of features",
-            "intro": f"The {result.layer} feature vectors of {len(labels)} images projected to 2-D by PCA and "
-                     f"t-SNE (scikit-learn), beside the same maps of the raw pixels. A leave-one-out "
-                     f"{result.knn_k}-nearest-neighbour vote in each map and the silhouette score in the full "
-                     f"space measure how well the classes separate.",
-            "figures": figures,
-            "tables": [{"caption": "class separation", "header": header, "rows": rows}],
-            "claims": claims}
-
-
-def _spread(z: Tensor, count: int) -> list[int]:
+def spread(z: Tensor, count: int) -> list[int]:
     """Up to ``count`` points of ``z[N, 2]`` at least 5% of the map's extent
     apart (greedy, in index order): where thumbnails go without overlapping."""
     extent = float((z.amax(0) - z.amin(0)).max()) or 1.0
@@ -383,5 +241,15 @@ def _spread(z: Tensor, count: int) -> list[int]:
     return chosen
 
 
-def _round(value: float) -> float | str:
-    return "n/a" if math.isnan(value) else round(value, 3)
+def _too_few(subject, dataset) -> str | None:
+    """The maps need at least 3 images (``embed``)."""
+    n = len(dataset)
+    return None if n >= 3 else f"embedding needs at least 3 images to map; this dataset has {n}"
+
+
+ANALYSIS = Analysis(
+    name="embedding", group="toolbox", order=20, demo=True, result=Embedding, run=run, check=_too_few,
+    description="PCA and t-SNE of a layer's features, coloured by class",
+    claims=("classes separate better in the last hidden layer's 2-D maps than in the pixels' (leave-one-out "
+            "k-NN accuracy per map)",
+            "classes form tighter clusters in the layer's features than in pixels (silhouette score)"))

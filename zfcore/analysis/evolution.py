@@ -47,21 +47,24 @@ from pathlib import Path
 
 import torch
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import check_layers
+from ..deconv import MODES, Deconvnet
+from ..load import PreparedDataset, load
+from ._args import check_choice, check_dataset, check_layers, check_positive_float, check_positive_int
 from .projections import top_k_projections
+from .registry import Analysis
+from .result import Result
 from .topk import TopK, top_k
 
-__all__ = ["Evolution", "feature_evolution", "filter_change", "render", "settling_epoch", "snapshot_paths"]
+__all__ = ["ANALYSIS", "Evolution", "feature_evolution", "filter_change", "run", "settling_epoch", "snapshot_paths"]
 
 _SNAPSHOT = re.compile(r"epoch-(\d+)\.pt")
-_CELL = 56  # smallest on-screen side of one projection, in pixels
 
 
 @dataclass
-class Evolution:
+class Evolution(Result):
     """Feature evolution over a run's snapshots (``E`` epochs, ``M_l`` chosen
     maps of layer ``l``, ``C_l`` maps in all).
 
@@ -122,27 +125,10 @@ class Evolution:
         image is the one they have at the final snapshot."""
         return {name: (t == t[-1:]).double().mean(1) for name, t in self.top_images.items()}
 
-    def as_dict(self) -> dict:
-        return {"run": self.run, "epochs": list(self.epochs), "layers": list(self.layers),
-                "channels": {k: list(v) for k, v in self.channels.items()}, "chosen_by": dict(self.chosen_by),
-                "values": dict(self.values), "images": dict(self.images), "positions": dict(self.positions),
-                "projections": dict(self.projections), "boxes": dict(self.boxes), "windows": dict(self.windows),
-                "maxima": dict(self.maxima), "top_images": dict(self.top_images),
-                "filter_change": dict(self.filter_change), "change_rate": self.change_rate,
-                "final_agreement": self.final_agreement, "settling": dict(self.settling),
-                "settle_threshold": self.settle_threshold, "mode": self.mode, "dataset_size": self.dataset_size}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Evolution:
-        tensors = ("values", "images", "positions", "projections", "boxes", "windows", "maxima", "top_images",
-                   "filter_change")
-        return cls(run=str(d["run"]), epochs=[int(e) for e in d["epochs"]], layers=[str(n) for n in d["layers"]],
-                   channels={str(k): [int(c) for c in v] for k, v in d["channels"].items()},
-                   chosen_by={str(k): str(v) for k, v in d["chosen_by"].items()},
-                   **{name: dict(d[name]) for name in tensors},
-                   settling={str(k): (None if v is None else int(v)) for k, v in d["settling"].items()},
-                   settle_threshold=float(d["settle_threshold"]), mode=str(d["mode"]),
-                   dataset_size=int(d["dataset_size"]))
+    def to_plain(self) -> dict:
+        """The fields, with ``change_rate`` and ``final_agreement`` beside them
+        (as saved before; ``from_plain`` ignores them)."""
+        return {**super().to_plain(), "change_rate": self.change_rate, "final_agreement": self.final_agreement}
 
 
 # ----------------------------------------------------------------- pieces
@@ -191,17 +177,10 @@ def settling_epoch(epochs: Sequence[int], change: Sequence[float], threshold: fl
 
 
 def _load_snapshot(path: Path, epoch: int, device):
-    from ..load import load
-
     try:
         return load(path, device=device)
     except ValueError as error:
         raise ValueError(f"feature_evolution: snapshot of epoch {epoch}: {error}") from None
-
-
-def _check_int(name: str, value, low: int = 1) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < low:
-        raise ValueError(f"feature_evolution: {name} must be an int >= {low} (got {value!r})")
 
 
 def _check_channels(channels, layers: list[str], counts: dict[str, int]) -> dict[str, list[int]]:
@@ -256,7 +235,7 @@ def feature_evolution(run: str | os.PathLike, dataset, *, layers: Sequence[str] 
         run: a run folder of ``zfcore train`` (``snapshots/epoch-NNN.pt``).
         dataset: a map-style Dataset of ``(image, label)``, images
             ``Tensor[3, H, W]`` in the model's input space (e.g.
-            ``zfcore.visualize.open_dataset``), the same at every epoch.
+            ``zfcore.load.open_dataset``), the same at every epoch.
         layers: Conv2d or Linear layers (default: every conv layer).
         maps_per_layer: maps shown per layer when ``channels`` does not name them:
             those strongest at the final snapshot (the paper shows a random subset).
@@ -272,26 +251,17 @@ def feature_evolution(run: str | os.PathLike, dataset, *, layers: Sequence[str] 
         An ``Evolution``.
 
     Example:
-        >>> loaded = zfcore.load("runs/small/model.pt")
-        >>> evolution = feature_evolution("runs/small", open_dataset(loaded, "synthetic"))
+        >>> subject = zfcore.load("runs/small/model.pt")
+        >>> evolution = feature_evolution("runs/small", open_dataset(subject, "synthetic"))
         >>> evolution.filter_change["conv1"], evolution.settling
     """
-    from ..deconv import MODES, Deconvnet
-
+    caller = "feature_evolution"
     snapshots = snapshot_paths(run)
-    if mode not in MODES:
-        raise ValueError(f"feature_evolution: mode must be one of {', '.join(MODES)} (got {mode!r})")
-    _check_int("maps_per_layer", maps_per_layer)
-    _check_int("batch_size", batch_size)
-    if isinstance(settle_threshold, bool) or not isinstance(settle_threshold, int | float) or not settle_threshold > 0:
-        raise ValueError(f"feature_evolution: settle_threshold must be a number > 0 (got {settle_threshold!r})")
-    try:
-        size = len(dataset)
-    except TypeError:
-        raise ValueError(f"feature_evolution: dataset must be a map-style Dataset with a length "
-                         f"(got {type(dataset).__name__})") from None
-    if size == 0:
-        raise ValueError("feature_evolution: the dataset is empty")
+    check_choice(mode, MODES, "mode", caller)
+    check_positive_int(maps_per_layer, "maps_per_layer", caller)
+    check_positive_int(batch_size, "batch_size", caller)
+    check_positive_float(settle_threshold, "settle_threshold", caller)
+    size = check_dataset(dataset, caller)
 
     epochs = [e for e, _ in snapshots]
     final = _load_snapshot(snapshots[-1][1], epochs[-1], device)
@@ -371,139 +341,19 @@ def feature_evolution(run: str | os.PathLike, dataset, *, layers: Sequence[str] 
                      settle_threshold=float(settle_threshold), mode=mode, dataset_size=size)
 
 
-# ----------------------------------------------------------------- rendering
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Evolution, dict]:
+    """Fig. 4 over the snapshots of ``subject``'s run folder, on ``dataset``'s
+    images brought to the model's input (read lazily): the 8 strongest maps
+    per conv layer (``quick``: 4). ``seed`` is unused."""
+    images = PreparedDataset(TensorDataset(dataset.images, dataset.labels), subject, list(dataset.classes),
+                             dataset.description)
+    return feature_evolution(subject.run_folder, images, maps_per_layer=4 if quick else 8, progress=progress), {}
 
 
-def _strip_grid(result: Evolution, layer: str):
-    """One layer's maps (rows) x epochs (columns) of projections, uint8 ``[H, W, 3]``,
-    and the centres of the columns and rows in its pixels."""
-    import numpy as np
-
-    from ..report import display_signed
-
-    shown = display_signed(result.projections[layer]).numpy()   # [E, M, 3, sh, sw], grey = 0
-    e, m, _, sh, sw = shown.shape
-    factor = max(1, math.ceil(_CELL / max(sh, sw)))
-    ch, cw, pad = sh * factor, sw * factor, 2
-    grid = np.full((m * ch + (m + 1) * pad, e * cw + (e + 1) * pad, 3), 255, dtype=np.uint8)
-    for i in range(e):
-        for j in range(m):
-            cell = shown[i, j].repeat(factor, -2).repeat(factor, -1).transpose(1, 2, 0)
-            top, left = pad + j * (ch + pad), pad + i * (cw + pad)
-            grid[top:top + ch, left:left + cw] = cell
-    cols = [pad + i * (cw + pad) + cw / 2 for i in range(e)]
-    rows = [pad + j * (ch + pad) + ch / 2 for j in range(m)]
-    return grid, cols, rows
-
-
-def _claims(result: Evolution) -> list[dict]:
-    """The paper: lower layers converge within a few epochs, upper ones later."""
-    if len(result.layers) < 2 or len(result.epochs) < 2:
-        return []
-    low, high = result.layers[0], result.layers[-1]
-    agreement = result.final_agreement
-    mean = {name: float(agreement[name][:-1].mean()) for name in result.layers}
-    rate = result.change_rate
-    last = {name: float(rate[name][-1]) for name in result.layers}
-    settled = [result.settling[name] for name in result.layers]
-    finite = [math.inf if s is None else s for s in settled]
-    shown = ", ".join(f"{name} {mean[name]:.2f}" for name in result.layers)
-    return [
-        {"claim": f"Lower layers settle earlier (Fig. 4): before the final epoch, more of {low}'s maps than of "
-                  f"{high}'s already have their final strongest image",
-         "holds": mean[low] > mean[high],
-         "detail": f"share of maps whose strongest image is the final one, mean over epochs "
-                   f"{', '.join(map(str, result.epochs[:-1]))}: {shown}"},
-        {"claim": f"Lower layers' filters settle earlier: over the last interval ({result.epochs[-2]} to "
-                  f"{result.epochs[-1]}) {low}'s filters change less, relative to their norm, than {high}'s",
-         "holds": last[low] < last[high],
-         "detail": "relative filter change per epoch over the last interval: "
-                   + ", ".join(f"{name} {last[name]:.4f}" for name in result.layers)},
-        {"claim": f"The settling epoch (relative filter change below {result.settle_threshold:g} per epoch from "
-                  f"then on) does not decrease with depth",
-         "holds": all(a <= b for a, b in zip(finite, finite[1:])),
-         "detail": ", ".join(f"{name}: {'not settled' if s is None else f'epoch {s}'}"
-                             for name, s in zip(result.layers, settled))},
-    ]
-
-
-def render(result: Evolution | dict, assets: Path) -> dict:
-    """Fig. 4 (one strip of projections per map, epochs as columns, one PNG per
-    layer), the filter change and the final-image agreement against epoch, the
-    tables and the claims; PNGs written into ``assets``."""
-    plt, result, assets = begin(result, Evolution, assets)
-    figures = []
-    for index, layer in enumerate(result.layers, 1):
-        grid, cols, rows = _strip_grid(result, layer)
-        dpi = 100
-        fig = plt.figure(figsize=((grid.shape[1] + 90) / dpi, (grid.shape[0] + 60) / dpi), dpi=dpi)
-        ax = fig.add_axes((70 / (grid.shape[1] + 90), 10 / (grid.shape[0] + 60),
-                           grid.shape[1] / (grid.shape[1] + 90), grid.shape[0] / (grid.shape[0] + 60)))
-        ax.imshow(grid, interpolation="nearest")
-        ax.set_xticks(cols, [str(e) for e in result.epochs], fontsize=7)
-        ax.xaxis.tick_top()
-        ax.set_yticks(rows, [f"map {c}" for c in result.channels[layer]], fontsize=7)
-        ax.tick_params(length=0)
-        for spine in ax.spines.values():
-            spine.set_visible(False)
-        ax.set_xlabel("epoch", fontsize=7)
-        ax.xaxis.set_label_position("top")
-        file = f"evolution-maps-{index}.png"
-        fig.savefig(assets / file, dpi=dpi)
-        plt.close(fig)
-        how = ("strongest at the final epoch" if result.chosen_by[layer] == "final" else "chosen by the caller")
-        figures.append({"file": file, "caption": f"{layer}: the strongest activation of each map ({how}; rows) over "
-                                                 f"the {result.dataset_size} images at each snapshot epoch "
-                                                 f"(columns), projected by the {result.mode} over the unit's "
-                                                 f"receptive field; grey = 0, each scaled by its own peak."})
-
-    rate, agreement = result.change_rate, result.final_agreement
-    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 3.6), dpi=100)
-    for layer in result.layers:
-        left.plot(result.epochs[1:], rate[layer][1:].tolist(), marker="o", label=layer)
-        right.plot(result.epochs, agreement[layer].tolist(), marker="o", label=layer)
-    left.axhline(result.settle_threshold, color="grey", linestyle="--", linewidth=1, label="threshold")
-    if len(result.epochs) > 1 and all(bool((rate[n][1:] > 0).all()) for n in result.layers):
-        left.set_yscale("log")
-    left.set_xlabel("epoch (end of the interval)")
-    left.set_ylabel("||W_e - W_prev|| / ||W_prev|| per epoch")
-    left.set_title("relative filter change", fontsize=10)
-    right.set_xlabel("epoch")
-    right.set_ylabel("share of maps")
-    right.set_ylim(-0.02, 1.02)
-    right.set_title("strongest image = the final epoch's", fontsize=10)
-    for ax in (left, right):
-        ax.legend(fontsize=7)
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(assets / "evolution-change.png")
-    plt.close(fig)
-    figures.append({"file": "evolution-change.png",
-                    "caption": "Left: the relative change of each layer's filters between consecutive snapshots, "
-                               "per epoch of the interval (dashed: the settling threshold). Right: the share of "
-                               "each layer's maps whose strongest image is already the one of the final epoch."})
-
-    intervals = [f"{p}-{e}" for p, e in zip(result.epochs, result.epochs[1:])]
-    change_rows = [[layer] + [round(float(v), 5) for v in result.filter_change[layer][1:]]
-                   + [round(float(v), 5) for v in rate[layer][1:]]
-                   + ["not settled" if result.settling[layer] is None else str(result.settling[layer])]
-                   for layer in result.layers]
-    agreement_rows = [[layer] + [round(float(v), 3) for v in agreement[layer]] for layer in result.layers]
-    tables = [{"caption": "Relative filter change ||W_e - W_prev||_F / ||W_prev||_F between consecutive snapshots, "
-                          f"the same per epoch, and the settling epoch (per-epoch change below "
-                          f"{result.settle_threshold:g} from then on).",
-               "header": ["layer"] + [f"change {i}" for i in intervals] + [f"per epoch {i}" for i in intervals]
-                         + ["settling epoch"],
-               "rows": change_rows},
-              {"caption": "Share of each layer's maps whose strongest image at the epoch is the one of the final "
-                          "epoch.",
-               "header": ["layer"] + [f"epoch {e}" for e in result.epochs], "rows": agreement_rows}]
-    intro = (f"The paper's Fig. 4: how features evolve through training. At each snapshot epoch "
-             f"({', '.join(map(str, result.epochs))}) of the run, each shown map's strongest activation over a "
-             f"fixed set of {result.dataset_size} images is found and projected to pixel space. The paper uses "
-             f"the training set and a random subset of the maps; here the maps shown are, unless chosen, the "
-             f"strongest of each layer at the final epoch. The filter change of a layer is the relative "
-             f"Frobenius norm of its weights' change between snapshots; the paper reports that lower layers "
-             f"converge within a few epochs and upper layers only after 40-50.")
-    return {"title": "Feature evolution during training (Fig. 4)", "intro": intro, "figures": figures,
-            "tables": tables, "claims": _claims(result)}
+ANALYSIS = Analysis(
+    name="evolution", group="paper", order=50, demo=True, result=Evolution, run=run,
+    description="feature evolution over the run's snapshots (Fig. 4)",
+    needs=frozenset({"subject", "labels", "snapshots"}),
+    claims=("lower layers settle earlier: more of their maps already have their final strongest image",
+            "lower layers' filters change less over the last interval",
+            "the settling epoch does not decrease with depth"))

@@ -16,11 +16,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from .result import Result
+
 __all__ = ["Filters", "filters", "high_frequency_fraction"]
 
 
 @dataclass
-class Filters:
+class Filters(Result):
     """``weights[O, I, kh, kw]`` of ``layer`` (float32, CPU), ``smoothness[O]``
     (high-frequency energy fraction: lower = smoother), ``rgb``: whether the
     filters see the image's three channels (rendered as colour tiles)."""
@@ -29,9 +31,6 @@ class Filters:
     weights: Tensor
     high_frequency: Tensor
     rgb: bool
-
-    def as_dict(self) -> dict:
-        return {"layer": self.layer, "weights": self.weights, "high_frequency": self.high_frequency, "rgb": self.rgb}
 
 
 def high_frequency_fraction(weights: Tensor, cutoff: float = 0.25) -> Tensor:

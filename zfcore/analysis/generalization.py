@@ -51,6 +51,10 @@ Choices the paper leaves open, or that a CPU budget forces:
   about 70 s, but its pretrained network is weak (~72% top-1 error on its 5
   classes) and its features barely beat chance: it checks the pipeline.
 
+``zfcore analyze generalization`` runs it (``run``) into its ``runs`` folder,
+with the checkpoint given as its pretrained run; the page is
+``zfcore.report.pages.generalization``.
+
 Example:
     >>> result = generalization(None, Path("runs/generalization"), quick=True)
     >>> result.pretrained_mean, result.scratch_mean      # accuracy per n
@@ -71,12 +75,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..train import TrainConfig, demo_config
-from ._render import begin
+from .. import train
+from ..load import Subject, embedded_dataset, load
+from ..train import TrainConfig, train_or_reuse
 from ..train.config import parse_classes
+from ..train.loop import build_model, renormalize_filters, select_classes
+from ..train.reuse import output_folder
+from ._args import check_positive_float, check_positive_int, check_seed, eval_mode
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["DEFAULT_SHOTS", "PAPER_CALTECH", "QUICK", "Generalization", "draw_shots", "fit_softmax",
-           "generalization", "render", "retrain_softmax", "softmax_input", "train_from_scratch"]
+__all__ = ["ANALYSIS", "DEFAULT_SHOTS", "PAPER_CALTECH", "QUICK", "Generalization", "draw_shots", "fit_softmax",
+           "generalization", "retrain_softmax", "run", "softmax_input", "train_from_scratch"]
 
 DEFAULT_SHOTS = (1, 2, 5, 10, 25, 50)
 QUICK = {"per_class": 300, "epochs": 10, "shots": (1, 5, 25), "draws": 2, "steps": 150, "eval_per_class": 50}
@@ -112,17 +122,11 @@ def _classes(value, name: str) -> tuple[int, ...]:
     return items
 
 
-def _positive(value, name: str) -> int:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"generalization: {name} must be a positive int (got {value!r})")
-    return value
-
-
 def draw_shots(labels: Tensor, n: int, generator: torch.Generator) -> Tensor:
     """Indices into ``labels`` of ``n`` images of every class present, drawn
     uniformly without replacement, class by class (ascending), sorted within
     each class. A class with fewer than ``n`` images is a ValueError."""
-    _positive(n, "n")
+    check_positive_int(n, "n", "draw_shots")
     chosen = []
     for c in torch.unique(labels).tolist():
         pool = torch.nonzero(labels == c).flatten()
@@ -144,13 +148,9 @@ def softmax_input(model: nn.Module, x: Tensor, batch_size: int = 256) -> Tensor:
     for ``x`` (``Tensor[N, 3, H, W]`` in the model's input space), in eval mode:
     ``Tensor[N, D]`` float64."""
     body, head = _split_head(model)
-    was = model.training
-    model.eval()
     device = head.weight.device
-    try:
+    with eval_mode(model):
         return torch.cat([body(x[i:i + batch_size].to(device)).double().cpu() for i in range(0, len(x), batch_size)])
-    finally:
-        model.train(was)
 
 
 def fit_softmax(features: Tensor, labels: Tensor, num_classes: int, l2: float = 1e-3,
@@ -201,9 +201,7 @@ def train_from_scratch(config: TrainConfig, x: Tensor, labels: Tensor, num_class
     trainer does (torch seeded with ``generator_seed``) and trained by SGD for
     ``steps`` steps on ``(x, labels)`` (``x`` in the model's input space) with
     the recipe in the module docstring; returned in eval mode."""
-    from ..train.loop import build_model, renormalize_filters
-
-    _positive(steps, "steps")
+    check_positive_int(steps, "steps", "train_from_scratch")
     torch.manual_seed(generator_seed)
     model = build_model(config, num_classes)
     optimizer = torch.optim.SGD(model.parameters(), lr=config.lr, momentum=config.momentum,
@@ -233,13 +231,13 @@ def train_from_scratch(config: TrainConfig, x: Tensor, labels: Tensor, num_class
 
 @torch.no_grad()
 def _accuracy(model: nn.Module, x: Tensor, labels: Tensor, batch_size: int = 256) -> float:
-    model.eval()
-    predicted = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
+    with eval_mode(model):
+        predicted = torch.cat([model(x[i:i + batch_size]).argmax(1) for i in range(0, len(x), batch_size)])
     return (predicted == labels).double().mean().item()
 
 
 @dataclass
-class Generalization:
+class Generalization(Result):
     """Accuracy on new classes against the number of training images per class.
 
     Attributes:
@@ -292,36 +290,10 @@ class Generalization:
     def scratch_mean(self) -> Tensor:
         return self.scratch.mean(1)
 
-    def as_dict(self) -> dict:
-        return {"shots": list(self.shots), "draws": self.draws, "pretrained": self.pretrained,
-                "scratch": self.scratch, "pretrain_classes": list(self.pretrain_classes),
-                "new_classes": list(self.new_classes), "new_class_names": list(self.new_class_names),
-                "eval_images": self.eval_images, "pool_per_class": self.pool_per_class,
-                "pretrain_val_top1": self.pretrain_val_top1, "feature_dim": self.feature_dim,
-                "feature_layer": self.feature_layer, "steps": self.steps, "l2": self.l2, "run": self.run,
-                "reused": self.reused, "seconds": dict(self.seconds), "quick": self.quick,
-                "paper": copy.deepcopy(self.paper)}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Generalization:
-        return cls(shots=[int(n) for n in d["shots"]], draws=int(d["draws"]),
-                   pretrained=torch.as_tensor(d["pretrained"], dtype=torch.float64),
-                   scratch=torch.as_tensor(d["scratch"], dtype=torch.float64),
-                   pretrain_classes=[int(c) for c in d["pretrain_classes"]],
-                   new_classes=[int(c) for c in d["new_classes"]],
-                   new_class_names=[str(c) for c in d["new_class_names"]], eval_images=int(d["eval_images"]),
-                   pool_per_class=int(d["pool_per_class"]), pretrain_val_top1=float(d["pretrain_val_top1"]),
-                   feature_dim=int(d["feature_dim"]), feature_layer=str(d["feature_layer"]), steps=int(d["steps"]),
-                   l2=float(d["l2"]), run=str(d["run"]), reused=bool(d["reused"]),
-                   seconds={str(k): float(v) for k, v in d["seconds"].items()}, quick=bool(d["quick"]),
-                   paper=copy.deepcopy(d["paper"]))
-
 
 def _pretrained_run(model_run, out: Path, pretrain: tuple[int, ...], base: TrainConfig | None, quick: bool,
                     seed: int, progress: bool) -> tuple[Path, bool, float]:
     """The pretrained model file: ``model_run``'s (checked), or one trained into ``out/pretrain``."""
-    from .ablation import train_or_reuse
-
     if model_run is not None:
         path = Path(model_run)
         file = path / "model.pt" if path.is_dir() else path
@@ -338,7 +310,7 @@ def _pretrained_run(model_run, out: Path, pretrain: tuple[int, ...], base: Train
                              f"{','.join(map(str, pretrain))}")
         return file, True, 0.0
     if base is None:
-        base = demo_config(str(out / "pretrain"), seed=seed, progress=progress)
+        base = train.demo_config(str(out / "pretrain"), seed=seed, progress=progress)
     if quick:
         base = dataclasses.replace(base, per_class=min(base.per_class, QUICK["per_class"]),
                                    epochs=min(base.epochs, QUICK["epochs"]))
@@ -348,6 +320,16 @@ def _pretrained_run(model_run, out: Path, pretrain: tuple[int, ...], base: Train
                                  progress=progress, resume=False, resume_from="")
     reused, seconds = train_or_reuse(config, "generalization")
     return out / "pretrain" / "model.pt", reused, seconds
+
+
+def _new_classes(subject: Subject, split: str, per_class: int, new: tuple[int, ...]
+                 ) -> tuple[Tensor, Tensor, list[str]]:
+    """The images of the classes ``new`` in a split of the embedded data of
+    ``subject``'s run (its seed and size), in the model's input space, their
+    labels renumbered in the order of ``new``, and the classes' names."""
+    data = embedded_dataset(subject, split, per_class)
+    keep, labels = select_classes(data.labels, new)
+    return subject.preprocess(data.images[keep]), labels, [data.classes[c] for c in new]
 
 
 def generalization(model_run: Path | None, out: Path, *, pretrain_classes: Sequence[int] = (0, 1, 2, 3, 4),
@@ -380,10 +362,6 @@ def generalization(model_run: Path | None, out: Path, *, pretrain_classes: Seque
     Returns:
         ``Generalization``.
     """
-    from ..data import SyntheticShapes
-    from ..load import load
-    from ..train.loop import select_classes
-
     pretrain = _classes(pretrain_classes, "pretrain_classes")
     new = _classes(new_classes, "new_classes")
     if set(pretrain) & set(new):
@@ -398,19 +376,14 @@ def generalization(model_run: Path | None, out: Path, *, pretrain_classes: Seque
         raise ValueError(f"generalization: shots must be distinct positive ints, at least one (got {shots!r})")
     shots = sorted(shots)
     budget = QUICK if quick else FULL
-    draws = _positive(budget["draws"] if draws is None else draws, "draws")
-    steps = _positive(budget["steps"] if steps is None else steps, "steps")
-    eval_per_class = _positive(budget["eval_per_class"] if eval_per_class is None else eval_per_class,
-                               "eval_per_class")
-    if not isinstance(l2, int | float) or isinstance(l2, bool) or not l2 >= 0:
-        raise ValueError(f"generalization: l2 must be a number >= 0 (got {l2!r})")
-    if not isinstance(seed, int) or isinstance(seed, bool):
-        raise ValueError(f"generalization: seed must be an int (got {seed!r})")
-    out = Path(out)
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise PermissionError(f"generalization: cannot create the output folder {out} ({error.strerror})") from None
+    caller = "generalization"
+    draws = check_positive_int(budget["draws"] if draws is None else draws, "draws", caller)
+    steps = check_positive_int(budget["steps"] if steps is None else steps, "steps", caller)
+    eval_per_class = check_positive_int(budget["eval_per_class"] if eval_per_class is None else eval_per_class,
+                                        "eval_per_class", caller)
+    check_positive_float(l2, "l2", caller, allow_zero=True)
+    check_seed(seed, caller)
+    out = output_folder(out, caller)
 
     seconds = {}
     file, reused, seconds["pretrain"] = _pretrained_run(model_run, out, pretrain, base, quick, seed, progress)
@@ -421,12 +394,8 @@ def generalization(model_run: Path | None, out: Path, *, pretrain_classes: Seque
 
     started = time.time()
     pool = max(config.per_class, max(shots))
-    train_split = SyntheticShapes("train", seed=config.seed, size=config.image_size, per_class=pool)
-    keep, train_labels = select_classes(train_split.labels, new)
-    train_x = loaded.preprocess(train_split.images[keep])
-    val_split = SyntheticShapes("val", seed=config.seed, size=config.image_size, per_class=eval_per_class)
-    keep, val_labels = select_classes(val_split.labels, new)
-    val_x = loaded.preprocess(val_split.images[keep])
+    train_x, train_labels, _ = _new_classes(loaded, "train", pool, new)
+    val_x, val_labels, names = _new_classes(loaded, "val", eval_per_class, new)
     train_features = softmax_input(loaded.model, train_x)
     val_features = softmax_input(loaded.model, val_x)
     seconds["data_and_features"] = time.time() - started
@@ -453,107 +422,37 @@ def generalization(model_run: Path | None, out: Path, *, pretrain_classes: Seque
     layers = [name for name, _ in loaded.model.named_children()]
     return Generalization(
         shots=shots, draws=draws, pretrained=pretrained, scratch=scratch, pretrain_classes=list(pretrain),
-        new_classes=list(new), new_class_names=[SyntheticShapes.classes[c] for c in new],
+        new_classes=list(new), new_class_names=names,
         eval_images=len(val_labels), pool_per_class=pool,
         pretrain_val_top1=float(last.get("val_top1_error", math.nan)), feature_dim=train_features.shape[1],
         feature_layer=layers[-2] if len(layers) > 1 else "input", steps=steps, l2=float(l2), run=str(file),
         reused=reused, seconds={k: round(v, 2) for k, v in seconds.items()}, quick=quick)
 
 
-# ----------------------------------------------------------------- rendering
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int,
+        runs: str | Path) -> tuple[Generalization, dict]:
+    """``zfcore analyze generalization``: ``generalization`` into the folder
+    ``runs`` with the ``zfcore demo`` recipe (``zfcore.train.demo_config``
+    with ``seed``, looked up when called) as its pretraining recipe; ``subject``
+    (optional) is its pretrained run (its file, ``subject.path``), else one is
+    trained. ``dataset`` is not used: it draws from the embedded data."""
+    model_run = subject.path if subject is not None else None
+    base = train.demo_config(str(runs), seed=seed, progress=progress)
+    result = generalization(model_run, Path(runs), quick=quick, seed=seed, progress=progress, base=base)
+    return result, {}
 
 
-def _claims(result: Generalization) -> list[dict]:
-    pre, scr = result.pretrained_mean.tolist(), result.scratch_mean.tolist()
-    small = [i for i, n in enumerate(result.shots) if n <= 10] or [0]
-    per_n = "; ".join(f"n = {result.shots[i]}: {100 * pre[i]:.1f}% against {100 * scr[i]:.1f}%" for i in small)
-    p = min(max(sum(pre[i] + scr[i] for i in small) / (2 * len(small)), 0.0), 1.0)
-    se = 100 * math.sqrt(p * (1 - p) / (result.eval_images * result.draws))
-    claims = [{"claim": "The pretrained features beat training from scratch at small n (n <= 10 images per class; "
-                        "Tables 4-5)",
-               "holds": all(pre[i] > scr[i] for i in small),
-               "detail": f"accuracy on the {result.eval_images} validation images of the new classes, mean of "
-                         f"{result.draws} draws, pretrained features + new softmax against scratch: {per_n}; chance "
-                         f"{100 * result.chance:.0f}%; a binomial standard error of such a mean is about "
-                         f"{se:.1f} points; paper: the pretrained features win by far on Caltech-101/256"}]
-    if len(result.shots) > 1:
-        first, last = pre[0] - scr[0], pre[-1] - scr[-1]
-        claims.append({"claim": "The advantage of the pretrained features shrinks as n grows (Tables 4-5)",
-                       "holds": last < first - 1e-9,  # means of a few draws: equal ones are not "shrinks"
-                       "detail": f"pretrained minus scratch: {100 * first:+.1f} points at n = {result.shots[0]}, "
-                                 f"{100 * last:+.1f} at n = {result.shots[-1]}"})
-        claims.append({"claim": f"With the pretrained features, more training images help: accuracy at "
-                                f"n = {result.shots[-1]} is above that at n = {result.shots[0]}",
-                       "holds": pre[-1] > pre[0] + 1e-9,
-                       "detail": ", ".join(f"n = {n}: {100 * p:.1f}%" for n, p in zip(result.shots, pre))})
-    return claims
+def _check(subject, dataset) -> str | None:
+    if subject is not None and getattr(subject, "path", None) is None:
+        return ("generalization takes a model as its pretrained run by its file; this one was not loaded from "
+                "one")
+    return None
 
 
-def render(result: Generalization | dict, assets: Path) -> dict:
-    """The accuracy curves (ours beside the paper's Caltech numbers,
-    ``generalization-curve.png``), the tables and the claims."""
-    plt, result, assets = begin(result, Generalization, assets)
-
-    fig, (ours, theirs) = plt.subplots(1, 2, figsize=(11, 4), dpi=100)
-    std = {"pretrained": result.pretrained.std(1, unbiased=False) if result.draws > 1 else None,
-           "scratch": result.scratch.std(1, unbiased=False) if result.draws > 1 else None}
-    for key, values, colour in (("pretrained", result.pretrained_mean, "tab:blue"),
-                                ("scratch", result.scratch_mean, "tab:orange")):
-        label = "pretrained features + new softmax" if key == "pretrained" else "trained from scratch"
-        yerr = None if std[key] is None else (100 * std[key]).tolist()
-        ours.errorbar(result.shots, (100 * values).tolist(), yerr=yerr, marker="o", capsize=3, color=colour,
-                      label=label)
-    ours.axhline(100 * result.chance, color="grey", linestyle="--", linewidth=1, label="chance")
-    ours.set_xscale("log")
-    ours.set_xticks(result.shots, [str(n) for n in result.shots])
-    ours.set_xlabel("training images per new class")
-    ours.set_ylabel("accuracy (%)")
-    ours.set_ylim(0, 100)
-    ours.set_title(f"ours: {len(result.new_classes)} new classes of the embedded data", fontsize=10)
-    for (name, row), marker in zip(result.paper.items(), ("o", "s")):
-        theirs.plot(row["shots"], row["pretrained"], marker=marker, linestyle="none", markersize=8,
-                    color="tab:blue", label=f"{name}: ImageNet-pretrained")
-    theirs.set_xlabel("training images per class")
-    theirs.set_ylabel("accuracy (%)")
-    theirs.set_ylim(0, 100)
-    theirs.set_title("the paper's, on Caltech (Tables 4, 5)", fontsize=10)
-    for ax in (ours, theirs):
-        ax.grid(alpha=0.3)
-        ax.legend(fontsize=7)
-    fig.tight_layout()
-    fig.savefig(assets / "generalization-curve.png")
-    plt.close(fig)
-
-    def cell(values: Tensor, i: int) -> str:
-        mean = 100 * values[i].mean().item()
-        return f"{mean:.1f}" if result.draws == 1 else f"{mean:.1f} ± {100 * values[i].std(unbiased=False):.1f}"
-
-    rows = [[n, cell(result.pretrained, i), cell(result.scratch, i),
-             f"{100 * (result.pretrained_mean[i] - result.scratch_mean[i]).item():+.1f}"]
-            for i, n in enumerate(result.shots)]
-    paper_rows = [[name, n, f"{p:.1f}"] for name, row in result.paper.items()
-                  for n, p in zip(row["shots"], row["pretrained"])]
-    names = ", ".join(result.new_class_names)
-    tables = [{"caption": f"Accuracy (%) on {result.eval_images} validation images of the new classes ({names}), "
-                          f"mean ± std over {result.draws} draws of the training images; chance "
-                          f"{100 * result.chance:.0f}%.",
-               "header": ["images per class", "pretrained + new softmax", "from scratch", "difference"],
-               "rows": rows},
-              {"caption": f"The paper's numbers, on Caltech (not our data): ImageNet-pretrained ZFNet with a new "
-                          f"softmax, accuracy %. Table 6: PASCAL 2012, {PAPER_PASCAL_MEAN_AP:.1f}% mean AP.",
-               "header": ["dataset", "images per class", "pretrained"],
-               "rows": paper_rows}]
-    pretrained_classes = ", ".join(map(str, result.pretrain_classes))
-    intro = (f"The paper's Tables 4-6: features learned on one set of classes, reused for others. A network "
-             f"trained only on classes {pretrained_classes} of the embedded data (validation top-1 error on them "
-             f"{100 * result.pretrain_val_top1:.1f}%) keeps every layer fixed; only a new softmax on its "
-             f"{result.feature_dim} {result.feature_layer} features is trained on n images per new class. The "
-             f"same architecture trained from scratch on the same images ({result.steps} SGD steps) is the "
-             f"baseline. The paper's Caltech numbers are shown beside ours for reference: another dataset, "
-             f"another scale.")
-    figures = [{"file": "generalization-curve.png",
-                "caption": "Left: accuracy on the new classes against the number of training images per class "
-                           "(ours; mean and std over the draws). Right: the paper's Caltech-101/256 numbers "
-                           "(Tables 4, 5)."}]
-    return {"title": "Feature generalization to new classes (Tables 4-6)", "intro": intro, "figures": figures,
-            "tables": tables, "claims": _claims(result)}
+ANALYSIS = Analysis(
+    name="generalization", group="paper", order=80, result=Generalization, run=run, check=_check,
+    description="frozen features with a new softmax on new classes against training from scratch "
+                "(Tables 4-6; trains models)",
+    needs=frozenset({"training"}), options=("runs",),
+    claims=("the pretrained features with a new softmax beat training from scratch at small n",
+            "their advantage shrinks as n grows", "with the pretrained features, more training images help"))

@@ -35,47 +35,34 @@ each one by its own maximum for display); a map that is 0 everywhere (every
 weighted sum negative) is left at 0; ``target=None`` explains each image's
 highest logit (first on ties); the upsampling for guided Grad-CAM is
 ``F.interpolate(mode="bilinear", align_corners=False)``, the renderer's too.
-The renderer's pointing-game claim (the map's maximum inside the object's
-box more often than chance) takes the maximum at the centre of the strongest
-unit (``peaks``), and chance as the box's share of the image.
+The page's pointing-game claim (the map's maximum inside the object's box
+more often than chance, ``zfcore.analysis.pointing.pointing_hits``) takes the
+maximum at the centre of the strongest unit (``peaks``), and chance as the
+box's share of the image.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import call_site, check_layers, model_device
+from ..deconv import CaptureError, Deconvnet
+from ._args import (check_choice, check_class_range, check_images, check_layers, check_logits, check_model,
+                    check_positive_int, describe, eval_mode, model_device)
+from ._stream import call_site
+from .registry import Analysis
+from .result import Result, display_signed
 
-__all__ = ["GradCam", "analyze_embedded", "default_layer", "grad_cam", "grad_cam_analysis", "guided_backprop",
-           "guided_grad_cam", "peaks", "pointing_hits", "render", "upsample"]
+__all__ = ["ANALYSIS", "GradCam", "default_layer", "grad_cam", "grad_cam_analysis", "guided_backprop",
+           "guided_grad_cam", "peaks", "run", "upsample"]
 
 
 # ------------------------------------------------------------------ checks
-
-def _describe(value) -> str:
-    return f"{value.dtype} {list(value.shape)}" if isinstance(value, Tensor) else type(value).__name__
-
-
-def _check_images(images, caller: str) -> None:
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-        raise ValueError(f"{caller}: images must be a float Tensor[N, C, H, W] in the model's input space "
-                         f"(got {_describe(images)})")
-    if not bool(torch.isfinite(images).all()):
-        raise ValueError(f"{caller}: images hold NaN or infinite values")
-
-
-def _check_model(model, caller: str) -> None:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{caller}: model must be a torch.nn.Module (got {type(model).__name__})")
-
 
 def _targets(target, n: int, caller: str) -> Tensor | None:
     """``target`` as a LongTensor[N, K] (K classes per image), or None (the predicted class)."""
@@ -87,19 +74,7 @@ def _targets(target, n: int, caller: str) -> Tensor | None:
             and target.dim() in (1, 2) and target.shape[0] == n and target.numel() > 0):
         return (target[:, None] if target.dim() == 1 else target).long()
     raise ValueError(f"{caller}: target must be None, an int, a LongTensor[{n}] or a LongTensor[{n}, K] of class "
-                     f"indices (got {_describe(target) if not isinstance(target, int | bool) else repr(target)})")
-
-
-def _check_range(targets: Tensor, classes: int, caller: str) -> None:
-    bad = (targets < 0) | (targets >= classes)
-    if bad.any():
-        raise ValueError(f"{caller}: target holds class {int(targets[bad][0])}, outside the model's {classes} "
-                         f"classes [0, {classes})")
-
-
-def _check_batch_size(batch_size, caller: str) -> None:
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"{caller}: batch_size must be a positive int (got {batch_size!r})")
+                     f"indices (got {describe(target)})")
 
 
 # ------------------------------------------------------------------ Grad-CAM
@@ -120,7 +95,7 @@ class _Swap:
             return None
         if not isinstance(output, Tensor) or output.dim() != 4:
             raise ValueError(f"{self.caller}: the layer's output must be a Tensor[N, C, h, w], a convolutional "
-                             f"layer's (got {_describe(output)})")
+                             f"layer's (got {describe(output)})")
         if self.leaf is not None:
             raise ValueError(f"{self.caller}: the layer runs more than once in the model's forward; name one "
                              f"call: {self.path}#0, {self.path}#1, ...")
@@ -142,12 +117,11 @@ def _cam_batch(model: nn.Module, module: nn.Module, images: Tensor, targets: Ten
         handle.remove()
     if swap.leaf is None:
         raise ValueError(f"{caller}: the layer did not run in the model's forward")
-    if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != b * k:
-        raise ValueError(f"{caller}: the model must return logits Tensor[N, classes] (got {_describe(logits)})")
+    check_logits(logits, b * k, caller)
     if targets is None:
         targets = logits.detach().argmax(1)[:, None]
     else:
-        _check_range(targets, logits.shape[1], caller)
+        check_class_range(targets, logits.shape[1], caller, "target")
         targets = targets.to(logits.device)
     scores = logits.gather(1, targets.reshape(b * k, 1))
     grad, = torch.autograd.grad(scores.sum(), swap.leaf, allow_unused=True)
@@ -160,17 +134,15 @@ def _cam_batch(model: nn.Module, module: nn.Module, images: Tensor, targets: Ten
 
 def _grad_cam(model, images, layer, target, batch_size, progress, caller) -> tuple[Tensor, Tensor, Tensor]:
     """``(maps[N, K, h, w], logits[N, classes], targets[N, K])`` with the checks, on the model's device."""
-    _check_model(model, caller)
-    _check_images(images, caller)
+    check_model(model, caller)
+    check_images(images, caller)
     check_layers(model, [layer], caller)
-    _check_batch_size(batch_size, caller)
+    check_positive_int(batch_size, "batch_size", caller)
     targets = _targets(target, len(images), caller)
     module = dict(model.named_modules())[call_site(layer)[0]]
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     maps, logits, chosen = [], [], []
-    try:
+    with eval_mode(model):
         for start in tqdm(range(0, len(images), batch_size), desc=caller, unit="batch",
                           disable=not progress or len(images) <= batch_size):
             x = images[start:start + batch_size].to(device)
@@ -179,10 +151,6 @@ def _grad_cam(model, images, layer, target, batch_size, progress, caller) -> tup
             maps.append(m)
             logits.append(z)
             chosen.append(c)
-    finally:
-        model.train(was_training)
-    if not maps:
-        raise ValueError(f"{caller}: images is empty (got {_describe(images)})")
     return torch.cat(maps), torch.cat(logits), torch.cat(chosen)
 
 
@@ -250,8 +218,6 @@ def _guided_autograd(model: nn.Module, images: Tensor, seed: Tensor) -> Tensor:
 def _guided_engine(model: nn.Module, images: Tensor, seed: Tensor) -> Tensor:
     """Guided backprop on the deconvnet engine (the captured graph of any CNN);
     ``CaptureError`` (a ``ValueError``) for a model it cannot capture."""
-    from ..deconv import CaptureError, Deconvnet
-
     device = images.device
     # the engine captures the model on random inputs: keep the caller's global RNG as it was
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -282,32 +248,25 @@ def guided_backprop(model: nn.Module, images: Tensor, target=None, *, backend: s
 
 def _guided(model, images, target, backend, caller) -> tuple[Tensor, Tensor]:
     """``(guided backprop[N, C, H, W], targets[N])``."""
-    _check_model(model, caller)
-    _check_images(images, caller)
-    if backend not in ("auto", "deconvnet", "autograd"):
-        raise ValueError(f"{caller}: backend must be 'auto', 'deconvnet' or 'autograd' (got {backend!r})")
+    check_model(model, caller)
+    check_images(images, caller)
+    check_choice(backend, ("auto", "deconvnet", "autograd"), "backend", caller)
     targets = _targets(target, len(images), caller)
     if targets is not None and targets.shape[1] != 1:
         raise ValueError(f"{caller}: target must be None, an int or a LongTensor[{len(images)}] "
-                         f"(got {_describe(target)})")
+                         f"(got {describe(target)})")
     device = model_device(model)
     images = images.detach().to(device)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         with torch.no_grad():
-            logits = model(images)
-        if not isinstance(logits, Tensor) or logits.dim() != 2 or logits.shape[0] != len(images):
-            raise ValueError(f"{caller}: the model must return logits Tensor[N, classes] (got {_describe(logits)})")
+            logits = check_logits(model(images), len(images), caller)
         if targets is None:
             targets = logits.argmax(1)
         else:
-            _check_range(targets, logits.shape[1], caller)
+            check_class_range(targets, logits.shape[1], caller, "target")
             targets = targets[:, 0].to(device)
         seed = F.one_hot(targets, logits.shape[1]).to(images.dtype)
         if backend != "autograd":
-            from ..deconv import CaptureError
-
             try:
                 return _guided_engine(model, images, seed), targets
             except CaptureError as error:
@@ -315,8 +274,6 @@ def _guided(model, images, target, backend, caller) -> tuple[Tensor, Tensor]:
                     raise ValueError(f"{caller}: the deconvnet engine cannot capture this model ({error}); "
                                      f"use backend='autograd'") from None
         return _guided_autograd(model, images, seed), targets
-    finally:
-        model.train(was_training)
 
 
 def upsample(maps: Tensor, size: Sequence[int]) -> Tensor:
@@ -343,9 +300,9 @@ def guided_grad_cam(model: nn.Module, images: Tensor, layer: str, target=None, *
     Example:
         >>> g = guided_grad_cam(model, images, "relu5", labels)
     """
-    _check_model(model, "guided_grad_cam")
+    check_model(model, "guided_grad_cam")
     check_layers(model, [layer], "guided_grad_cam")
-    _check_batch_size(batch_size, "guided_grad_cam")
+    check_positive_int(batch_size, "batch_size", "guided_grad_cam")
     gb, targets = _guided(model, images, target, backend, "guided_grad_cam")
     maps, _, _ = _grad_cam(model, images, layer, targets, batch_size, False, "guided_grad_cam")
     return gb * upsample(maps[:, 0], images.shape[-2:]).to(gb)[:, None]
@@ -354,7 +311,7 @@ def guided_grad_cam(model: nn.Module, images: Tensor, layer: str, target=None, *
 # ------------------------------------------------------------------ result
 
 @dataclass
-class GradCam:
+class GradCam(Result):
     """Grad-CAM of ``N`` images at ``layer`` (maps ``h x w``; images ``H x W``).
 
     ``index[N]``: the images' indices in their dataset; ``labels[N]`` (-1 where
@@ -364,7 +321,7 @@ class GradCam:
     probabilities ``top_probs`` and maps ``top_maps[N, K, h, w]``; for the first
     ``M`` images, guided backprop of the target class (``guided_backprop``) and
     guided Grad-CAM (``guided``), uint8 ``[M, 3, H, W]`` for display (grey is
-    0, each scaled by its own largest magnitude, ``zfcore.report.display_signed``)."""
+    0, each scaled by its own largest magnitude, ``display_signed``)."""
 
     layer: str
     image_size: list
@@ -381,13 +338,6 @@ class GradCam:
     guided_backprop: Tensor
     guided: Tensor
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "GradCam":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
 
 def grad_cam_analysis(model: nn.Module, images: Tensor, layer: str, target=None, *, labels: Tensor | None = None,
                       index: Tensor | None = None, top: int = 3, guided: int = 8, backend: str = "auto",
@@ -398,46 +348,35 @@ def grad_cam_analysis(model: nn.Module, images: Tensor, layer: str, target=None,
     images. ``labels`` (the true classes) and ``index`` (the images' indices in
     their dataset) are kept for the report."""
     caller = "grad_cam_analysis"
-    _check_model(model, caller)
-    _check_images(images, caller)
+    check_model(model, caller)
+    check_images(images, caller)
     check_layers(model, [layer], caller)
     n = len(images)
-    for name, value, low in (("top", top, 1), ("guided", guided, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"{caller}: {name} must be an int >= {low} (got {value!r})")
+    check_positive_int(top, "top", caller)
+    check_positive_int(guided, "guided", caller, minimum=0)
     targets = _targets(target, n, caller)
     if targets is not None and targets.shape[1] != 1:
-        raise ValueError(f"{caller}: target must be None, an int or a LongTensor[{n}] (got {_describe(target)})")
+        raise ValueError(f"{caller}: target must be None, an int or a LongTensor[{n}] (got {describe(target)})")
     for name, value in (("labels", labels), ("index", index)):
         if value is not None and (not isinstance(value, Tensor) or value.shape != (n,) or value.is_floating_point()):
-            raise ValueError(f"{caller}: {name} must be None or an integer Tensor[{n}] (got {_describe(value)})")
-    if n == 0:
-        raise ValueError(f"{caller}: images is empty; give at least one image")
+            raise ValueError(f"{caller}: {name} must be None or an integer Tensor[{n}] (got {describe(value)})")
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            logits = torch.cat([model(images[s:s + batch_size].to(device)) for s in range(0, n, batch_size)])
-    finally:
-        model.train(was_training)
-    if logits.dim() != 2 or logits.shape[0] != n:
-        raise ValueError(f"{caller}: the model must return logits Tensor[N, classes] (got {_describe(logits)})")
+    with eval_mode(model), torch.no_grad():
+        logits = torch.cat([model(images[s:s + batch_size].to(device)) for s in range(0, n, batch_size)])
+    check_logits(logits, n, caller)
     probs = logits.float().softmax(1).cpu()
     k = min(top, probs.shape[1])
     top_probs, top_classes = probs.topk(k, 1)
     if targets is None:
         targets = top_classes[:, :1]
     else:
-        _check_range(targets, probs.shape[1], caller)
+        check_class_range(targets, probs.shape[1], caller, "target")
     # the target's map and the top classes' maps in one pass of K + 1 classes per image
     maps, _, _ = _grad_cam(model, images, layer, torch.cat([targets.cpu(), top_classes], 1), batch_size,
                            progress, caller)
     maps = maps.float().cpu()
     m = min(guided, n)
     if m:
-        from ..report import display_signed
-
         gb, _ = _guided(model, images[:m], targets[:m, 0], backend, caller)
         gb = gb.float().cpu()
         ggc = gb * upsample(maps[:m, 0], images.shape[-2:])[:, None]
@@ -466,192 +405,6 @@ def peaks(maps: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
     return ((i * 2 + 1) * height) // (2 * h), ((j * 2 + 1) * width) // (2 * w)
 
 
-def pointing_hits(maps: Tensor, boxes: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
-    """The pointing game for ``maps[N, h, w]`` upsampled to ``size = (H, W)``:
-    ``(hit[N], chance[N], mass[N])``. ``hit``: the map's maximum (``peaks``)
-    lies in the object's box (``boxes[N, 4]``: x0, y0, x1, y1 pixels,
-    end-exclusive); a map that is 0 everywhere points nowhere and misses.
-    ``chance``: the box's share of the image, the hit rate of a uniformly random
-    point. ``mass``: the upsampled map's share inside the box (NaN for a zero map)."""
-    from .pointing import chance, hits
-
-    h, w = (int(v) for v in size)
-    y, x = peaks(maps, (h, w))
-    b = boxes.long()
-    hit = hits(torch.stack([y, x], 1), b, 0) & (maps.flatten(1).amax(1) > 0)
-    up = upsample(maps, (h, w)).clamp_min(0)
-    rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
-    box = ((b[:, 0, None, None] <= cols) & (cols < b[:, 2, None, None])
-           & (b[:, 1, None, None] <= rows) & (rows < b[:, 3, None, None]))
-    total = up.flatten(1).double().sum(1)
-    mass = torch.where(total > 0, (up * box).flatten(1).double().sum(1) / total.clamp_min(1e-300),
-                       torch.full_like(total, float("nan")))
-    return hit, chance(b, h, w, 0).to(total.device), mass
-
-
-# ------------------------------------------------------------------ render
-
-MAX_TABLE_ROWS = 64
-
-
-def _overlay(ax, image, cam, size, title):
-    """``image`` (uint8 [3, H, W] or None) under the map upsampled to ``size`` (jet, alpha 0.5)."""
-    up = upsample(cam[None], size)[0]
-    peak = float(up.max())
-    if image is not None:
-        ax.imshow(image.permute(1, 2, 0).numpy())
-        ax.imshow((up / peak if peak > 0 else up).numpy(), cmap="jet", alpha=0.5, vmin=0, vmax=1)
-    else:
-        ax.imshow(up.numpy(), cmap="jet")
-    ax.set_title(title, fontsize=7)
-    ax.set_xticks([])
-    ax.set_yticks([])
-    return up
-
-
-def render(result: "GradCam | dict", assets: Path, *, images: Tensor | None = None, boxes: Tensor | None = None,
-           classes: Sequence[str] | None = None) -> dict:
-    """Grad-CAM pages as PNGs in ``assets``: the maps overlaid on the images
-    (``images``: uint8 ``[N, 3, H, W]`` for display; with ``boxes``, the
-    object's box in yellow and the map's maximum as a cross), guided backprop
-    and guided Grad-CAM rows, the top classes' maps of a few images; a table
-    per image; with ``boxes``, the pointing-game claims."""
-    plt, result, assets = begin(result, GradCam, assets)
-    names = [str(c) for c in classes] if classes is not None else None
-
-    def name(label: int) -> str:
-        if label < 0:
-            return "?"
-        return names[label] if names is not None and label < len(names) else str(label)
-
-    size = tuple(int(v) for v in result.image_size)
-    n = len(result.target)
-    figures = []
-    hits = chance = mass = None
-    if boxes is not None and n:
-        hits, chance, mass = pointing_hits(result.maps, boxes[:n], size)
-        py, px = peaks(result.maps, size)
-    shown = min(n, 32)
-    if shown:
-        cols = min(8, shown)
-        rows = -(-shown // cols)
-        fig, axes = plt.subplots(rows, cols, figsize=(1.7 * cols, 1.9 * rows), squeeze=False)
-        for ax in axes.flat[shown:]:
-            ax.axis("off")
-        for k in range(shown):
-            ax = axes.flat[k]
-            up = _overlay(ax, images[k] if images is not None else None, result.maps[k], size,
-                          f"{name(int(result.target[k]))} p={float(result.target_prob[k]):.2f}")
-            if boxes is not None:
-                x0, y0, x1, y1 = (float(v) for v in boxes[k])
-                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="yellow",
-                                           linewidth=1))
-                if float(result.maps[k].max()) > 0:
-                    ax.plot(int(px[k]), int(py[k]), marker="x" if hits[k] else "o", color="white",
-                            markerfacecolor="none", markersize=6, mew=1.5)
-        fig.tight_layout()
-        fig.savefig(assets / "gradcam_overlays.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "gradcam_overlays.png",
-                        "caption": f"Grad-CAM at {result.layer} for the class named above each image, upsampled "
-                                   f"bilinearly and overlaid (red: strong, each map scaled by its own maximum)"
-                                   + ("; yellow: the object's box; the map's maximum is marked by a cross inside "
-                                      "the box, by a circle outside it." if boxes is not None else ".")})
-    m = len(result.guided)
-    if m:
-        cols = 4 if images is not None else 3
-        fig, axes = plt.subplots(m, cols, figsize=(2.0 * cols, 2.0 * m), squeeze=False)
-        for k in range(m):
-            row = list(axes[k])
-            if images is not None:
-                ax = row.pop(0)
-                ax.imshow(images[k].permute(1, 2, 0).numpy())
-                ax.set_title(f"true: {name(int(result.labels[k]))}", fontsize=7)
-            _overlay(row[0], images[k] if images is not None else None, result.maps[k], size,
-                     f"Grad-CAM: {name(int(result.target[k]))}")
-            row[1].imshow(result.guided_backprop[k].permute(1, 2, 0).numpy())
-            row[1].set_title("guided backprop", fontsize=7)
-            row[2].imshow(result.guided[k].permute(1, 2, 0).numpy())
-            row[2].set_title("guided Grad-CAM", fontsize=7)
-            for ax in axes[k]:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        fig.tight_layout()
-        fig.savefig(assets / "gradcam_guided.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "gradcam_guided.png",
-                        "caption": "Guided backpropagation of the class's logit and guided Grad-CAM (it times the "
-                                   "upsampled Grad-CAM map): grey is 0, each image scaled by its own largest "
-                                   "magnitude (Selvaraju et al. Fig. 1)."})
-    few, k_top = min(n, 3), result.top_classes.shape[1]
-    if few and k_top > 1:
-        fig, axes = plt.subplots(few, k_top, figsize=(2.0 * k_top, 2.1 * few), squeeze=False)
-        for r in range(few):
-            for c in range(k_top):
-                _overlay(axes[r, c], images[r] if images is not None else None, result.top_maps[r, c], size,
-                         f"{name(int(result.top_classes[r, c]))} p={float(result.top_probs[r, c]):.2f}")
-        fig.tight_layout()
-        fig.savefig(assets / "gradcam_classes.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "gradcam_classes.png",
-                        "caption": f"One image per row, the maps of its {k_top} most probable classes: Grad-CAM is "
-                                   f"class-discriminative, each class's map shows that class's evidence."})
-    header = ["image", "true class", "explained class", "p(explained)", "predicted", "p(predicted)"]
-    if hits is not None:
-        header += ["maximum in box", "map share in box", "box share of image"]
-    tables = []
-    if hits is not None:
-        by_class = []
-        for c in result.target.unique().tolist():
-            sel = result.target == c
-            valid = sel & ~mass.isnan()
-            by_class.append([name(int(c)), int(sel.sum()), round(float(hits[sel].double().mean()), 3),
-                             round(float(chance[sel].mean()), 3),
-                             round(float(mass[valid].mean()), 3) if valid.any() else "-",
-                             round(float(result.target_prob[sel].mean()), 3)])
-        tables.append({"caption": "per explained class: the pointing game",
-                       "header": ["class", "images", "maximum in box", "box share of image (chance)",
-                                  "map share in box", "mean p(class)"],
-                       "rows": by_class})
-    rows = []
-    for k in range(min(n, MAX_TABLE_ROWS)):
-        row = [int(result.index[k]), name(int(result.labels[k])), name(int(result.target[k])),
-               round(float(result.target_prob[k]), 3), name(int(result.predicted[k])),
-               round(float(result.predicted_prob[k]), 3)]
-        if hits is not None:
-            row += ["yes" if bool(hits[k]) else "no", "-" if mass[k].isnan() else round(float(mass[k]), 3),
-                    round(float(chance[k]), 3)]
-        rows.append(row)
-    claims = []
-    if hits is not None:
-        rate, base = float(hits.double().mean()), float(chance.mean())
-        zero = int((result.maps.flatten(1).amax(1) <= 0).sum())
-        claims.append({"claim": "Grad-CAM localises the object: the map's maximum falls inside the object's box "
-                                "more often than a random point does (the pointing game)",
-                       "holds": rate > base,
-                       "detail": f"maximum inside the box in {rate:.0%} of {n} images; a uniformly random point "
-                                 f"lands in the box {base:.0%} of the time (the boxes' mean share of the image)"
-                                 + (f"; {zero} maps are 0 everywhere and count as misses" if zero else "")})
-        valid = ~mass.isnan()
-        if valid.any():
-            share, area = float(mass[valid].mean()), float(chance[valid].mean())
-            claims.append({"claim": "Grad-CAM's mass concentrates on the object: the map's share inside the box "
-                                    "exceeds the box's share of the image",
-                           "holds": share > area,
-                           "detail": f"mean map share inside the box {share:.3f} against a mean box area share "
-                                     f"{area:.3f} ({int(valid.sum())} non-zero maps)"})
-    return {"title": "Grad-CAM and guided Grad-CAM (Selvaraju et al.)",
-            "intro": f"Grad-CAM weights each map of {result.layer} by the spatial mean of the gradient of a class's "
-                     f"logit with respect to it and keeps the positive part of the weighted sum: where in the "
-                     f"image the evidence for that class lies, at the layer's resolution. Guided Grad-CAM "
-                     f"multiplies it with guided backpropagation for pixel detail.",
-            "figures": figures,
-            "tables": tables + [{"caption": "per image" + (f" (the first {MAX_TABLE_ROWS} of {n})"
-                                                          if n > MAX_TABLE_ROWS else ""),
-                                 "header": header, "rows": rows}],
-            "claims": claims}
-
-
 # ---------------------------------------------------------- embedded data
 
 def default_layer(model: nn.Module) -> str:
@@ -666,17 +419,25 @@ def default_layer(model: nn.Module) -> str:
     return modules[last][0]
 
 
-def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int = 0) -> tuple[GradCam, dict]:
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int = 0) -> tuple[GradCam, dict]:
     """Grad-CAM of the true class at the last convolutional layer (its ReLU) of
-    ``loaded.model`` on the embedded validation images (16 with ``quick``, else
+    ``subject.model`` on ``dataset`` (its first 16 images with ``quick``, else
     all), the top 3 classes' maps, guided Grad-CAM of the first 8; ``seed`` is
-    unused (nothing is drawn at random)."""
-    from ..analyze import _embedded_val
-
-    base = _embedded_val(loaded).base
-    index = torch.arange(len(base.labels))[:16 if quick else None]
-    images = loaded.preprocess(base.images[index])
-    labels = base.labels[index]
-    result = grad_cam_analysis(loaded.model, images, default_layer(loaded.model), labels, labels=labels,
+    unused (nothing is drawn at random). Extra for the page: the uint8 images,
+    their object boxes (None where the dataset has none: the page then skips
+    the pointing game) and the class names."""
+    index = torch.arange(len(dataset))[:16 if quick else None]
+    images = subject.preprocess(dataset.images[index])
+    labels = dataset.labels[index]
+    result = grad_cam_analysis(subject.model, images, default_layer(subject.model), labels, labels=labels,
                                index=index, top=3, guided=8, progress=progress)
-    return result, {"images": base.images[index], "boxes": base.boxes[index], "classes": list(loaded.classes)}
+    boxes = dataset.boxes[index] if dataset.boxes is not None else None
+    return result, {"images": dataset.images[index], "boxes": boxes, "classes": list(dataset.classes)}
+
+
+ANALYSIS = Analysis(
+    name="gradcam", group="toolbox", order=30, demo=True, result=GradCam, run=run,
+    description="Grad-CAM and guided Grad-CAM (Selvaraju et al.)",
+    claims=("Grad-CAM's maximum falls inside the object's box more often than a random point (the pointing game; "
+            "with boxes)",
+            "Grad-CAM's mass inside the object's box exceeds the box's share of the image (with boxes)"))

@@ -30,10 +30,10 @@ Choices the paper leaves open:
   0.7-1.8, rotations 0-360 degrees in steps of 15.
 
 Example:
-    >>> loaded = zfcore.load("runs/demo/run/model.pt")
-    >>> images, labels = embedded_images(loaded, per_class=2)
-    >>> result = invariance(loaded.model, images, labels, preprocess=loaded.preprocess,
-    ...                     classes=loaded.classes, rotation_symmetric=[0, 5])
+    >>> subject = zfcore.load("runs/demo/run/model.pt")
+    >>> images, labels = example_images(subject, embedded_dataset(subject), per_class=2)
+    >>> result = invariance(subject.model, images, labels, preprocess=subject.preprocess,
+    ...                     classes=subject.classes, rotation_symmetric=[0, 5])
     >>> result.distances["translation"]["relu1"].shape     # [shifts, images]
 """
 
@@ -43,22 +43,22 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import check_layers, model_device
+from ._args import (check_class_range, check_labels, check_layers, check_logits, check_positive_int, eval_mode,
+                    first_per_class, forward_with_layers, model_device)
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["EMBEDDED_ROTATION_SYMMETRIC", "TRANSFORMS", "Invariance", "default_sweeps", "embedded_images",
-           "invariance", "render", "transform_images"]
+__all__ = ["ANALYSIS", "EMBEDDED_ROTATION_SYMMETRIC", "IDENTITY", "TRANSFORMS", "Invariance", "default_sweeps",
+           "example_images", "invariance", "run", "transform_images"]
 
 TRANSFORMS = ("translation", "scale", "rotation")
 IDENTITY = {"translation": 0.0, "scale": 1.0, "rotation": 0.0}
-UNITS = {"translation": "vertical shift (pixels)", "scale": "scale factor", "rotation": "rotation (degrees)"}
 # The embedded data's classes that look the same at every angle (square, cross, star ... only at some).
 EMBEDDED_ROTATION_SYMMETRIC = ("circle", "ring")
 SHIFT_FRACTIONS = (1 / 64, 1 / 32, 1 / 16, 1 / 8, 3 / 16, 1 / 4)
@@ -67,7 +67,7 @@ ROTATIONS = tuple(float(a) for a in range(0, 361, 15))
 
 
 @dataclass
-class Invariance:
+class Invariance(Result):
     """``transforms``: the sweeps run (of ``TRANSFORMS``), each with ``values[t]``
     (``Tensor[V]`` float64); ``distances[t][layer]``: ``Tensor[V, N]`` normalized
     distances; ``probabilities[t]`` / ``predictions[t]``: ``Tensor[V, N]`` the
@@ -89,19 +89,6 @@ class Invariance:
     classes: list[str] | None = None
     rotation_symmetric: list[int] = field(default_factory=list)
     seconds: float = 0.0
-
-    def as_dict(self) -> dict:
-        return {"layers": list(self.layers), "transforms": list(self.transforms), "values": dict(self.values),
-                "distances": {t: dict(d) for t, d in self.distances.items()},
-                "probabilities": dict(self.probabilities), "predictions": dict(self.predictions),
-                "labels": self.labels, "original_probabilities": self.original_probabilities,
-                "images": self.images, "fill": self.fill,
-                "classes": list(self.classes) if self.classes is not None else None,
-                "rotation_symmetric": list(self.rotation_symmetric), "seconds": self.seconds}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Invariance:
-        return cls(**{name: d[name] for name in cls.__dataclass_fields__})
 
 
 def default_sweeps(height: int) -> dict[str, tuple]:
@@ -169,57 +156,21 @@ def transform_images(images: Tensor, kind: str, value: float, fill: str | float 
     return sampled + (1 - covered) * background
 
 
-class _Capture:
-    """Context manager: the (detached, flattened) outputs of ``layers`` during a
-    full forward (the logits are needed too, so nothing is stopped early)."""
-
-    def __init__(self, model: nn.Module, layers: list[str]):
-        self.model, self.layers, self.outputs, self._handles = model, layers, {}, []
-
-    def __enter__(self):
-        modules = dict(self.model.named_modules())
-        for name in self.layers:
-            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        return False
-
-    def _hook(self, name: str):
-        def hook(_module, _inputs, output):
-            if not isinstance(output, Tensor):
-                raise ValueError(f"invariance: layer {name!r} returns {type(output).__name__}, not a Tensor")
-            self.outputs[name] = output.detach().flatten(1).double().cpu()
-        return hook
-
-
-def embedded_images(loaded, per_class: int = 2, *, correct_only: bool = True) -> tuple[Tensor, Tensor]:
-    """Example images for a model trained on the embedded data: from its run's
-    validation split (``visualize.open_dataset``), the first ``per_class`` of
-    each class, of those the model classifies correctly if ``correct_only``
-    (fewer where a class has fewer). Returns ``(uint8 [N, 3, H, W], labels[N])``."""
-    from ..data import SyntheticShapes
-
-    if not isinstance(per_class, int) or isinstance(per_class, bool) or per_class < 1:
-        raise ValueError(f"embedded_images: per_class must be a positive int (got {per_class!r})")
-    config = loaded.config
-    val = SyntheticShapes("val", seed=int(config.get("seed", 0)), size=loaded.input_shape[-1],
-                          per_class=max(1, int(config.get("per_class", 500)) // 5))
-    keep = torch.ones(len(val), dtype=torch.bool)
+def example_images(subject, dataset, per_class: int = 2, *, correct_only: bool = True) -> tuple[Tensor, Tensor]:
+    """Example images of ``dataset`` (a ``zfcore.load.Dataset``): the first
+    ``per_class`` of each class, of those ``subject``'s model classifies
+    correctly if ``correct_only`` (fewer where a class has fewer). Returns
+    ``(uint8 [N, 3, H, W], labels[N])``, in the dataset's order."""
+    check_positive_int(per_class, "per_class", "example_images")
+    keep = None
     if correct_only:
-        device = model_device(loaded.model)
-        with torch.no_grad():
-            predicted = torch.cat([loaded.model(loaded.preprocess(val.images[i:i + 256]).to(device)).argmax(1).cpu()
-                                   for i in range(0, len(val), 256)])
-        keep = predicted == val.labels
-    chosen = []
-    for label in range(len(SyntheticShapes.classes)):
-        chosen += torch.nonzero(keep & (val.labels == label)).flatten()[:per_class].tolist()
-    chosen.sort()
-    return val.images[chosen], val.labels[chosen]
+        device = model_device(subject.model)
+        with torch.no_grad(), eval_mode(subject.model):
+            predicted = torch.cat([subject.model(subject.preprocess(dataset.images[i:i + 256]).to(device)).argmax(1)
+                                   .cpu() for i in range(0, len(dataset), 256)])
+        keep = predicted == dataset.labels
+    chosen = first_per_class(dataset.labels, per_class, len(dataset.classes), keep)
+    return dataset.images[chosen], dataset.labels[chosen]
 
 
 @torch.no_grad()
@@ -264,13 +215,8 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
         got = list(images.shape) if isinstance(images, Tensor) else type(images).__name__
         raise ValueError(f"invariance: images must be a non-empty Tensor[N, C, H, W] (got {got})")
     n = images.shape[0]
-    labels = torch.as_tensor(labels)
-    if labels.shape != (n,) or labels.is_floating_point() or labels.dtype == torch.bool:
-        raise ValueError(f"invariance: labels must be {n} integers, one per image (got {list(labels.shape)} "
-                         f"{labels.dtype})")
-    labels = labels.long().cpu()
-    if not isinstance(batch_size, int) or isinstance(batch_size, bool) or batch_size < 1:
-        raise ValueError(f"invariance: batch_size must be a positive int (got {batch_size!r})")
+    labels = check_labels(torch.as_tensor(labels), n, "invariance").long().cpu()
+    check_positive_int(batch_size, "batch_size", "invariance")
     if preprocess is not None and not callable(preprocess):
         raise ValueError(f"invariance: preprocess must be callable or None (got {type(preprocess).__name__})")
     _fill_value(images[:1].float(), fill)
@@ -295,33 +241,28 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
             raise ValueError(f"invariance: rotation_symmetric must hold class labels (ints) or names found in "
                              f"classes (got {c!r})")
     device = model_device(model)
-    was_training = model.training
-    model.eval()
 
     def forward(x: Tensor) -> tuple[dict[str, Tensor], Tensor, Tensor]:
         """Per layer ``[B, D]`` features, the true label's probability and the top class."""
         features = {name: [] for name in layers}
         probabilities, predictions = [], []
-        with _Capture(model, layers) as capture:
-            for i in range(0, len(x), batch_size):
-                batch = x[i:i + batch_size]
-                batch = preprocess(batch) if preprocess is not None else batch
-                logits = model(batch.float().to(device))
-                if not isinstance(logits, Tensor) or logits.dim() != 2:
-                    raise ValueError("invariance: the model's output must be a Tensor[B, classes] of logits")
-                if int(labels.max()) >= logits.shape[1] or int(labels.min()) < 0:
-                    raise ValueError(f"invariance: labels must lie in [0, {logits.shape[1]}), the model's classes")
-                p = logits.double().softmax(1).cpu()
-                probabilities.append(p.gather(1, labels[i:i + batch_size, None])[:, 0])
-                predictions.append(p.argmax(1))
-                for name in layers:
-                    features[name].append(capture.outputs[name])
+        for i in range(0, len(x), batch_size):
+            batch = x[i:i + batch_size]
+            batch = preprocess(batch) if preprocess is not None else batch
+            logits, outputs = forward_with_layers(model, batch.float().to(device), layers, "invariance",
+                                                  reduce=lambda out: out.flatten(1).double().cpu())
+            check_class_range(labels, check_logits(logits, len(batch), "invariance").shape[1], "invariance")
+            p = logits.double().softmax(1).cpu()
+            probabilities.append(p.gather(1, labels[i:i + batch_size, None])[:, 0])
+            predictions.append(p.argmax(1))
+            for name in layers:
+                features[name].append(outputs[name])
         return ({name: torch.cat(parts) for name, parts in features.items()}, torch.cat(probabilities),
                 torch.cat(predictions))
 
     total = sum(len(v) for v in sweeps.values())
     bar = tqdm(total=total, desc="invariance", unit="value", disable=not progress, leave=False)
-    try:
+    with eval_mode(model):
         original, original_p, original_top = forward(images)
         norms = {name: original[name].norm(dim=1) for name in layers}
         distances = {kind: {name: torch.empty(len(v), n, dtype=torch.float64) for name in layers}
@@ -340,9 +281,7 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
                     distances[kind][name][j] = torch.where(d == 0, 0.0, relative)
                 probabilities[kind][j], predictions[kind][j] = p, top
                 bar.update(1)
-    finally:
-        bar.close()
-        model.train(was_training)
+    bar.close()
     return Invariance(layers=layers, transforms=list(sweeps),
                       values={kind: torch.tensor(v, dtype=torch.float64) for kind, v in sweeps.items()},
                       distances=distances, probabilities=probabilities, predictions=predictions, labels=labels,
@@ -352,152 +291,20 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
                       seconds=time.perf_counter() - start)
 
 
-def _smallest_change(result: Invariance, kind: str) -> Tensor:
-    """Indices of the non-identity values closest to the identity (both sides)."""
-    gap = (result.values[kind] - IDENTITY[kind]).abs()
-    nonzero = gap > 0
-    if not bool(nonzero.any()):
-        return torch.zeros(0, dtype=torch.long)
-    return torch.nonzero(nonzero & (gap == gap[nonzero].min())).flatten()
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Invariance, dict]:
+    """Fig. 5 on ``dataset``: ``invariance`` of the first image per class the
+    model classifies correctly (4 per class; ``quick``: 1), with the default
+    sweeps; the rotation-symmetric classes are those of
+    ``EMBEDDED_ROTATION_SYMMETRIC`` the dataset has. ``seed`` is unused."""
+    images, labels = example_images(subject, dataset, per_class=1 if quick else 4)
+    symmetric = [c for c in EMBEDDED_ROTATION_SYMMETRIC if c in dataset.classes]
+    return invariance(subject.model, images, labels, preprocess=subject.preprocess, classes=dataset.classes,
+                      rotation_symmetric=symmetric, progress=progress), {}
 
 
-def _small_translations(result: Invariance) -> Tensor:
-    """Non-zero shifts of at most 1/8 of the image height (at least the smallest)."""
-    gap = result.values["translation"].abs()
-    limit = max(float(gap[gap > 0].min()) if bool((gap > 0).any()) else 0.0, result.images.shape[-2] / 8)
-    return torch.nonzero((gap > 0) & (gap <= limit)).flatten()
-
-
-def _display(images: Tensor) -> Tensor:
-    """uint8 ``[N, H, W, 3]`` for matplotlib (float images scaled per image)."""
-    if images.dtype != torch.uint8:
-        x = images.float()
-        low = x.amin(dim=(1, 2, 3), keepdim=True)
-        high = x.amax(dim=(1, 2, 3), keepdim=True)
-        images = ((x - low) / (high - low).clamp_min(1e-12) * 255).round().to(torch.uint8)
-    return images[:, :3].permute(0, 2, 3, 1)
-
-
-def render(result: Invariance, assets: Path) -> dict:
-    """The report section of ``invariance``: Fig. 5's curves
-    (``invariance_curves.png``), the transforms on one image
-    (``invariance_examples.png``), a summary table and the paper's claims
-    checked on the numbers (medians over images)."""
-    plt, result, assets = begin(result, Invariance, assets)
-    first, top = result.layers[0], result.layers[-1]
-    shown = [first] if first == top else [first, top]
-    n = len(result.labels)
-    name_of = (lambda c: result.classes[c] if result.classes is not None and 0 <= c < len(result.classes)
-               else f"class {c}")
-    colours = plt.get_cmap("tab10")
-
-    rows, cols = len(result.transforms), len(shown) + 1
-    fig, axes = plt.subplots(rows, cols, figsize=(3.3 * cols, 2.6 * rows), dpi=110, squeeze=False)
-    for r, kind in enumerate(result.transforms):
-        x = result.values[kind].numpy()
-        panels = [(result.distances[kind][layer], f"{layer}: normalized distance") for layer in shown]
-        panels.append((result.probabilities[kind], "P(true class)"))
-        for c, (y, title) in enumerate(panels):
-            ax = axes[r][c]
-            for i in range(n):
-                label = int(result.labels[i])
-                ax.plot(x, y[:, i].numpy(), color=colours(label % 10), linewidth=0.9, alpha=0.8)
-            ax.set_title(title, fontsize=9)
-            ax.set_xlabel(UNITS[kind], fontsize=8)
-            ax.tick_params(labelsize=7)
-            if c == len(panels) - 1:
-                ax.set_ylim(-0.02, 1.02)
-    handles = [plt.Line2D([], [], color=colours(c % 10), label=name_of(c))
-               for c in sorted({int(v) for v in result.labels})]
-    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 10), fontsize=7, frameon=False)
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    fig.savefig(assets / "invariance_curves.png")
-    plt.close(fig)
-
-    picks = {kind: [int(i) for i in torch.linspace(0, len(result.values[kind]) - 1,
-                                                    min(6, len(result.values[kind]))).round().long()]
-             for kind in result.transforms}
-    fig, axes = plt.subplots(len(result.transforms), 6, figsize=(7.5, 1.4 * len(result.transforms)), dpi=110,
-                             squeeze=False)
-    for r, kind in enumerate(result.transforms):
-        for c in range(6):
-            ax = axes[r][c]
-            ax.axis("off")
-            if c < len(picks[kind]):
-                value = float(result.values[kind][picks[kind][c]])
-                image = transform_images(result.images[:1], kind, value, result.fill)
-                if result.images.dtype == torch.uint8:
-                    image = image.round().clamp(0, 255).to(torch.uint8)
-                ax.imshow(_display(image)[0].numpy())
-                ax.set_title(f"{value:g}", fontsize=7)
-    fig.tight_layout()
-    fig.savefig(assets / "invariance_examples.png")
-    plt.close(fig)
-
-    table, claims = [], []
-    symmetric = torch.tensor([int(label) in result.rotation_symmetric for label in result.labels])
-
-    def median(t: Tensor) -> float:
-        t = t[~t.isnan()]
-        return float(t.median()) if t.numel() else math.nan
-
-    def drop(kind: str, where: Tensor, images: Tensor) -> float:
-        """Mean over images of the mean fall of P(true class) over the values ``where``."""
-        if where.numel() == 0 or not bool(images.any()):
-            return math.nan
-        fall = result.original_probabilities[None] - result.probabilities[kind][where]
-        return float(fall[:, images].mean())
-
-    for kind in result.transforms:
-        near = _smallest_change(result, kind)
-        changed = (result.values[kind] != IDENTITY[kind]).nonzero().flatten()
-        first_d = median(result.distances[kind][first][near]) if near.numel() else math.nan
-        top_d = median(result.distances[kind][top][near]) if near.numel() else math.nan
-        near_values = ", ".join(f"{float(v):g}" for v in result.values[kind][near])
-        table.append([kind, near_values or "-", round(first_d, 4), round(top_d, 4),
-                      round(drop(kind, changed, torch.ones(n, dtype=torch.bool)), 4)])
-        if kind in ("translation", "scale") and near.numel() and first != top:
-            claims.append({
-                "claim": f"The smallest {kind} changes layer {first}'s features more than the top layer "
-                         f"{top}'s (normalized distance)",
-                "holds": bool(first_d > top_d),
-                "detail": f"at {kind} {near_values}: median {first}: {first_d:.3f}, {top}: {top_d:.3f}"})
-    if "rotation" in result.transforms and "translation" in result.transforms:
-        rotated = (result.values["rotation"] % 360 != 0).nonzero().flatten()
-        small = _small_translations(result)
-        plain = ~symmetric
-        if bool(plain.any()):
-            rot, shift = drop("rotation", rotated, plain), drop("translation", small, plain)
-            claims.append({
-                "claim": "The output is more sensitive to rotation than to small translations (mean fall of the "
-                         "true-class probability, rotation-asymmetric classes)",
-                "holds": bool(rot > shift),
-                "detail": f"rotation: {rot:.3f}, translations up to "
-                          f"{float(result.values['translation'][small].abs().max()) if small.numel() else 0:g} px: "
-                          f"{shift:.3f} ({int(plain.sum())} images)"})
-        if bool(symmetric.any()) and bool(plain.any()):
-            sym = drop("rotation", rotated, symmetric)
-            claims.append({
-                "claim": "Rotation-symmetric classes keep their probability better under rotation",
-                "holds": bool(sym < drop("rotation", rotated, plain)),
-                "detail": f"mean fall under rotation: symmetric classes "
-                          f"({', '.join(name_of(c) for c in sorted(set(result.rotation_symmetric)))}) {sym:.3f}, "
-                          f"others {drop('rotation', rotated, plain):.3f}"})
-    fill_text = "each image's mean colour" if result.fill == "image_mean" else f"the value {result.fill}"
-    return {
-        "title": "Invariance to translation, scale and rotation (Fig. 5)",
-        "intro": (f"{n} images translated vertically, scaled and rotated; for each, the Euclidean distance between "
-                  f"the feature vectors of the original and the transformed image at {first} and {top}, divided "
-                  f"by the original's feature norm, and the softmax probability of the true label. Uncovered "
-                  f"pixels are filled with {fill_text}. "
-                  f"Took {result.seconds:.1f} s."),
-        "figures": [{"file": "invariance_curves.png",
-                     "caption": "One row per transform: normalized feature distance at the first and the top layer, "
-                                "and the true class's probability; one line per image, coloured by class."},
-                    {"file": "invariance_examples.png", "caption": "The first image under some of the transforms."}],
-        "tables": [{"caption": "Per transform: the median normalized distance at the smallest change and the mean "
-                               "fall of the true-class probability over all its values",
-                    "header": ["transform", "smallest change", f"{first} distance", f"{top} distance",
-                               "mean fall of P(true class)"], "rows": table}],
-        "claims": claims,
-    }
+ANALYSIS = Analysis(
+    name="invariance", group="paper", order=20, demo=True, result=Invariance, run=run,
+    description="translation, scale and rotation invariance (Fig. 5)",
+    claims=("small translations and scalings change layer 1's features more than the top layer's",
+            "the output is more sensitive to rotation than to small translations",
+            "rotation-symmetric classes keep their probability better under rotation"))

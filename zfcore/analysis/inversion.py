@@ -49,17 +49,20 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._priors import alpha_norm, check_count, check_images, check_number, layer_output, total_variation
-from ._render import begin
-from ._stream import check_layers, model_device
+from ._args import (check_images, check_layers, check_positive_float, check_positive_int, check_seed, eval_mode,
+                    model_device)
+from ._priors import (adam, alpha_norm, check_number, first_of_each_class, gradient_steps, input_scale, layer_output,
+                      total_variation)
+from .probes import depth_layers
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["Inversion", "invert", "inversion_objective", "depth_claim", "render", "analyze_embedded"]
+__all__ = ["ANALYSIS", "Inversion", "depth_claim", "embedded_layers", "inversion_objective", "invert", "run"]
 
 _START_STD = 0.5
 """The starting noise's standard deviation, in units of B."""
@@ -71,7 +74,7 @@ TV_JUMP = 6.5
 
 
 @dataclass
-class Inversion:
+class Inversion(Result):
     """Reconstructions of ``N`` images from each of ``L`` layers.
 
     ``originals[N, C, H, W]`` and ``reconstructions[L, N, C, H, W]`` in the
@@ -93,13 +96,6 @@ class Inversion:
     tv_weight: float
     scale: float
     seed: int
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Inversion":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
 
 def inversion_objective(model: nn.Module, x: Tensor, layer: str, target: Tensor, *, scale: float,
@@ -129,7 +125,7 @@ def invert(model: nn.Module, images: Tensor, layers: Sequence[str] | str, *, ste
     ``steps`` Adam steps per layer (module docstring).
 
     Args:
-        model: a CNN taking ``Tensor[N, C, H, W]``; put in eval mode while it
+        model: a CNN taking ``Tensor[N, C, H, W]``; in eval mode while it
             works (restored after); its parameters are not touched.
         images: the originals ``x0``.
         layers: module names of ``model``, e.g. ``["conv1", "relu5", "fc7"]``.
@@ -147,153 +143,50 @@ def invert(model: nn.Module, images: Tensor, layers: Sequence[str] | str, *, ste
         >>> result = invert(model, loaded.preprocess(uint8_images), ["conv1", "relu5", "fc7"])
         >>> result.pixel_error.mean(1)   # grows with depth
     """
-    layers = check_layers(model, layers, "invert")
-    check_images(images, "invert")
-    steps = check_count(steps, "steps", "invert")
-    lr = check_number(lr, "lr", "invert", low=0.0, strict=True)
-    alpha = check_number(alpha, "alpha", "invert", low=1.0)
-    tv_beta = check_number(tv_beta, "tv_beta", "invert", low=1.0)
-    alpha_weight = check_number(alpha_weight, "alpha_weight", "invert", low=0.0)
-    tv_weight = check_number(tv_weight, "tv_weight", "invert", low=0.0)
-    check_count(seed, "seed", "invert", low=0)
+    caller = "invert"
+    layers = check_layers(model, layers, caller)
+    check_images(images, caller)
+    steps = check_positive_int(steps, "steps", caller)
+    lr = check_positive_float(lr, "lr", caller)
+    alpha = check_number(alpha, "alpha", caller, low=1.0)
+    tv_beta = check_number(tv_beta, "tv_beta", caller, low=1.0)
+    alpha_weight = check_positive_float(alpha_weight, "alpha_weight", caller, allow_zero=True)
+    tv_weight = check_positive_float(tv_weight, "tv_weight", caller, allow_zero=True)
+    check_seed(seed, caller)
     device = model_device(model)
     images = images.detach().to(device)
-    if scale is None:
-        scale = float(images.square().mean().sqrt())
-        if scale == 0:
-            raise ValueError("invert: the images are all 0, so their scale B is 0; pass scale explicitly")
-    scale = check_number(scale, "scale", "invert", low=0.0, strict=True)
+    scale = input_scale(images, scale, caller)
     generator = torch.Generator().manual_seed(seed)
     start = _START_STD * torch.randn(images.shape, generator=generator, dtype=images.dtype).to(device)
-    was_training = model.training
-    model.eval()
+    settings = dict(scale=scale, alpha=alpha, alpha_weight=alpha_weight, tv_beta=tv_beta, tv_weight=tv_weight)
     recon, feature_error, curves = [], [], []
-    bar = tqdm(total=len(layers) * steps, desc="inversion", unit="step", disable=not progress)
-    try:
+    with eval_mode(model), tqdm(total=len(layers) * steps, desc="inversion", unit="step",
+                                disable=not progress) as bar:
         for layer in layers:
             with torch.no_grad():
                 target = layer_output(model, images, layer).detach()
             norms = target.flatten(1).square().sum(1)
             if not bool((norms > 0).all()):
                 bad = torch.nonzero(norms == 0).flatten().tolist()
-                raise ValueError(f"invert: images {bad} have all-zero features at {layer!r}; the normalised "
+                raise ValueError(f"{caller}: images {bad} have all-zero features at {layer!r}; the normalised "
                                  f"reconstruction error is undefined for them")
-            settings = dict(scale=scale, alpha=alpha, alpha_weight=alpha_weight, tv_beta=tv_beta, tv_weight=tv_weight)
-            u = start.clone().requires_grad_(True)
-            optimiser = torch.optim.Adam([u], lr=lr)
-            curve = []
-            for step in range(steps):
-                total, _ = inversion_objective(model, u * scale, layer, target, **settings)
-                loss = total.sum()
-                if not bool(torch.isfinite(loss)):
-                    raise ValueError(f"invert: the optimisation for {layer!r} diverged at step {step} (non-finite "
-                                     f"objective); lower lr or the prior weights")
-                u.grad, = torch.autograd.grad(loss, [u])
-                optimiser.step()
-                curve.append(float(loss.detach()) / len(images))
-                bar.update(1)
-            x = (u.detach() * scale)
+
+            def objective(u: Tensor, layer=layer, target=target) -> Tensor:
+                return inversion_objective(model, u * scale, layer, target, **settings)[0]
+
+            u = start.clone()
+            u, curve = gradient_steps(u, objective, adam(u, lr), steps=steps, caller=caller, bar=bar,
+                                      what=f"the optimisation for {layer!r}", advice="lower lr or the prior weights")
+            x = u * scale
             with torch.no_grad():
                 _, term = inversion_objective(model, x, layer, target, **settings)
             recon.append(x)
             feature_error.append(term.sqrt())
             curves.append(torch.tensor(curve))
-    finally:
-        bar.close()
-        model.train(was_training)
     recon = torch.stack(recon)
     pixel_error = (recon - images).flatten(2).norm(dim=2) / images.flatten(1).norm(dim=1).clamp_min(1e-30)
     return Inversion(layers, images.cpu(), recon.cpu(), torch.stack(feature_error).cpu(), pixel_error.cpu(),
                      torch.stack(curves), steps, lr, alpha, alpha_weight, tv_beta, tv_weight, scale, seed)
-
-
-def _display(x: Tensor) -> Tensor:
-    """Model-space images ``[..., C, H, W]`` for display when no uint8 version
-    is given: each linearly rescaled from its own min..max to 0..255."""
-    low = x.amin(dim=(-3, -2, -1), keepdim=True)
-    high = x.amax(dim=(-3, -2, -1), keepdim=True)
-    return ((x - low) / (high - low).clamp_min(1e-12) * 255).round().clamp(0, 255).to(torch.uint8)
-
-
-def render(result: "Inversion | dict", assets: Path, *, images: Tensor | None = None,
-           reconstructions: Tensor | None = None, classes: Sequence[str] | None = None,
-           labels: Tensor | None = None) -> dict:
-    """A grid of originals (rows) by layers (columns), the errors per layer, a
-    table and the claim that deeper layers keep less pixel detail. ``images``
-    (uint8 ``[N, 3, H, W]``) and ``reconstructions`` (uint8 ``[L, N, 3, H, W]``,
-    e.g. through ``Loaded.deprocess``) are what is shown; without them each
-    image is linearly rescaled from its own min..max to 0..255."""
-    plt, result, assets = begin(result, Inversion, assets)
-    n_layers, n = result.reconstructions.shape[:2]
-    shown_originals = images if images is not None else _display(result.originals)
-    shown = reconstructions if reconstructions is not None else _display(result.reconstructions)
-    figures = []
-    rows = min(n, 8)
-    if rows and n_layers:
-        fig, axes = plt.subplots(rows, n_layers + 1, figsize=(1.6 * (n_layers + 1), 1.7 * rows), squeeze=False)
-        for k in range(rows):
-            axes[k, 0].imshow(shown_originals[k].permute(1, 2, 0).numpy())
-            title = "original"
-            if classes is not None and labels is not None:
-                title = str(classes[int(labels[k])])
-            axes[k, 0].set_title(title, fontsize=8)
-            for l in range(n_layers):
-                axes[k, l + 1].imshow(shown[l, k].permute(1, 2, 0).numpy())
-                axes[k, l + 1].set_title(f"{result.layers[l]} ({float(result.pixel_error[l, k]):.2f})", fontsize=8)
-        for ax in axes.flat:
-            ax.set_xticks([])
-            ax.set_yticks([])
-        fig.tight_layout()
-        fig.savefig(assets / "inversion_grid.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "inversion_grid.png",
-                        "caption": f"Each original (left) reconstructed from its features at each layer, from noise "
-                                   f"by {result.steps} Adam steps with the alpha-norm (alpha={result.alpha:g}) and "
-                                   f"TV (beta={result.tv_beta:g}) priors; in brackets the pixel error "
-                                   f"||x - x0|| / ||x0||."
-                                   + ("" if reconstructions is not None else
-                                      " Each image is rescaled from its own min..max for display.")})
-        fig, axes = plt.subplots(1, 2, figsize=(9, 3.2))
-        depth = list(range(n_layers))
-        for ax, values, name in ((axes[0], result.feature_error, "feature error ||phi(x)-phi0|| / ||phi0||"),
-                                 (axes[1], result.pixel_error, "pixel error ||x - x0|| / ||x0||")):
-            for k in range(n):
-                ax.plot(depth, values[:, k].numpy(), color="0.75", linewidth=0.8)
-            ax.plot(depth, values.mean(1).numpy(), "o-", color="C0", label="mean")
-            ax.set_xticks(depth)
-            ax.set_xticklabels(result.layers, rotation=45, fontsize=8)
-            ax.set_title(name, fontsize=9)
-            ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(assets / "inversion_errors.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "inversion_errors.png",
-                        "caption": "Per layer, the final reconstruction's errors (grey: each image; blue: mean)."})
-        fig, ax = plt.subplots(figsize=(5, 3.2))
-        for l in range(n_layers):
-            ax.plot(result.curve[l].numpy(), label=result.layers[l])
-        ax.set_yscale("log")
-        ax.set_xlabel("step")
-        ax.set_ylabel("objective (mean over images)")
-        ax.legend(fontsize=8)
-        fig.tight_layout()
-        fig.savefig(assets / "inversion_curve.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "inversion_curve.png", "caption": "The objective during each layer's optimisation."})
-    table = [[result.layers[l], round(float(result.feature_error[l].mean()), 4),
-              round(float(result.pixel_error[l].mean()), 4), round(float(result.curve[l, -1]), 4)]
-             for l in range(n_layers)]
-    claims = [depth_claim(result.layers, result.pixel_error)] if n_layers >= 2 and n else []
-    return {"title": "Inversion: images from a layer's features (Mahendran & Vedaldi)",
-            "intro": "Each original's features at a layer are inverted: starting from noise, an image is optimised "
-                     "until its features match, under priors that keep it natural (an alpha-norm bound and total "
-                     "variation). What survives in the reconstruction is what the layer keeps of the image; what "
-                     "changes freely is what it is invariant to.",
-            "figures": figures,
-            "tables": [{"caption": f"per layer (mean over {n} images; B = {result.scale:.4g}, "
-                                   f"alpha weight {result.alpha_weight:g}, TV weight {result.tv_weight:g})",
-                        "header": ["layer", "feature error", "pixel error", "final objective"], "rows": table}],
-            "claims": claims}
 
 
 def depth_claim(layers: Sequence[str], pixel_error: Tensor) -> dict:
@@ -316,8 +209,6 @@ def embedded_layers(model: nn.Module, count: int) -> list[str]:
     """``count`` layers spread evenly over depth, from the first convolution
     to the last ReLU (relu7 for the paper's models): picked from the first
     Conv2d followed by every ReLU (``probes.depth_layers``)."""
-    from .probes import depth_layers
-
     first = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)][:1]
     candidates = list(dict.fromkeys(first + depth_layers(model)))
     if count >= len(candidates):
@@ -327,17 +218,22 @@ def embedded_layers(model: nn.Module, count: int) -> list[str]:
     return list(dict.fromkeys(candidates[round(i * (len(candidates) - 1) / (count - 1))] for i in range(count)))
 
 
-def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int) -> tuple[Inversion, dict]:
-    """Inversion on the run's embedded validation images (the first of each
-    class): quick, 2 images at 4 layers (conv1, relu2, relu5, relu7 for the
-    paper's models), 80 steps; full, 10 images at 8 layers, 400 steps."""
-    from ..analyze import _embedded_val
-
-    base = _embedded_val(loaded).base
-    index = torch.cat([torch.nonzero(base.labels == c).flatten()[:1] for c in range(len(loaded.classes))])
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Inversion, dict]:
+    """Inversion on ``dataset`` (the first image of each class): quick, 2
+    images at 4 layers (conv1, relu2, relu5, relu7 for the paper's models), 80
+    steps; full, 10 images at 8 layers, 400 steps. Extra for the page: the
+    uint8 originals and reconstructions (``subject.deprocess``), the class
+    names and the images' labels."""
+    index = first_of_each_class(dataset)
     index = index[:2] if quick else index
-    layers = embedded_layers(loaded.model, 4 if quick else 8)
-    result = invert(loaded.model, loaded.preprocess(base.images[index]), layers, steps=80 if quick else 400,
+    layers = embedded_layers(subject.model, 4 if quick else 8)
+    result = invert(subject.model, subject.preprocess(dataset.images[index]), layers, steps=80 if quick else 400,
                     seed=seed, progress=progress)
-    return result, {"images": base.images[index], "reconstructions": loaded.deprocess(result.reconstructions),
-                    "classes": list(loaded.classes), "labels": base.labels[index]}
+    return result, {"images": dataset.images[index], "reconstructions": subject.deprocess(result.reconstructions),
+                    "classes": list(dataset.classes), "labels": dataset.labels[index]}
+
+
+ANALYSIS = Analysis(
+    name="inversion", group="toolbox", order=50, demo=True, result=Inversion, run=run,
+    description="images reconstructed from a layer's features (Mahendran & Vedaldi)",
+    claims=("deeper layers keep less pixel detail: the reconstruction's pixel error grows with depth",))

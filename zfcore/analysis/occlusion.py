@@ -40,26 +40,29 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ..deconv import Deconvnet, Request
 from ..geometry import pair as _pair
 from ..models.layer_table import POINTWISE, kind_of
 from ..nn import MaxPool2dSwitches
 from ..nn.normalization import local_response_norm
-from ._render import begin
-from ._stream import check_layers, model_device
+from ._args import (check_choice, check_images, check_labels, check_layers, check_positive_int, eval_mode,
+                    forward_with_layers, model_device)
+from .registry import Analysis
+from .result import Result, display_signed
 
-__all__ = ["Occlusion", "occlusion", "occlusion_plain", "grid_size", "object_share"]
+__all__ = ["ANALYSIS", "Occlusion", "grid_size", "object_share", "occlusion", "occlusion_plain", "run"]
 
+METHODS = ("auto", "incremental", "plain")
 
 
 @dataclass
-class Occlusion:
+class Occlusion(Result):
     """Occlusion maps of ``N`` images on a ``gh x gw`` grid of square positions.
 
     ``channel[N]``: the map of ``layer`` strongest on the unoccluded image;
@@ -81,13 +84,6 @@ class Occlusion:
     base_prob: Tensor
     base_class: Tensor
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Occlusion":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
     def square(self, i: int, j: int) -> tuple[int, int, int, int]:
         """``(top, left, bottom, right)`` (end-exclusive) of the square at grid position ``(i, j)``."""
         return i * self.stride, j * self.stride, i * self.stride + self.patch_size, j * self.stride + self.patch_size
@@ -100,16 +96,11 @@ def grid_size(height: int, width: int, patch_size: int, stride: int) -> tuple[in
 
 def _check(model, images, labels, layer, patch_size, stride, batch_size, caller):
     check_layers(model, [layer], caller)
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"{caller}: images must be a float Tensor[N, C, H, W] in the model's input space (got {got})")
+    check_images(images, caller)
     n, _, h, w = images.shape
-    if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point():
-        got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"{caller}: labels must be an integer Tensor[{n}] (got {got})")
+    check_labels(labels, n, caller)
     for name, value in (("patch_size", patch_size), ("stride", stride), ("batch_size", batch_size)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{caller}: {name} must be a positive int (got {value!r})")
+        check_positive_int(value, name, caller)
     if patch_size > min(h, w):
         raise ValueError(f"{caller}: patch_size {patch_size} is larger than the images ({h}x{w})")
 
@@ -273,8 +264,7 @@ def occlusion(model: nn.Module, images: Tensor, labels: Tensor, *, layer: str, p
     ``"plain"`` (occlude, full forward, softmax) or ``"auto"`` (incremental
     where possible). ``batch_size`` occluded positions are computed at once."""
     _check(model, images, labels, layer, patch_size, stride, batch_size, "occlusion")
-    if method not in ("auto", "incremental", "plain"):
-        raise ValueError(f"occlusion: method must be 'auto', 'incremental' or 'plain' (got {method!r})")
+    check_choice(method, METHODS, "method", "occlusion")
     plan = _plan(model, layer) if method != "plain" else None
     if method == "incremental" and plan is None:
         raise ValueError(f"occlusion: method='incremental' needs a flat nn.Sequential of Conv2d, max pooling and "
@@ -284,13 +274,9 @@ def occlusion(model: nn.Module, images: Tensor, labels: Tensor, *, layer: str, p
                                batch_size=batch_size, progress=progress)
     spatial, rest, tap_index = plan
     device = model_device(model)
-    was_training = model.training
-    model.eval()
-    try:
+    with eval_mode(model):
         return _incremental(model, spatial, rest, tap_index, images.to(device), labels.to(device), layer,
                             patch_size, stride, float(fill), batch_size, progress)
-    finally:
-        model.train(was_training)
 
 
 def _incremental(model, spatial, rest, tap_index, images, labels, layer, patch_size, stride, fill, batch_size,
@@ -363,32 +349,27 @@ def occlusion_plain(model: nn.Module, images: Tensor, labels: Tensor, *, layer: 
     true_prob = torch.empty(n, gh * gw)
     top_class = torch.empty(n, gh * gw, dtype=torch.long)
     channels, base_act, base_prob, base_class = [], [], [], []
-    was_training = model.training
-    model.eval()
-    captured = {}
-    module = dict(model.named_modules())[layer]
-    handle = module.register_forward_hook(lambda _m, _i, out: captured.__setitem__("out", out))
     bar = tqdm(total=n * gh * gw, desc="occlusion (plain)", unit="pos", disable=not progress)
-    try:
+    with eval_mode(model):
         for index in range(n):
             image = images[index]
-            probs = model(image[None]).float().softmax(1)[0]
-            c = _strongest_map(captured["out"][0])
+            logits, caught = forward_with_layers(model, image[None], [layer], "occlusion")
+            probs, out = logits.float().softmax(1)[0], caught[layer]
+            c = _strongest_map(out[0])
             channels.append(c)
-            base_act.append(float(captured["out"][0, c].double().sum()))
+            base_act.append(float(out[0, c].double().sum()))
             base_prob.append(float(probs[labels[index]]))
             base_class.append(int(probs.argmax()))
             for start in range(0, len(tops), batch_size):
                 t, l = tops[start:start + batch_size], lefts[start:start + batch_size]
-                out = model(_occluded(image, t, l, patch_size, fill)).float().softmax(1)
-                activation[index, start:start + len(t)] = captured["out"][:, c].double().sum((1, 2)).cpu()
-                true_prob[index, start:start + len(t)] = out[:, labels[index]].cpu()
-                top_class[index, start:start + len(t)] = out.argmax(1).cpu()
+                logits, caught = forward_with_layers(model, _occluded(image, t, l, patch_size, fill), [layer],
+                                                     "occlusion")
+                probs = logits.float().softmax(1)
+                activation[index, start:start + len(t)] = caught[layer][:, c].double().sum((1, 2)).cpu()
+                true_prob[index, start:start + len(t)] = probs[:, labels[index]].cpu()
+                top_class[index, start:start + len(t)] = probs.argmax(1).cpu()
                 bar.update(len(t))
-    finally:
-        handle.remove()
-        bar.close()
-        model.train(was_training)
+    bar.close()
     return Occlusion(layer, patch_size, stride, float(fill), labels.cpu(), torch.tensor(channels, dtype=torch.long),
                      activation.float().view(n, gh, gw), true_prob.view(n, gh, gw), top_class.view(n, gh, gw),
                      torch.tensor(base_act), torch.tensor(base_prob), torch.tensor(base_class, dtype=torch.long))
@@ -417,85 +398,35 @@ def object_share(result: Occlusion, boxes: Tensor) -> tuple[Tensor, Tensor]:
     return torch.stack(on), torch.stack(off)
 
 
-def render(result: "Occlusion | dict", assets: Path, *, images: Tensor | None = None,
-           boxes: Tensor | None = None, classes: Sequence[str] | None = None,
-           projections: Tensor | None = None) -> dict:
-    """Fig. 7 as PNGs in ``assets``: per image (at most 8) the image with its
-    box, the chosen map's deconvnet projection (``projections``: uint8
-    ``[N, 3, H, W]`` as ``zfcore.report.display_signed`` gives, Fig. 7 c), the
-    map's total activation and the true-class probability against the square's
-    position, and the most probable class where it changes; a table of the
-    unoccluded and worst-case numbers; with ``boxes``, the claim that covering
-    the object costs more probability than covering background."""
-    plt, result, assets = begin(result, Occlusion, assets)
-    names = [str(c) for c in classes] if classes is not None else None
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Occlusion, dict]:
+    """Fig. 7 on ``dataset``: ``occlusion`` of its first 40 images (``quick``:
+    10) at the model's last ``Conv2d`` layer, squares of a quarter of the input
+    side at half that stride. ``seed`` is unused (nothing is drawn). Extra for
+    the page: the uint8 images, their boxes, the class names and the deconvnet
+    projection of each image's chosen map (``projections``, as
+    ``display_signed`` keeps them)."""
+    size = subject.input_shape[-1]
+    index = torch.arange(len(dataset))[:10 if quick else 40]
+    images = subject.preprocess(dataset.images[index])
+    patch = max(1, round(size / 4))
+    layer = [name for name, module in subject.model.named_modules() if isinstance(module, nn.Conv2d)][-1]
+    result = occlusion(subject.model, images, dataset.labels[index], layer=layer, patch_size=patch,
+                       stride=max(1, patch // 2), progress=progress)
+    return result, {"images": dataset.images[index], "boxes": dataset.boxes[index], "classes": list(dataset.classes),
+                    "projections": _map_projections(subject, images, result)}
 
-    def name(label: int) -> str:
-        return names[label] if names is not None and 0 <= label < len(names) else str(label)
 
-    n = min(8, len(result.labels))
-    figures = []
-    if n:
-        cols = 3 + (images is not None) + (projections is not None)
-        fig, axes = plt.subplots(n, cols, figsize=(2.6 * cols, 2.4 * n), squeeze=False)
-        for k in range(n):
-            row = axes[k]
-            c = 0
-            if images is not None:
-                row[0].imshow(images[k].permute(1, 2, 0).numpy())
-                if boxes is not None:
-                    x0, y0, x1, y1 = (float(v) for v in boxes[k])
-                    row[0].add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False,
-                                                   edgecolor="yellow", linewidth=1.2))
-                row[0].set_title(f"image {k}", fontsize=8)
-                c = 1
-            if projections is not None:
-                row[c].imshow(projections[k].permute(1, 2, 0).numpy())
-                row[c].set_title(f"{result.layer} map {int(result.channel[k])}: projection", fontsize=8)
-                c += 1
-            a = row[c].imshow(result.activation[k].numpy(), cmap="viridis")
-            row[c].set_title(f"{result.layer} map {int(result.channel[k])}: total", fontsize=8)
-            fig.colorbar(a, ax=row[c], fraction=0.046)
-            p = row[c + 1].imshow(result.true_prob[k].numpy(), cmap="magma", vmin=0, vmax=1)
-            row[c + 1].set_title("p(true class)", fontsize=8)
-            fig.colorbar(p, ax=row[c + 1], fraction=0.046)
-            row[c + 2].imshow((result.top_class[k] == result.labels[k]).numpy(), cmap="RdYlGn", vmin=0, vmax=1)
-            row[c + 2].set_title("top class = true class (green)", fontsize=8)
-            for ax in row:
-                ax.set_xticks([])
-                ax.set_yticks([])
-        fig.tight_layout()
-        fig.savefig(assets / "occlusion_maps.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "occlusion_maps.png",
-                        "caption": f"Grey squares of {result.patch_size} px, stride {result.stride}: per position "
-                                   f"the strongest {result.layer} map's total activation, the true-class "
-                                   f"probability and whether the true class stays on top (paper Fig. 7 b, d, e)"
-                                   + (f"; beside the image, that map's deconvnet projection (Fig. 7 c: grey is "
-                                      f"0, each scaled by its own peak)." if projections is not None else ".")})
-    rows = []
-    for k in range(len(result.labels)):
-        rows.append([k, name(int(result.labels[k])), int(result.channel[k]), round(float(result.base_prob[k]), 3),
-                     round(float(result.true_prob[k].min()), 3), name(int(result.base_class[k]))])
-    claims = []
-    if boxes is not None and len(result.labels):
-        on, off = object_share(result, boxes)
-        both = ~(on.isnan() | off.isnan())
-        if both.any():
-            mon, moff = float(on[both].mean()), float(off[both].mean())
-            share = float((on[both] > off[both]).double().mean())
-            claims.append({"claim": "Occluding the object lowers the true-class probability more than occluding "
-                                    "background (paper section 4.2)",
-                           "holds": mon > moff and share > 0.5,
-                           "detail": f"mean drop {mon:.3f} over squares covering the object's centre, {moff:.3f} "
-                                     f"over squares off its box; object > background in {share:.0%} of "
-                                     f"{int(both.sum())} images"})
-    return {"title": "Occlusion sensitivity (Fig. 7)",
-            "intro": "Each image is covered by a grey square at every grid position; the model's response is "
-                     "recorded per position. Exact incremental inference: each layer recomputes only the window "
-                     "the square reaches.",
-            "figures": figures,
-            "tables": [{"caption": "per image", "header": ["image", "true class", "map", "p(true), unoccluded",
-                                                         "p(true), lowest", "top class, unoccluded"],
-                        "rows": rows}],
-            "claims": claims}
+def _map_projections(subject, images: Tensor, result: Occlusion) -> Tensor:
+    """Fig. 7 (c): the deconvnet projection of each image's chosen map (the
+    whole map, all its activations kept), for display (``display_signed``:
+    uint8 ``[N, 3, H, W]``, grey is 0)."""
+    net = Deconvnet(subject.model, subject.input_shape)
+    requests = [Request(i, result.layer, int(c), "map") for i, c in enumerate(result.channel.tolist())]
+    return display_signed(net.project_many(images, requests))
+
+
+ANALYSIS = Analysis(
+    name="occlusion", group="paper", order=10, demo=True, result=Occlusion, run=run,
+    description="occlusion sensitivity (Fig. 7)",
+    needs=frozenset({"subject", "labels", "boxes"}),
+    claims=("occluding the object lowers the true-class probability more than occluding background",))

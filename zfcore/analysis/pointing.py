@@ -37,25 +37,29 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import check_layers, model_device
-from .gradcam import default_layer
+from ..deconv import Deconvnet
+from ._args import (check_images, check_labels, check_layers, check_model, check_positive_int, describe,
+                    eval_mode, model_device)
+from .gradcam import default_layer, grad_cam, peaks, upsample
+from .occlusion import occlusion
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["METHODS", "PointingGame", "pointing_game", "saliency", "hits", "chance", "default_tolerance"]
+__all__ = ["ANALYSIS", "METHODS", "PointingGame", "chance", "default_tolerance", "hits", "pointing_game",
+           "pointing_hits", "run", "saliency"]
 
 METHODS = ("deconvnet", "guided", "gradient", "gradcam", "occlusion")
 BASELINES = ("centre", "chance")
 
 
 @dataclass
-class PointingGame:
+class PointingGame(Result):
     """The pointing game on ``N`` images for ``methods`` (``M`` of them).
 
     ``points[M, N, 2]``: each method's ``(y, x)`` maximum; ``hit[M, N]`` and
@@ -76,13 +80,6 @@ class PointingGame:
     centre_hit: Tensor
     chance: Tensor
     examples: Tensor
-
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "PointingGame":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
 
     def accuracy(self) -> dict[str, float]:
         """The share of hits per method and for the two baselines."""
@@ -121,9 +118,29 @@ def chance(boxes: Tensor, height: int, width: int, tolerance: int) -> Tensor:
     return inside.double().mean((0, 1))
 
 
-def _engine(model: nn.Module, input_shape) -> "Deconvnet":  # noqa: F821
-    from ..deconv import Deconvnet
+def pointing_hits(maps: Tensor, boxes: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor, Tensor]:
+    """The pointing game for Grad-CAM maps ``maps[N, h, w]`` upsampled to
+    ``size = (H, W)``: ``(hit[N], chance[N], mass[N])``. ``hit``: the map's
+    maximum (``gradcam.peaks``) lies in the object's box (``boxes[N, 4]``: x0,
+    y0, x1, y1 pixels, end-exclusive); a map that is 0 everywhere points nowhere
+    and misses. ``chance``: the box's share of the image, the hit rate of a
+    uniformly random point. ``mass``: the upsampled map's share inside the box
+    (NaN for a zero map)."""
+    h, w = (int(v) for v in size)
+    y, x = peaks(maps, (h, w))
+    b = boxes.long()
+    hit = hits(torch.stack([y, x], 1), b, 0) & (maps.flatten(1).amax(1) > 0)
+    up = upsample(maps, (h, w)).clamp_min(0)
+    rows, cols = torch.arange(h)[None, :, None], torch.arange(w)[None, None, :]
+    box = ((b[:, 0, None, None] <= cols) & (cols < b[:, 2, None, None])
+           & (b[:, 1, None, None] <= rows) & (rows < b[:, 3, None, None]))
+    total = up.flatten(1).double().sum(1)
+    mass = torch.where(total > 0, (up * box).flatten(1).double().sum(1) / total.clamp_min(1e-300),
+                       torch.full_like(total, float("nan")))
+    return hit, chance(b, h, w, 0).to(total.device), mass
 
+
+def _engine(model: nn.Module, input_shape) -> Deconvnet:
     with torch.random.fork_rng(devices=[]):  # building the engine draws a probe: the global RNG stays as it was
         return Deconvnet(model, tuple(input_shape), lrn="gradient")
 
@@ -147,11 +164,7 @@ def saliency(model: nn.Module, images: Tensor, target: Tensor, method: str, *, l
         return net.project_signal(images, top, seed, mode=method).abs().amax(1)
     layer = layer if layer is not None else default_layer(model)
     if method == "gradcam":
-        from .gradcam import grad_cam, upsample
-
         return upsample(grad_cam(model, images, layer, target=target, progress=False).float(), (h, w))
-    from .occlusion import occlusion
-
     patch_size = patch_size if patch_size is not None else max(1, round(min(h, w) / 4))
     stride = stride if stride is not None else max(1, patch_size // 4)
     result = occlusion(model, images, target, layer=layer, patch_size=patch_size, stride=stride, progress=False)
@@ -179,30 +192,24 @@ def _argmax_points(maps: Tensor) -> tuple[Tensor, Tensor]:
 
 
 def _check(model, images, labels, boxes, methods, tolerance, batch_size, examples):
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"pointing_game: model must be a torch.nn.Module (got {type(model).__name__})")
-    if not isinstance(images, Tensor) or images.dim() != 4 or not images.is_floating_point():
-        got = f"{images.dtype} {list(images.shape)}" if isinstance(images, Tensor) else type(images).__name__
-        raise ValueError(f"pointing_game: images must be a float Tensor[N, C, H, W] in the model's input space "
-                         f"(got {got})")
+    caller = "pointing_game"
+    check_model(model, caller)
+    check_images(images, caller)
     n, _, h, w = images.shape
-    if not isinstance(labels, Tensor) or labels.shape != (n,) or labels.is_floating_point():
-        got = f"{labels.dtype} {list(labels.shape)}" if isinstance(labels, Tensor) else type(labels).__name__
-        raise ValueError(f"pointing_game: labels must be an integer Tensor[{n}] (got {got})")
+    check_labels(labels, n, caller)
     if not isinstance(boxes, Tensor) or boxes.shape != (n, 4) or boxes.is_floating_point():
-        got = f"{boxes.dtype} {list(boxes.shape)}" if isinstance(boxes, Tensor) else type(boxes).__name__
-        raise ValueError(f"pointing_game: boxes must be an integer Tensor[{n}, 4] of x0, y0, x1, y1 (got {got})")
-    if n and ((boxes[:, 0] >= boxes[:, 2]) | (boxes[:, 1] >= boxes[:, 3]) | (boxes[:, :2] < 0).any(1)
-              | (boxes[:, 2] > w) | (boxes[:, 3] > h)).any():
-        raise ValueError(f"pointing_game: boxes must satisfy 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
+        raise ValueError(f"{caller}: boxes must be an integer Tensor[{n}, 4] of x0, y0, x1, y1 "
+                         f"(got {describe(boxes)})")
+    if ((boxes[:, 0] >= boxes[:, 2]) | (boxes[:, 1] >= boxes[:, 3]) | (boxes[:, :2] < 0).any(1)
+            | (boxes[:, 2] > w) | (boxes[:, 3] > h)).any():
+        raise ValueError(f"{caller}: boxes must satisfy 0 <= x0 < x1 <= {w} and 0 <= y0 < y1 <= {h}")
     if isinstance(methods, str) or not methods or any(m not in METHODS for m in methods):
-        raise ValueError(f"pointing_game: methods must be a non-empty sequence of {', '.join(METHODS)} "
+        raise ValueError(f"{caller}: methods must be a non-empty sequence of {', '.join(METHODS)} "
                          f"(got {methods!r})")
-    for name, value, low in (("batch_size", batch_size, 1), ("examples", examples, 0)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"pointing_game: {name} must be an int >= {low} (got {value!r})")
+    check_positive_int(batch_size, "batch_size", caller)
+    check_positive_int(examples, "examples", caller, minimum=0)
     if tolerance is not None and (isinstance(tolerance, bool) or not isinstance(tolerance, int) or tolerance < 0):
-        raise ValueError(f"pointing_game: tolerance must be None or an int >= 0 pixels (got {tolerance!r})")
+        raise ValueError(f"{caller}: tolerance must be None or an int >= 0 pixels (got {tolerance!r})")
 
 
 def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tensor,
@@ -229,14 +236,12 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
     n, _, h, w = images.shape
     tolerance = default_tolerance(h, w) if tolerance is None else tolerance
     device = model_device(model)
-    was_training = model.training
-    model.eval()
     e = min(examples, n)
     points = torch.zeros(len(methods), n, 2, dtype=torch.long)
     flat = torch.zeros(len(methods), n, dtype=torch.bool)
     shown = torch.zeros(len(methods), e, h, w)
     bar = tqdm(total=len(methods) * n, desc="pointing game", unit="map", disable=not progress)
-    try:
+    with eval_mode(model), bar:
         backprop = {"deconvnet", "guided", "gradient"} & set(methods)
         net = _engine(model, images.shape[1:]) if backprop and n else None  # one engine for every batch
         for i, method in enumerate(methods):
@@ -245,8 +250,6 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
                 x = images[start:start + batch_size].to(device)
                 target = labels[start:start + batch_size].to(device)
                 if method == "gradcam":  # its maximum: the centre of the strongest unit (see the docstring)
-                    from .gradcam import grad_cam, peaks, upsample
-
                     cam = grad_cam(model, x, layer, target=target, progress=False).float().cpu()
                     maps = upsample(cam, (h, w))
                     y, x_ = peaks(cam, (h, w))
@@ -262,9 +265,6 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
                     high = finite.flatten(1).nan_to_num(float("-inf")).amax(1)[:, None, None]
                     shown[i, start:start + len(part)] = ((part - low) / (high - low).clamp(min=1e-12)).clamp(0, 1)
                 bar.update(len(x))
-    finally:
-        bar.close()
-        model.train(was_training)
     boxes = boxes.cpu()
     hit = hits(points, boxes, tolerance) & ~flat
     centre = torch.tensor([h // 2, w // 2]).expand(n, 2)
@@ -272,92 +272,21 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
                         hits(centre, boxes, tolerance), chance(boxes, h, w, tolerance), shown)
 
 
-def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int = 0):
-    """The pointing game on the embedded validation images (a seeded random
-    subset of 16 with ``quick``, else all), every method."""
-    from ..analyze import _embedded_val
-
-    base = _embedded_val(loaded).base
-    n = len(base.labels)
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int = 0) -> tuple[PointingGame, dict]:
+    """The pointing game on ``dataset`` (a random subset of 16 drawn with
+    ``seed`` with ``quick``, else all), every method. Extra for the page: the
+    uint8 images of the examples kept and the class names."""
+    n = len(dataset)
     generator = torch.Generator().manual_seed(seed)
     index = torch.randperm(n, generator=generator)[:16] if quick else torch.arange(n)
-    images = loaded.preprocess(base.images[index])
-    result = pointing_game(loaded.model, images, base.labels[index], base.boxes[index], progress=progress)
-    return result, {"images": base.images[index[:result.examples.shape[1]]], "classes": list(loaded.classes)}
+    images = subject.preprocess(dataset.images[index])
+    result = pointing_game(subject.model, images, dataset.labels[index], dataset.boxes[index], progress=progress)
+    return result, {"images": dataset.images[index[:result.examples.shape[1]]], "classes": list(dataset.classes)}
 
 
-def render(result: "PointingGame | dict", assets: Path, *, images: Tensor | None = None,
-           classes: Sequence[str] | None = None) -> dict:
-    """The score table (methods and baselines) and, for the first images, each
-    method's saliency map with its maximum and the object's box."""
-    plt, result, assets = begin(result, PointingGame, assets)
-    scores = result.accuracy()
-    n = len(result.labels)
-    figures = []
-    e = result.examples.shape[1]
-    if e:
-        cols = len(result.methods) + (images is not None)
-        fig, axes = plt.subplots(e, cols, figsize=(1.9 * cols, 1.9 * e), squeeze=False)
-        for k in range(e):
-            x0, y0, x1, y1 = (float(v) for v in result.boxes[k])
-            c = 0
-            if images is not None:
-                axes[k][0].imshow(images[k].permute(1, 2, 0).numpy())
-                label = int(result.labels[k])
-                name = str(classes[label]) if classes is not None and 0 <= label < len(classes) else str(label)
-                axes[k][0].set_title(name, fontsize=8)
-                c = 1
-            for i, method in enumerate(result.methods):
-                ax = axes[k][c + i]
-                ax.imshow(result.examples[i, k].numpy(), cmap="inferno", vmin=0, vmax=1)
-                y, x = (int(v) for v in result.points[i, k])
-                good = bool(result.hit[i, k])
-                ax.plot([x], [y], marker="+", markersize=10, mew=2, color="lime" if good else "red")
-                if k == 0:
-                    ax.set_title(method, fontsize=8)
-            for ax in axes[k]:
-                ax.add_patch(plt.Rectangle((x0 - 0.5, y0 - 0.5), x1 - x0, y1 - y0, fill=False, edgecolor="cyan",
-                                           linewidth=1))
-                ax.set_xticks([])
-                ax.set_yticks([])
-        fig.tight_layout()
-        fig.savefig(assets / "pointing_maps.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "pointing_maps.png",
-                        "caption": "Each method's saliency map for the true class (each scaled to its own range), "
-                                   "its maximum (+: green a hit, red a miss) and the object's box (cyan)."})
-    fig, ax = plt.subplots(figsize=(6, 2.8))
-    names = list(result.methods) + ["centre", "chance"]
-    ax.barh(names[::-1], [scores[m] for m in names[::-1]],
-            color=["#888" if m in BASELINES else "#4a8" for m in names[::-1]])
-    ax.set_xlim(0, 1)
-    ax.set_xlabel("pointing accuracy")
-    fig.tight_layout()
-    fig.savefig(assets / "pointing_scores.png", dpi=80)
-    plt.close(fig)
-    figures.insert(0, {"file": "pointing_scores.png",
-                       "caption": f"Pointing accuracy on {n} images (tolerance {result.tolerance} px); grey: "
-                                  "the baselines (the image's centre, a random pixel)."})
-    rows = [[m, int(result.hit[i].sum()), n, f"{scores[m]:.3f}", int(result.flat[i].sum())]
-            for i, m in enumerate(result.methods)]
-    rows.append(["centre (baseline)", int(result.centre_hit.sum()), n, f"{scores['centre']:.3f}", "-"])
-    rows.append(["chance (a random pixel)", "-", n, f"{scores['chance']:.3f}", "-"])
-    claims = []
-    if n:
-        beaten = [m for m in result.methods if scores[m] > scores["chance"]]
-        claims.append({"claim": "Every saliency method points at the object more often than a random pixel",
-                       "holds": len(beaten) == len(result.methods),
-                       "detail": ", ".join(f"{m} {scores[m]:.3f}" for m in result.methods)
-                                 + f"; chance {scores['chance']:.3f}"})
-        best = max(result.methods, key=lambda m: scores[m])
-        claims.append({"claim": "The best method beats the centre baseline (objects are not simply centred)",
-                       "holds": scores[best] > scores["centre"],
-                       "detail": f"{best} {scores[best]:.3f} against the centre's {scores['centre']:.3f}"})
-    return {"title": "The pointing game",
-            "intro": "Does each saliency method's maximum for the true class fall on the object? A hit is a "
-                     f"maximum within {result.tolerance} px of the object's box (the embedded data's generator "
-                     "knows it); the score is the share of hits (Zhang et al. 2016, as TorchRay reports it).",
-            "figures": figures,
-            "tables": [{"caption": "pointing accuracy", "header": ["method", "hits", "images", "accuracy",
-                                                                   "flat maps"], "rows": rows}],
-            "claims": claims}
+ANALYSIS = Analysis(
+    name="pointing", group="toolbox", order=90, demo=False, result=PointingGame, run=run,
+    description="the pointing game: where each saliency method's maximum falls, against the object's box",
+    needs=frozenset({"subject", "labels", "boxes"}),
+    claims=("every saliency method points at the object more often than a random pixel",
+            "the best method beats the centre baseline (objects are not simply centred)"))

@@ -21,9 +21,9 @@ Caltech-101/256 and PASCAL features of layers 1-7, without details):
   (``C = 1 / (l2 N)``).
 
 Example:
-    >>> loaded = zfcore.load("runs/demo/run/model.pt")
-    >>> train, test = embedded_splits(loaded)
-    >>> probes = linear_probes(loaded.model, train, test, depth_layers(loaded.model))
+    >>> subject = zfcore.load("runs/demo/run/model.pt")
+    >>> train, test = probe_splits(subject, embedded_dataset(subject, train_per_class=100))
+    >>> probes = linear_probes(subject.model, train, test, depth_layers(subject.model))
     >>> probes.test_accuracy          # one per layer, rising with depth
 """
 
@@ -34,21 +34,24 @@ import time
 import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import LayerTap, batches, check_layers, model_device
+from ._args import LayerTap, check_choice, check_layers, check_positive_int, eval_mode, first_per_class, model_device
+from ._stream import batches
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["Probes", "depth_layers", "embedded_splits", "fit_softmax", "layer_features", "linear_probes", "render"]
+__all__ = ["ANALYSIS", "WIDE_MARGIN", "Probes", "depth_layers", "fit_softmax", "layer_features", "linear_probes",
+           "probe_splits", "run"]
 
 
 @dataclass
-class Probes:
+class Probes(Result):
     """Per layer (in ``layers`` order): ``train_accuracy[L]`` and
     ``test_accuracy[L]`` (fractions), ``dims`` (feature dimension); the
     settings (``pool``, ``grid``, ``l2``), the image counts, ``chance`` (the
@@ -71,17 +74,6 @@ class Probes:
     fit_seconds: list[float] = field(default_factory=list)
     seconds: float = 0.0
 
-    def as_dict(self) -> dict:
-        return {"layers": list(self.layers), "dims": list(self.dims), "train_accuracy": self.train_accuracy,
-                "test_accuracy": self.test_accuracy, "pool": self.pool, "grid": self.grid, "l2": self.l2,
-                "train_images": self.train_images, "test_images": self.test_images,
-                "num_classes": self.num_classes, "chance": self.chance, "feature_seconds": self.feature_seconds,
-                "fit_seconds": list(self.fit_seconds), "seconds": self.seconds}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> Probes:
-        return cls(**{name: d[name] for name in cls.__dataclass_fields__})
-
 
 def depth_layers(model: nn.Module) -> list[str]:
     """The layers to probe, in forward order: every ``nn.ReLU`` (relu1 ... relu7
@@ -93,29 +85,20 @@ def depth_layers(model: nn.Module) -> list[str]:
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d | nn.Linear)][:-1]
 
 
-def embedded_splits(loaded, train_per_class: int = 100, test_per_class: int = 100):
-    """Probe data for a model trained on the embedded data: the first
-    ``train_per_class`` images per class of its run's training split (same seed
-    and size) and the first ``test_per_class`` of its validation split, both in
-    the model's input space (``loaded.preprocess``), as ``TensorDataset``s."""
-    from torch.utils.data import TensorDataset
-
-    from ..data import SyntheticShapes
-
-    for name, value in (("train_per_class", train_per_class), ("test_per_class", test_per_class)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"embedded_splits: {name} must be a positive int (got {value!r})")
-    seed, size = int(loaded.config.get("seed", 0)), loaded.input_shape[-1]
+def probe_splits(subject, dataset, train_per_class: int = 100, test_per_class: int = 100):
+    """Probe data from ``dataset`` (a ``zfcore.load.Dataset`` with a ``train``
+    split): the first ``train_per_class`` images per class of ``dataset.train``
+    and the first ``test_per_class`` of ``dataset`` itself, both in the model's
+    input space (``subject.preprocess``), as ``TensorDataset``s ``(train, test)``."""
+    check_positive_int(train_per_class, "train_per_class", "probe_splits")
+    check_positive_int(test_per_class, "test_per_class", "probe_splits")
+    if getattr(dataset, "train", None) is None:
+        raise ValueError("probe_splits: dataset must carry a training split (dataset.train) to fit the probes on")
     splits = []
-    for split, per_class in (("train", train_per_class), ("val", test_per_class)):
-        data = SyntheticShapes(split, seed=seed, size=size, per_class=per_class)
-        splits.append(TensorDataset(loaded.preprocess(data.images), data.labels))
+    for data, per_class in ((dataset.train, train_per_class), (dataset, test_per_class)):
+        chosen = first_per_class(data.labels, per_class, len(data.classes))
+        splits.append(TensorDataset(subject.preprocess(data.images[chosen]), data.labels[chosen]))
     return tuple(splits)
-
-
-def _check_positive(value, name: str, caller: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-        raise ValueError(f"{caller}: {name} must be a positive int (got {value!r})")
 
 
 def _pooled(output: Tensor, pool: str, grid: int) -> Tensor:
@@ -136,21 +119,18 @@ def layer_features(model: nn.Module, dataset, layers: Sequence[str] | str, *, po
     ``({layer: Tensor[N, D] float32}, labels Tensor[N] int64)`` (see the module
     docstring for the pooling)."""
     layers = check_layers(model, layers, "linear_probes")
-    if pool not in ("max", "avg"):
-        raise ValueError(f"linear_probes: pool must be 'max' or 'avg' (got {pool!r})")
-    _check_positive(grid, "grid", "linear_probes")
-    _check_positive(batch_size, "batch_size", "linear_probes")
+    check_choice(pool, ("max", "avg"), "pool", "linear_probes")
+    check_positive_int(grid, "grid", "linear_probes")
+    check_positive_int(batch_size, "batch_size", "linear_probes")
     n = len(dataset)
     if n == 0:
         raise ValueError("linear_probes: a dataset is empty")
     device = model_device(model)
     parts: dict[str, list[Tensor]] = {name: [] for name in layers}
     labels: list[Tensor] = []
-    was_training = model.training
-    model.eval()
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
     try:
-        with LayerTap(model, layers, reduce=lambda out: _pooled(out, pool, grid).float().cpu()) as tap:
+        with eval_mode(model), LayerTap(model, layers, reduce=lambda out: _pooled(out, pool, grid).float().cpu()) as tap:
             for images, batch_labels, _indices in batches(dataset, list(range(n)), batch_size):
                 if batch_labels is None:
                     raise ValueError("linear_probes: dataset items must be (image, label) pairs")
@@ -161,7 +141,6 @@ def layer_features(model: nn.Module, dataset, layers: Sequence[str] | str, *, po
                 bar.update(len(images))
     finally:
         bar.close()
-        model.train(was_training)
     return {name: torch.cat(parts[name]) for name in layers}, torch.cat(labels)
 
 
@@ -178,8 +157,8 @@ def fit_softmax(features: Tensor, labels: Tensor, num_classes: int, *, l2: float
         raise ValueError(f"fit_softmax: labels must be a Tensor[N] with N = {features.shape[0]}")
     if not isinstance(l2, int | float) or isinstance(l2, bool) or not l2 >= 0:
         raise ValueError(f"fit_softmax: l2 must be a number >= 0 (got {l2!r})")
-    _check_positive(max_iter, "max_iter", "fit_softmax")
-    _check_positive(num_classes, "num_classes", "fit_softmax")
+    check_positive_int(max_iter, "max_iter", "fit_softmax")
+    check_positive_int(num_classes, "num_classes", "fit_softmax")
     labels = labels.long()
     if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= num_classes):
         raise ValueError(f"fit_softmax: labels must lie in [0, {num_classes}) (got {int(labels.min())}.."
@@ -223,7 +202,7 @@ def linear_probes(model: nn.Module, train_data, test_data, layers: Sequence[str]
     Args:
         model: the network (put in eval mode for the forwards, then restored).
         train_data, test_data: datasets of ``(x, label)``, ``x`` a
-            ``Tensor[3, H, W]`` in the model's input space (``embedded_splits``).
+            ``Tensor[3, H, W]`` in the model's input space (``probe_splits``).
         layers: layer names in ``model.named_modules()`` (``depth_layers(model)``
             for relu1 ... relu7).
         pool: ``"max"`` or ``"avg"``: how a conv layer's maps are pooled.
@@ -244,7 +223,7 @@ def linear_probes(model: nn.Module, train_data, test_data, layers: Sequence[str]
     layers = check_layers(model, layers, "linear_probes")
     if not isinstance(l2, int | float) or isinstance(l2, bool) or not l2 >= 0:
         raise ValueError(f"linear_probes: l2 must be a number >= 0 (got {l2!r})")
-    _check_positive(max_iter, "max_iter", "linear_probes")
+    check_positive_int(max_iter, "max_iter", "linear_probes")
     train, train_labels = layer_features(model, train_data, layers, pool=pool, grid=grid, batch_size=batch_size,
                                          progress=progress, desc="probe features (train)")
     test, test_labels = layer_features(model, test_data, layers, pool=pool, grid=grid, batch_size=batch_size,
@@ -276,55 +255,19 @@ def linear_probes(model: nn.Module, train_data, test_data, layers: Sequence[str]
 WIDE_MARGIN = 0.10  # "by a wide margin": the top hidden layer at least 10 points above layer 1
 
 
-def render(result: Probes, assets: Path) -> dict:
-    """The report section of ``linear_probes``: accuracy against depth (figure
-    ``probes_accuracy.png``), a table per layer, and the paper's claim checked
-    on the numbers."""
-    plt, result, assets = begin(result, Probes, assets)
-    train = [float(a) for a in result.train_accuracy]
-    test = [float(a) for a in result.test_accuracy]
-    positions = list(range(len(result.layers)))
-    fig, ax = plt.subplots(figsize=(max(4.0, 0.8 * len(positions) + 2), 3.2), dpi=120)
-    ax.plot(positions, [100 * a for a in test], "o-", label="test (held out)")
-    ax.plot(positions, [100 * a for a in train], "s--", alpha=0.7, label="train")
-    ax.axhline(100 * result.chance, color="grey", linestyle=":", label="chance")
-    ax.set_xticks(positions, result.layers, rotation=30)
-    ax.set_ylabel("accuracy (%)")
-    ax.set_ylim(0, 100)
-    ax.set_title("Linear probe accuracy by layer")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(assets / "probes_accuracy.png")
-    plt.close(fig)
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Probes, dict]:
+    """Table 7 on ``dataset``: ``linear_probes`` of every ReLU
+    (``depth_layers``), fitted on the first 100 images per class of
+    ``dataset.train`` (``quick``: 20) and scored on the first 100 per class of
+    ``dataset`` (``quick``: 20). ``seed`` is unused (the fit is deterministic)."""
+    per_class = 20 if quick else 100
+    train, test = probe_splits(subject, dataset, per_class, per_class)
+    return linear_probes(subject.model, train, test, depth_layers(subject.model), progress=progress), {}
 
-    pooled = f"adaptive {result.pool} pooling to {result.grid}x{result.grid}"
-    rows = [[name, dim, round(100 * tr, 1), round(100 * te, 1)]
-            for name, dim, tr, te in zip(result.layers, result.dims, train, test, strict=True)]
-    claims = []
-    if len(test) >= 2:
-        gain = test[-1] - test[0]
-        claims.append({
-            "claim": f"The top probed layer's features separate the classes far better than the first's "
-                     f"(test accuracy at least {100 * WIDE_MARGIN:.0f} points higher)",
-            "holds": gain >= WIDE_MARGIN,
-            "detail": f"{result.layers[0]}: {100 * test[0]:.1f}%, {result.layers[-1]}: {100 * test[-1]:.1f}% "
-                      f"({100 * gain:+.1f} points)"})
-        drops = [f"{result.layers[i]} {100 * test[i]:.1f}% -> {result.layers[i + 1]} {100 * test[i + 1]:.1f}%"
-                 for i in range(len(test) - 1) if test[i + 1] < test[i]]
-        claims.append({
-            "claim": "Test accuracy rises with depth at every step (Table 7)",
-            "holds": not drops,
-            "detail": "non-decreasing at every layer" if not drops else "drops: " + "; ".join(drops)})
-    return {
-        "title": "Feature analysis: linear probes by layer (Table 7)",
-        "intro": (f"A softmax classifier (L2 penalty {result.l2:g}) trained on each layer's features of "
-                  f"{result.train_images} training images and scored on {result.test_images} held-out images; "
-                  f"conv maps reduced by {pooled}, every feature standardized on the training images. "
-                  f"Took {result.seconds:.1f} s ({result.feature_seconds:.1f} s of forwards)."),
-        "figures": [{"file": "probes_accuracy.png",
-                     "caption": "Train and held-out test accuracy of a linear classifier on each layer's features; "
-                                "the dotted line is the most frequent class's share."}],
-        "tables": [{"caption": "Linear probe accuracy per layer",
-                    "header": ["layer", "features", "train accuracy (%)", "test accuracy (%)"], "rows": rows}],
-        "claims": claims,
-    }
+
+ANALYSIS = Analysis(
+    name="probes", group="paper", order=40, demo=True, result=Probes, run=run,
+    description="linear probes per layer (Table 7)",
+    needs=frozenset({"subject", "labels", "train split"}),
+    claims=("the top probed layer's features separate the classes far better than the first's",
+            "test accuracy rises with depth at every step"))

@@ -17,13 +17,14 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ..deconv import Deconvnet, Request
+from .result import Result
 from .topk import TopK
 
 __all__ = ["Projections", "top_k_projections"]
 
 
 @dataclass
-class Projections:
+class Projections(Result):
     """One layer's projections, indexed like its ``TopK``: ``projections[C, k,
     3, sh, sw]`` and ``patches[C, k, 3, sh, sw]`` (model input space) over each
     unit's whole receptive field, ``windows[C, k, 2]`` (its top-left corner in
@@ -36,10 +37,6 @@ class Projections:
     patches: Tensor
     boxes: Tensor
     windows: Tensor
-
-    def as_dict(self) -> dict:
-        return {"layer": self.layer, "projections": self.projections, "patches": self.patches, "boxes": self.boxes,
-                "windows": self.windows}
 
     def inside(self, c: int, j: int) -> tuple[slice, slice]:
         """The part of window ``(c, j)`` that lies inside the image."""

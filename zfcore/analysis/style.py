@@ -54,13 +54,13 @@ Where the papers are silent, or this code chooses:
   gradient or change tolerance (it runs its ``steps`` iterations unless the
   gradient is exactly zero or the line search stalls), at most ``steps * 5/4``
   evaluations of the objective.
-* **No pixel bounds.** The papers' L-BFGS is unbounded too; the renderer
-  clips for display (``Loaded.deprocess``).
+* **No pixel bounds.** The papers' L-BFGS is unbounded too; the page
+  clips for display (``Subject.deprocess``).
 * **Gradients** are taken with ``torch.autograd.grad`` with respect to the
   image leaf only (L-BFGS reads them from the leaf's ``.grad``); while it
   works the model runs in eval mode with its parameters' ``requires_grad``
-  off (both restored afterwards, in ``finally``), so nothing is computed or
-  stored for them. The forward stops after the deepest requested layer.
+  off (both restored afterwards, also after an error), so nothing is computed
+  or stored for them. The forward stops after the deepest requested layer.
 * **The balance of style and content.** ``style_weight`` defaults to 1e6
   (with ``content_weight`` 1), tuned on the demo model, whose inputs are
   scaled by 1/64: the style loss grows as the 4th power of the features and
@@ -83,29 +83,25 @@ Example:
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ._render import begin
-from ._stream import _Stop, check_layers, model_device
+from ._args import (check_choice, check_images, check_layers, check_model, check_positive_float, check_positive_int,
+                    check_seed, describe, eval_mode, model_device)
+from ._priors import adam, gradient_steps, graph_tap
+from .registry import Analysis
+from .result import Result
 
-__all__ = ["EMBEDDED_CONTENTS", "EMBEDDED_TEXTURES", "StyleStudy", "Synthesis", "analyze_embedded", "content_loss",
-           "embedded_textures", "feature_layers", "gram", "render", "style_loss",
-           "synthesize_texture", "transfer_style"]
+__all__ = ["ANALYSIS", "EMBEDDED_CONTENTS", "EMBEDDED_TEXTURES", "StyleStudy", "Synthesis", "content_loss",
+           "embedded_textures", "feature_layers", "gram", "run", "style_loss", "synthesize_texture", "transfer_style"]
 
 OPTIMIZERS = ("lbfgs", "adam")
 ADAM_LR = 0.05
-
-
-def _describe(value) -> str:
-    if isinstance(value, Tensor):
-        return f"{str(value.dtype).removeprefix('torch.')} {list(value.shape)}"
-    return type(value).__name__
 
 
 def gram(features: Tensor) -> Tensor:
@@ -113,7 +109,7 @@ def gram(features: Tensor) -> Tensor:
     ``G[n] = F F^T / (C * H * W)`` with ``F = features[n].reshape(C, H * W)``
     (Gatys et al. 2015, eq. 2, divided by maps x units; see the module docstring)."""
     if not isinstance(features, Tensor) or features.dim() != 4 or not features.is_floating_point():
-        raise ValueError(f"gram: features must be a float Tensor[N, C, H, W] (got {_describe(features)})")
+        raise ValueError(f"gram: features must be a float Tensor[N, C, H, W] (got {describe(features)})")
     n, c, h, w = features.shape
     if c * h * w == 0:
         raise ValueError(f"gram: features must have maps with units (got {list(features.shape)})")
@@ -127,7 +123,7 @@ def _as_layers(value, what: str, caller: str) -> dict[str, Tensor]:
     if isinstance(value, Mapping) and value and all(isinstance(v, Tensor) for v in value.values()):
         return dict(value)
     raise ValueError(f"{caller}: {what} must be a Tensor or a non-empty dict of Tensors by layer "
-                     f"(got {_describe(value)})")
+                     f"(got {describe(value)})")
 
 
 def style_loss(features, target_grams, weights: Mapping[str, float] | None = None) -> Tensor:
@@ -159,7 +155,7 @@ def style_loss(features, target_grams, weights: Mapping[str, float] | None = Non
             a = a[None]
         if a.dim() != 3 or a.shape[1:] != g.shape[1:] or a.shape[0] not in (1, g.shape[0]):
             raise ValueError(f"style_loss: target_grams{'' if name == '' else f'[{name!r}]'} must be a "
-                             f"Tensor[{g.shape[0]} or 1, {g.shape[1]}, {g.shape[1]}] (got {_describe(a)})")
+                             f"Tensor[{g.shape[0]} or 1, {g.shape[1]}, {g.shape[1]}] (got {describe(a)})")
         term = 0.25 * (g - a).square().sum((1, 2)) * float(weights[name])
         total = term if total is None else total + term
     return total
@@ -171,7 +167,7 @@ def content_loss(features: Tensor, target: Tensor) -> Tensor:
     same shape or ``[1, ...]`` (one target for all). Returns ``Tensor[N]``."""
     for name, value in (("features", features), ("target", target)):
         if not isinstance(value, Tensor) or value.dim() < 1 or not value.is_floating_point():
-            raise ValueError(f"content_loss: {name} must be a float Tensor[N, ...] (got {_describe(value)})")
+            raise ValueError(f"content_loss: {name} must be a float Tensor[N, ...] (got {describe(value)})")
     if target.shape[1:] != features.shape[1:] or target.shape[0] not in (1, features.shape[0]):
         raise ValueError(f"content_loss: target must have the shape of features {list(features.shape)} "
                          f"(or a batch of 1) (got {list(target.shape)})")
@@ -179,7 +175,7 @@ def content_loss(features: Tensor, target: Tensor) -> Tensor:
 
 
 @dataclass
-class Synthesis:
+class Synthesis(Result):
     """One texture synthesis or style transfer of ``N`` images (model-input space).
 
     ``kind``: ``"texture"`` or ``"transfer"``; ``label``: a caption.
@@ -222,86 +218,20 @@ class Synthesis:
     gram_distance: Tensor
     noise_gram_distance: Tensor
 
-    def as_dict(self) -> dict:
-        return dict(self.__dict__)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "Synthesis":
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
-
 
 @dataclass
-class StyleStudy:
-    """Several syntheses shown on one page (``analyze_embedded``'s result)."""
+class StyleStudy(Result):
+    """Several syntheses shown on one page (``run``'s result)."""
 
     syntheses: list[Synthesis]
 
-    def as_dict(self) -> dict:
-        return {"syntheses": [s.as_dict() for s in self.syntheses]}
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "StyleStudy":
-        if "syntheses" not in d:  # one Synthesis's dict
-            return cls([Synthesis.from_dict(d)])
-        return cls([Synthesis.from_dict(s) for s in d["syntheses"]])
-
-
-class _Features:
-    """Context manager: ``features(x)`` runs the model on ``x`` and returns the
-    outputs of ``layers`` with their autograd history, stopping after the last."""
-
-    def __init__(self, model: nn.Module, layers: Sequence[str], caller: str = "style"):
-        self.model, self.layers, self.caller = model, list(layers), caller
-        self.outputs: dict[str, Tensor] = {}
-        self._handles = []
-
-    def __enter__(self):
-        modules = dict(self.model.named_modules())
-        for name in self.layers:
-            self._handles.append(modules[name].register_forward_hook(self._hook(name)))
-        return self
-
-    def __exit__(self, *exc):
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
-        return False
-
-    def _hook(self, name: str):
-        def hook(_module, _inputs, output):
-            if not isinstance(output, Tensor):
-                raise ValueError(f"{self.caller}: layer {name!r} returns {type(output).__name__}, not a Tensor")
-            self.outputs[name] = output.clone()  # safe from a later in-place layer
-            if len(self.outputs) == len(self.layers):
-                raise _Stop
-        return hook
-
-    def __call__(self, x: Tensor) -> dict[str, Tensor]:
-        self.outputs = {}
-        try:
-            self.model(x)
-        except _Stop:
-            pass
-        outputs, self.outputs = self.outputs, {}
-        missing = [n for n in self.layers if n not in outputs]
-        if missing:
-            raise ValueError(f"{self.caller}: layers {', '.join(missing)} did not run in the model's forward")
-        return outputs
-
-
-def _check_images(value, name: str, caller: str) -> Tensor:
-    if not isinstance(value, Tensor) or value.dim() != 4 or not value.is_floating_point() or value.shape[0] < 1 \
-            or value.shape[-1] < 1 or value.shape[-2] < 1:
-        raise ValueError(f"{caller}: {name} must be a float Tensor[N, C, H, W] with N >= 1 in the model's input "
-                         f"space (got {_describe(value)})")
-    if not torch.isfinite(value).all():
-        raise ValueError(f"{caller}: {name} holds NaN or infinite values")
-    return value
+    def __post_init__(self) -> None:
+        # results saved before the generic Result form hold the syntheses as untagged dicts
+        self.syntheses = [Synthesis.from_plain(s) for s in self.syntheses]
 
 
 def _check_common(model, layers, layer_weights, steps, optimizer, lr, seed, caller) -> tuple[list[str], list[float]]:
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"{caller}: model must be an nn.Module (got {type(model).__name__})")
+    check_model(model, caller)
     if isinstance(layers, str):
         layers = [layers]
     if not isinstance(layers, Sequence) or not all(isinstance(n, str) for n in layers):
@@ -324,15 +254,11 @@ def _check_common(model, layers, layer_weights, steps, optimizer, lr, seed, call
     if not all(isinstance(w, int | float) and not isinstance(w, bool) and math.isfinite(w) and w >= 0
                for w in weights) or sum(weights) <= 0:
         raise ValueError(f"{caller}: layer_weights must be finite, >= 0 and not all 0 (got {weights!r})")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 1:
-        raise ValueError(f"{caller}: steps must be an int >= 1 (got {steps!r})")
-    if optimizer not in OPTIMIZERS:
-        raise ValueError(f"{caller}: optimizer must be 'lbfgs' or 'adam' (got {optimizer!r})")
-    if lr is not None and (isinstance(lr, bool) or not isinstance(lr, int | float) or not math.isfinite(lr)
-                           or lr <= 0):
-        raise ValueError(f"{caller}: lr must be None or a positive number (got {lr!r})")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2 ** 62:
-        raise ValueError(f"{caller}: seed must be an int in [0, 2**62) (got {seed!r})")
+    check_positive_int(steps, "steps", caller)
+    check_choice(optimizer, OPTIMIZERS, "optimizer", caller)
+    if lr is not None:
+        check_positive_float(lr, "lr", caller)
+    check_seed(seed, caller)
     return layers, [float(w) for w in weights]
 
 
@@ -376,9 +302,8 @@ def _optimise(objective, start: Tensor, scale: Tensor, *, steps: int, optimizer:
     z = (start / scale).detach().clone().requires_grad_(True)
     records: list[tuple[Tensor, Tensor, Tensor | None]] = []
     unit: list[Tensor] = []  # each image's objective at the start (1 where it is 0)
-    bar = tqdm(total=steps, desc=caller, unit="step", disable=not progress)
 
-    def evaluate() -> Tensor:
+    def relative(z: Tensor) -> Tensor:
         total, style, content = objective(z * scale)
         if not torch.isfinite(total).all():
             raise ValueError(f"{caller}: the loss became {float(total.detach().sum())} after {len(records)} "
@@ -389,31 +314,25 @@ def _optimise(objective, start: Tensor, scale: Tensor, *, steps: int, optimizer:
             unit.append(torch.where(total > 0, total, torch.ones_like(total)).detach())
         # each image's objective in units of its start value: the same minimiser, gradients of a size
         # that L-BFGS's absolute thresholds and Adam's eps suit whatever the model's feature scale is
-        loss = (total / unit[0]).sum()
-        (z.grad,) = torch.autograd.grad(loss, z)
-        return loss.detach()
+        return total / unit[0]
 
-    try:
+    with tqdm(total=steps, desc=caller, unit="step", disable=not progress) as bar:
         if optimizer == "adam":
-            opt = torch.optim.Adam([z], lr=lr)
-            for _ in range(steps):
-                evaluate()
-                opt.step()
-                bar.update(1)
+            z, _ = gradient_steps(z, relative, adam(z, lr), steps=steps, caller=caller, bar=bar,
+                                  what="the optimisation", advice="lower lr or the weights")
         else:
             opt = torch.optim.LBFGS([z], lr=lr, max_iter=steps, max_eval=steps * 5 // 4 + 1, tolerance_grad=0.0,
                                     tolerance_change=0.0, history_size=50, line_search_fn="strong_wolfe")
 
             def closure():
-                loss = evaluate()
+                loss = relative(z).sum()
+                (z.grad,) = torch.autograd.grad(loss, z)
                 bar.update(max(0, min(steps, opt.state[z].get("n_iter", 0)) - bar.n))
-                return loss
+                return loss.detach()
 
             opt.step(closure)
-        if not torch.isfinite(z).all():
-            raise ValueError(f"{caller}: the image became NaN or infinite; lower lr")
-    finally:
-        bar.close()
+            if not torch.isfinite(z).all():
+                raise ValueError(f"{caller}: the image became NaN or infinite; lower lr")
     return (z * scale).detach(), records
 
 
@@ -423,23 +342,22 @@ def _stack(records, i: int) -> Tensor | None:
     return torch.stack([r[i] for r in records]).float()
 
 
-def _model_call(model: nn.Module):
-    """Eval mode while working, and the model's parameters' ``requires_grad`` off
-    (nothing is computed for them); both restored by the returned function."""
-    was_training = model.training
+@contextmanager
+def _frozen(model: nn.Module) -> Iterator[nn.Module]:
+    """``with _frozen(model):`` eval mode and the model's parameters'
+    ``requires_grad`` off (nothing is computed for them); both restored after."""
     flags = [(p, p.requires_grad) for p in model.parameters()]
-    model.eval()
-    for p, _ in flags:
-        p.requires_grad_(False)
+    with eval_mode(model):
+        try:
+            for p, _ in flags:
+                p.requires_grad_(False)
+            yield model
+        finally:
+            for p, flag in flags:
+                p.requires_grad_(flag)
 
-    def restore():
-        for p, flag in flags:
-            p.requires_grad_(flag)
-        model.train(was_training)
-    return restore
 
-
-def _style_targets(tap: _Features, style: Tensor, layers: list[str], caller: str) -> dict[str, Tensor]:
+def _style_targets(tap, style: Tensor, layers: list[str], caller: str) -> dict[str, Tensor]:
     with torch.no_grad():
         try:
             feats = tap(style)
@@ -477,32 +395,28 @@ def synthesize_texture(model: nn.Module, textures: Tensor, layers: Sequence[str]
     """
     caller = "synthesize_texture"
     layers, weights = _check_common(model, layers, layer_weights, steps, optimizer, lr, seed, caller)
-    textures = _check_images(textures, "textures", caller)
+    textures = check_images(textures, caller, "textures")
     out_size = _check_size(size, textures, caller)
     device = model_device(model)
     textures = textures.detach().to(device)
     n = len(textures)
     lr = float(lr) if lr is not None else (1.0 if optimizer == "lbfgs" else ADAM_LR)
     wmap = dict(zip(layers, weights))
-    restore = _model_call(model)
-    try:
-        with _Features(model, layers, caller) as tap:
-            targets = _style_targets(tap, textures, layers, caller)
-            noise = _noise(textures, n, out_size, seed)
+    with _frozen(model), graph_tap(model, layers) as tap:
+        targets = _style_targets(tap, textures, layers, caller)
+        noise = _noise(textures, n, out_size, seed)
 
-            def objective(x):
-                loss = style_loss(tap(x), targets, wmap)
-                return loss, loss, None
+        def objective(x):
+            loss = style_loss(tap(x), targets, wmap)
+            return loss, loss, None
 
-            outputs, records = _optimise(objective, noise, _image_scale(textures, n), steps=steps,
-                                         optimizer=optimizer, lr=lr, progress=progress, caller=caller)
-            with torch.no_grad():
-                feats = tap(torch.cat([outputs, noise]))
-                final = style_loss({k: f[:n] for k, f in feats.items()}, targets, wmap)
-                distance, noise_distance = (_gram_distance({k: gram(f[part]) for k, f in feats.items()}, targets,
-                                                           layers) for part in (slice(0, n), slice(n, None)))
-    finally:
-        restore()
+        outputs, records = _optimise(objective, noise, _image_scale(textures, n), steps=steps,
+                                     optimizer=optimizer, lr=lr, progress=progress, caller=caller)
+        with torch.no_grad():
+            feats = tap(torch.cat([outputs, noise]))
+            final = style_loss({k: f[:n] for k, f in feats.items()}, targets, wmap)
+            distance, noise_distance = (_gram_distance({k: gram(f[part]) for k, f in feats.items()}, targets,
+                                                       layers) for part in (slice(0, n), slice(n, None)))
     return Synthesis("texture", label, layers, weights, None, 1.0, 0.0, optimizer, lr, steps, seed, "noise",
                      outputs.cpu(), noise.cpu(), textures.cpu(), None, _stack(records, 0), _stack(records, 1), None,
                      final.cpu(), None, records[0][1].clone(), distance.cpu(), noise_distance.cpu())
@@ -550,230 +464,50 @@ def transfer_style(model: nn.Module, content: Tensor, style: Tensor, *, content_
     if not isinstance(content_layer, str):
         raise ValueError(f"{caller}: content_layer must be a layer name (got {type(content_layer).__name__})")
     check_layers(model, [content_layer], caller)
-    content = _check_images(content, "content", caller)
-    style = _check_images(style, "style", caller)
+    content = check_images(content, caller, "content")
+    style = check_images(style, caller, "style")
     n = len(content)
     if style.shape[0] not in (1, n) or style.shape[1] != content.shape[1]:
         raise ValueError(f"{caller}: style must be a Tensor[{n} or 1, {content.shape[1]}, h, w] to match content "
                          f"{list(content.shape)} (got {list(style.shape)})")
-    for name, value in (("style_weight", style_weight), ("content_weight", content_weight)):
-        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) or value < 0:
-            raise ValueError(f"{caller}: {name} must be a finite number >= 0 (got {value!r})")
+    style_weight = check_positive_float(style_weight, "style_weight", caller, allow_zero=True)
+    content_weight = check_positive_float(content_weight, "content_weight", caller, allow_zero=True)
     if style_weight == 0 and content_weight == 0:
         raise ValueError(f"{caller}: style_weight and content_weight are both 0; nothing to optimise")
-    if init not in ("content", "noise"):
-        raise ValueError(f"{caller}: init must be 'content' or 'noise' (got {init!r})")
+    check_choice(init, ("content", "noise"), "init", caller)
     device = model_device(model)
     content, style = content.detach().to(device), style.detach().to(device)
     lr = float(lr) if lr is not None else (1.0 if optimizer == "lbfgs" else ADAM_LR)
     wmap = dict(zip(layers, weights))
-    restore = _model_call(model)
-    try:
-        with _Features(model, list(dict.fromkeys([*layers, content_layer])), caller) as tap:
-            targets = _style_targets(tap, style, layers, caller)
-            with torch.no_grad():
-                try:
-                    content_target = tap(content)[content_layer]
-                except RuntimeError as error:
-                    raise ValueError(f"{caller}: the model cannot run on the content images {list(content.shape)} "
-                                     f"({str(error).splitlines()[0]})") from None
-            noise = _noise(style, n, tuple(content.shape[-2:]), seed)
+    with _frozen(model), graph_tap(model, list(dict.fromkeys([*layers, content_layer]))) as tap:
+        targets = _style_targets(tap, style, layers, caller)
+        with torch.no_grad():
+            try:
+                content_target = tap(content)[content_layer]
+            except RuntimeError as error:
+                raise ValueError(f"{caller}: the model cannot run on the content images {list(content.shape)} "
+                                 f"({str(error).splitlines()[0]})") from None
+        noise = _noise(style, n, tuple(content.shape[-2:]), seed)
 
-            def objective(x):
-                feats = tap(x)
-                s = style_loss({k: feats[k] for k in layers}, targets, wmap)
-                c = content_loss(feats[content_layer], content_target)
-                return style_weight * s + content_weight * c, s, c
+        def objective(x):
+            feats = tap(x)
+            s = style_loss({k: feats[k] for k in layers}, targets, wmap)
+            c = content_loss(feats[content_layer], content_target)
+            return style_weight * s + content_weight * c, s, c
 
-            start = content if init == "content" else noise
-            outputs, records = _optimise(objective, start, _image_scale(style, n), steps=steps, optimizer=optimizer,
-                                         lr=lr, progress=progress, caller=caller)
-            with torch.no_grad():
-                feats = tap(torch.cat([outputs, noise]))
-                final_style = style_loss({k: feats[k][:n] for k in layers}, targets, wmap)
-                final_content = content_loss(feats[content_layer][:n], content_target)
-                distance, noise_distance = (_gram_distance({k: gram(feats[k][part]) for k in layers}, targets,
-                                                           layers) for part in (slice(0, n), slice(n, None)))
-    finally:
-        restore()
-    return Synthesis("transfer", label, layers, weights, content_layer, float(style_weight), float(content_weight),
+        start = content if init == "content" else noise
+        outputs, records = _optimise(objective, start, _image_scale(style, n), steps=steps, optimizer=optimizer,
+                                     lr=lr, progress=progress, caller=caller)
+        with torch.no_grad():
+            feats = tap(torch.cat([outputs, noise]))
+            final_style = style_loss({k: feats[k][:n] for k in layers}, targets, wmap)
+            final_content = content_loss(feats[content_layer][:n], content_target)
+            distance, noise_distance = (_gram_distance({k: gram(feats[k][part]) for k in layers}, targets,
+                                                       layers) for part in (slice(0, n), slice(n, None)))
+    return Synthesis("transfer", label, layers, weights, content_layer, style_weight, content_weight,
                      optimizer, lr, steps, seed, init, outputs.cpu(), noise.cpu(), style.cpu(), content.cpu(),
                      _stack(records, 0), _stack(records, 1), _stack(records, 2), final_style.cpu(),
                      final_content.cpu(), records[0][1].clone(), distance.cpu(), noise_distance.cpu())
-
-
-def _display(x: Tensor) -> Tensor:
-    """uint8 ``[N, 3, H, W]`` of model-space images without a ``deprocess``: each image stretched to 0..255."""
-    flat = x.detach().float().flatten(1)
-    lo, hi = flat.min(1).values[:, None, None, None], flat.max(1).values[:, None, None, None]
-    return ((x.float() - lo) / (hi - lo).clamp_min(1e-12) * 255).round().clamp(0, 255).to(torch.uint8)
-
-
-def _picture(images: Tensor, k: int):
-    image = images[min(k, len(images) - 1)]
-    return image.permute(1, 2, 0).numpy() if image.shape[0] == 3 else image[0].numpy()
-
-
-def _clean(ax) -> None:
-    ax.set_xticks([])
-    ax.set_yticks([])
-
-
-def _describe_layers(s: Synthesis) -> str:
-    return ", ".join(s.layers)
-
-
-def _title(s: Synthesis) -> str:
-    return s.label or (f"texture from {_describe_layers(s)}" if s.kind == "texture"
-                       else f"style from {_describe_layers(s)}, content {s.content_layer}")
-
-
-def render(result: "StyleStudy | Synthesis | dict", assets: Path, *, display: Sequence[dict] | None = None) -> dict:
-    """Texture synthesis and style transfer as PNGs in ``assets``: each group of
-    texture syntheses from the same textures (the textures, the noise start, each
-    synthesis; Gatys et al. 2015 Fig. 2), each style transfer (content, style,
-    result), the loss curves; a table per image; the claims that the
-    syntheses' Gram matrices are closer to their targets than the noise's and
-    that the style loss fell at least tenfold. ``display``: per synthesis a dict
-    of uint8 images (``outputs``, ``noise``, ``style``, optionally ``content``)
-    as ``Loaded.deprocess`` gives; without it each image is stretched to 0..255."""
-    if isinstance(result, Synthesis):
-        result = StyleStudy([result])
-    plt, study, assets = begin(result, StyleStudy, assets)
-    syntheses = study.syntheses
-    if display is not None and len(display) != len(syntheses):
-        raise ValueError(f"render: display must hold one dict per synthesis ({len(syntheses)}; got {len(display)})")
-    shown = []
-    for i, s in enumerate(syntheses):
-        given = dict(display[i]) if display is not None else {}
-        pictures = {"outputs": s.outputs, "noise": s.noise, "style": s.style_images, "content": s.content_images}
-        shown.append({k: given[k] if k in given else (_display(v) if v is not None else None)
-                      for k, v in pictures.items()})
-    figures = []
-
-    # texture syntheses, grouped by their textures (one column per synthesis)
-    groups: list[list[int]] = []
-    for i, s in enumerate(syntheses):
-        if s.kind != "texture":
-            continue
-        for group in groups:
-            t = syntheses[group[0]]
-            if t.style_images.shape == s.style_images.shape and torch.equal(t.style_images, s.style_images) \
-                    and t.seed == s.seed:
-                group.append(i)
-                break
-        else:
-            groups.append([i])
-    for g, group in enumerate(groups):
-        first = syntheses[group[0]]
-        nrows, cols = min(6, len(first.outputs)), 2 + len(group)
-        fig, axes = plt.subplots(nrows, cols, figsize=(2.2 * cols, 2.3 * nrows), squeeze=False)
-        for k in range(nrows):
-            row = axes[k]
-            row[0].imshow(_picture(shown[group[0]]["style"], k))
-            row[0].set_title(f"texture {k} ({first.style_images.shape[-1]} px)", fontsize=8)
-            row[1].imshow(_picture(shown[group[0]]["noise"], k))
-            row[1].set_title("noise start", fontsize=8)
-            for c, i in enumerate(group):
-                row[2 + c].imshow(_picture(shown[i]["outputs"], k))
-                row[2 + c].set_title(_title(syntheses[i]), fontsize=7)
-            for ax in row:
-                _clean(ax)
-        fig.tight_layout()
-        name = f"style_texture_{g}.png"
-        fig.savefig(assets / name, dpi=80)
-        plt.close(fig)
-        figures.append({"file": name, "caption": "Texture synthesis (Gatys et al. 2015): from the noise start, "
-                        "images whose Gram matrices match the texture's at the named layers "
-                        f"({first.optimizer}, {first.steps} steps; the synthesis is "
-                        f"{first.outputs.shape[-1]} px). Columns from more layers: in the paper's Fig. 2 they "
-                        "reproduce ever larger structures. Pixel noise the Gram matrices are blind to (patterns "
-                        "the first layer barely responds to) is not removed by the optimisation."})
-    for i, s in enumerate(syntheses):
-        if s.kind != "transfer":
-            continue
-        nrows = min(6, len(s.outputs))
-        fig, axes = plt.subplots(nrows, 3, figsize=(6.6, 2.3 * nrows), squeeze=False)
-        for k in range(nrows):
-            row = axes[k]
-            for ax, key, title in zip(row, ("content", "style", "outputs"), ("content", "style", "result")):
-                ax.imshow(_picture(shown[i][key], k))
-                ax.set_title(f"{title} {k}", fontsize=8)
-                _clean(ax)
-        fig.tight_layout()
-        name = f"style_transfer_{i}.png"
-        fig.savefig(assets / name, dpi=80)
-        plt.close(fig)
-        figures.append({"file": name, "caption": f"Style transfer (Gatys et al. 2016): {_title(s)}; content weight "
-                        f"{s.content_weight:g}, style weight {s.style_weight:g}, start: {s.init}, {s.optimizer}, "
-                        f"{s.steps} steps."})
-    if syntheses:
-        cols = min(4, len(syntheses))
-        nrows = math.ceil(len(syntheses) / cols)
-        fig, axes = plt.subplots(nrows, cols, figsize=(3.4 * cols, 2.6 * nrows), squeeze=False)
-        for ax in axes.flat[len(syntheses):]:
-            ax.axis("off")
-        for ax, s in zip(axes.flat, syntheses):
-            positive = s.style_curve.where(s.style_curve > 0, torch.tensor(float("nan")))  # log axes skip zeros
-            lines = [ax.semilogy(positive[:, k].numpy(), linewidth=1, color=f"C{k % 10}", label=f"style {k}")[0]
-                     for k in range(positive.shape[1])]
-            ax.set_ylabel("style loss", fontsize=7)
-            if s.content_curve is not None:
-                twin = ax.twinx()
-                positive = s.content_curve.where(s.content_curve > 0, torch.tensor(float("nan")))
-                lines += [twin.semilogy(positive[:, k].numpy(), linewidth=1, linestyle="--", color=f"C{k % 10}",
-                                        label=f"content {k}")[0] for k in range(positive.shape[1])]
-                twin.set_ylabel("content loss (dashed)", fontsize=7)
-                twin.tick_params(labelsize=6)
-            ax.set_title(_title(s), fontsize=7)
-            ax.set_xlabel("evaluation of the objective", fontsize=7)
-            ax.tick_params(labelsize=6)
-            if len(lines) <= 8:
-                ax.legend(handles=lines, fontsize=6)
-        fig.tight_layout()
-        fig.savefig(assets / "style_losses.png", dpi=80)
-        plt.close(fig)
-        figures.append({"file": "style_losses.png", "caption": "Style loss (solid) and, for style transfer, content "
-                        "loss (dashed, right axis; 0 at a content start) of each image at each evaluation of the "
-                        "objective (log scales)."})
-    rows, claims = [], []
-    for s in syntheses:
-        for k in range(len(s.outputs)):
-            start, final = float(s.start_style_loss[k]), float(s.style_loss[k])
-            rows.append([_title(s), k, s.optimizer, s.steps, f"{start:.3g}", f"{final:.3g}",
-                         f"{start / final:.3g}" if final > 0 else "inf",
-                         f"{float(s.content_loss[k]):.3g}" if s.content_loss is not None else "",
-                         f"{float(s.noise_gram_distance[k].mean()):.3g}", f"{float(s.gram_distance[k].mean()):.3g}"])
-        closer = s.gram_distance < s.noise_gram_distance
-        what = "texture's" if s.kind == "texture" else "style image's"
-        claims.append({"claim": f"{_title(s)}: the result's Gram matrices are closer to the {what} than the "
-                                "noise's were",
-                       "holds": bool(closer.all()),
-                       "detail": "relative Gram distance, mean over images, per layer: " + "; ".join(
-                           f"{name} {float(s.noise_gram_distance[:, l].mean()):.3g} -> "
-                           f"{float(s.gram_distance[:, l].mean()):.3g}" for l, name in enumerate(s.layers))
-                                 + f"; closer in {int(closer.sum())} of {closer.numel()} (image, layer) pairs"})
-        ratio = s.start_style_loss / s.style_loss.clamp_min(1e-30)
-        claims.append({"claim": f"{_title(s)}: the style loss falls at least tenfold from the start "
-                                f"({'noise' if s.init == 'noise' else 'the content image'})",
-                       "holds": bool((ratio >= 10).all()),
-                       "detail": "start / final style loss per image: "
-                                 + ", ".join(f"{float(r):.3g}" for r in ratio)})
-    return {"title": "Texture synthesis and style transfer (Gatys et al.)",
-            "intro": "A texture is summarised by the Gram matrices of a layer's feature maps (the correlations "
-                     "between maps, the layout summed away). Texture synthesis starts from noise and changes the "
-                     "pixels until those matrices match a texture's at several layers; style transfer matches one "
-                     "image's Gram matrices and another's features at one layer. Gram matrices are divided by "
-                     "maps x units, so the loss per layer is the papers' E_l.",
-            "figures": figures,
-            "tables": [{"caption": "per image: style loss at the start and at the end, content loss at the end, "
-                                   "relative Gram distance to the target (mean over layers) of the noise and of "
-                                   "the result",
-                        "header": ["synthesis", "image", "optimizer", "steps", "style loss, start",
-                                   "style loss, end", "start / end", "content loss", "Gram distance, noise",
-                                   "Gram distance, result"],
-                        "rows": rows}],
-            "claims": claims}
 
 
 EMBEDDED_TEXTURES = ("stripes", "checker", "dots")
@@ -814,28 +548,24 @@ def embedded_textures(base, classes: Sequence[str], side: int) -> tuple[Tensor, 
     return torch.stack(images), torch.tensor(windows)
 
 
-def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int) -> tuple[StyleStudy, dict]:
-    """Texture synthesis and style transfer on the embedded validation images:
-    the textures are windows of half the image's side on a ``stripes``,
-    ``checker`` and ``dots`` object; the synthesis is the model's input size
-    (the Gram matrices are size independent), from the first 1, 2, ... 5 of
-    ``feature_layers`` (Gatys 2015 Fig. 2; quick: ``stripes`` from the first 3,
-    60 steps); the style transfer puts each texture's style on a ``face``,
-    ``circle`` and ``star`` image (pairwise; quick: ``stripes`` on a face),
-    style from the first 3 feature layers, content from the third, L-BFGS from
-    the content image, ``style_weight`` 1e6."""
-    from ..analyze import _embedded_val
-
-    base = _embedded_val(loaded).base
-    model, size = loaded.model, loaded.input_shape[-1]
+def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[StyleStudy, dict]:
+    """Texture synthesis and style transfer on ``dataset`` (the embedded
+    data's classes): the textures are windows of half the image's side on a
+    ``stripes``, ``checker`` and ``dots`` object; the synthesis is the model's
+    input size (the Gram matrices are size independent), from the first 1, 2,
+    ... 5 of ``feature_layers`` (Gatys 2015 Fig. 2; quick: ``stripes`` from
+    the first 3, 60 steps); the style transfer puts each texture's style on a
+    ``face``, ``circle`` and ``star`` image (pairwise; quick: ``stripes`` on a
+    face), style from the first 3 feature layers, content from the third,
+    L-BFGS from the content image, ``style_weight`` 1e6. Extra for the page:
+    per synthesis the uint8 images it shows (``display``)."""
+    model, size = subject.model, subject.input_shape[-1]
     layers = feature_layers(model)
-    if len(layers) < 1:
-        raise ValueError("analyze: style needs a model with convolutional layers")
     textures = EMBEDDED_TEXTURES[:1] if quick else EMBEDDED_TEXTURES
     contents = EMBEDDED_CONTENTS[:1] if quick else EMBEDDED_CONTENTS
     steps = 60 if quick else 200
-    sources, windows = embedded_textures(base, textures, max(8, size // 2))
-    model_space = loaded.preprocess(sources)
+    sources, windows = embedded_textures(dataset, textures, max(8, size // 2))
+    model_space = subject.preprocess(sources)
     style = torch.stack([model_space[k, :, t:b, l:r] for k, (l, t, r, b) in enumerate(windows.tolist())])
     crops = torch.stack([sources[k, :, t:b, l:r] for k, (l, t, r, b) in enumerate(windows.tolist())])
     style_layers = layers[:3]
@@ -845,12 +575,36 @@ def analyze_embedded(loaded, *, quick: bool, progress: bool, seed: int) -> tuple
         s = synthesize_texture(model, style, chosen, steps=steps, size=size, seed=seed, progress=progress,
                                label=f"texture, {chosen[0]}" + (f"..{chosen[-1]}" if len(chosen) > 1 else ""))
         syntheses.append(s)
-        display.append({"outputs": loaded.deprocess(s.outputs), "noise": loaded.deprocess(s.noise), "style": crops})
-    content_uint8 = torch.stack([base.images[base.labels == list(base.classes).index(c)][0] for c in contents])
-    s = transfer_style(model, loaded.preprocess(content_uint8), style, content_layer=style_layers[-1],
+        display.append({"outputs": subject.deprocess(s.outputs), "noise": subject.deprocess(s.noise), "style": crops})
+    content_uint8 = torch.stack([dataset.images[dataset.labels == list(dataset.classes).index(c)][0]
+                                 for c in contents])
+    s = transfer_style(model, subject.preprocess(content_uint8), style, content_layer=style_layers[-1],
                        style_layers=style_layers, style_weight=1e6, steps=steps, seed=seed, progress=progress,
                        label=f"style of {', '.join(textures)} on {', '.join(contents)}")
     syntheses.append(s)
-    display.append({"outputs": loaded.deprocess(s.outputs), "noise": loaded.deprocess(s.noise), "style": crops,
+    display.append({"outputs": subject.deprocess(s.outputs), "noise": subject.deprocess(s.noise), "style": crops,
                     "content": content_uint8})
     return StyleStudy(syntheses), {"display": display}
+
+
+def _check(subject, dataset) -> str | None:
+    if not feature_layers(subject.model):
+        return "style needs a model with convolutional layers; this one has none"
+    wanted = EMBEDDED_TEXTURES + EMBEDDED_CONTENTS
+    lacking = [c for c in wanted if c not in dataset.classes or not bool((dataset.labels ==
+                                                                         list(dataset.classes).index(c)).any())]
+    if lacking:
+        return (f"style needs images of the embedded data's textured classes ({', '.join(EMBEDDED_TEXTURES)}) "
+                f"and content classes ({', '.join(EMBEDDED_CONTENTS)}); this dataset lacks {', '.join(lacking)}")
+    if tuple(dataset.images.shape[-2:]) != tuple(subject.input_shape[-2:]):
+        return (f"style needs images of the model's input size {subject.input_shape[-1]} px (its texture windows "
+                f"are cut from them); these are {dataset.images.shape[-1]} px")
+    return None
+
+
+ANALYSIS = Analysis(
+    name="style", group="toolbox", order=80, result=StyleStudy, run=run, check=_check,
+    needs=frozenset({"subject", "labels", "boxes"}),
+    description="texture synthesis and style transfer by Gram matrices (Gatys et al.)",
+    claims=("the syntheses' Gram matrices are closer to their targets than the noise's",
+            "the style loss falls at least tenfold from the start"))

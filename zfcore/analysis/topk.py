@@ -23,16 +23,18 @@ import torch.distributed as dist
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from ._args import check_dataset, check_positive_int, eval_mode
 from ._stream import (LayerTap, batches, check_layers, ensure_process_group, load_state, model_device,
                       model_fingerprint, rank_and_world, save_state)
+from .result import Result
 
-__all__ = ["TopK", "top_k", "merge_top_k", "map_maxima"]
+__all__ = ["TopK", "map_maxima", "merge_top_k", "rank_and_world", "top_k"]
 
 _STATE_VERSION = 1
 
 
 @dataclass
-class TopK:
+class TopK(Result):
     """One layer's top-k: ``values[C, k]`` (descending), ``images[C, k]``
     (dataset indices), ``positions[C, k, 2]`` (h, w of the strongest unit).
     ``k`` here is ``min(k, len(dataset))``."""
@@ -48,9 +50,6 @@ class TopK:
 
     def to(self, device) -> "TopK":
         return TopK(self.layer, self.values.to(device), self.images.to(device), self.positions.to(device))
-
-    def as_dict(self) -> dict:
-        return {"layer": self.layer, "values": self.values, "images": self.images, "positions": self.positions}
 
 
 def map_maxima(activations: Tensor) -> tuple[Tensor, Tensor]:
@@ -191,23 +190,14 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
     """
     layers = check_layers(model, layers, "top_k")
     for name, value in (("k", k), ("batch_size", batch_size), ("save_every", save_every)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-            raise ValueError(f"top_k: {name} must be a positive int (got {value!r})")
-    try:
-        n = len(dataset)
-    except TypeError:
-        raise ValueError(f"top_k: dataset must be a map-style Dataset with a length "
-                         f"(got {type(dataset).__name__})") from None
-    if n == 0:
-        raise ValueError("top_k: the dataset is empty")
+        check_positive_int(value, name, "top_k")
+    n = check_dataset(dataset, "top_k")
     if resume and state_file is None:
         raise ValueError("top_k: resume=True needs a state_file")
     ensure_process_group()
     rank, world = rank_and_world()
     shard = list(range(rank, n, world))
     device = model_device(model)
-    was_training = model.training
-    model.eval()
 
     path = None
     if state_file is not None:
@@ -235,7 +225,7 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
     try:
         # Maxima taken in the hooks, positions only for maps that can still enter the top-k.
         reducers = {name: (lambda out, r=running[name]: candidate_maxima(out, r.floor())) for name in layers}
-        with LayerTap(model, layers, reduce=reducers) as tap:
+        with eval_mode(model), LayerTap(model, layers, reduce=reducers) as tap:
             for i, (images, _labels, indices) in enumerate(batches(dataset, shard[done:], batch_size, num_workers)):
                 outputs = tap(images.to(device))
                 for name in layers:
@@ -248,7 +238,6 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
         checkpoint()
     finally:
         bar.close()
-        model.train(was_training)
     if world > 1:
         for name in layers:
             if running[name].values is None:  # a rank with an empty shard

@@ -23,9 +23,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from torch.overrides import has_torch_function
 
 from ..kernels import interpreted
-from . import reference, registry, triton_ops
+from . import checks, reference, registry, triton_ops
 
 NAMES = ("reference", "cpu", "triton", "cuda")
 OPS = ("max_pool2d_switches", "unpool2d", "gather_switches", "relu_conv_transpose2d", "deconv_step")
@@ -163,52 +164,94 @@ def _automatic(op: str, tensor: torch.Tensor) -> str:
     return "reference"
 
 
-_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
-# The dispatch keys of a plain dense CPU tensor: a tensor with any other key (a
-# negative or conjugate view, a zero tensor, sparse, a functorch wrapper, a
-# __torch_dispatch__ subclass) needs the dispatcher's handling.
-_PLAIN_CPU_KEYS = torch._C._dispatch_keys(torch.empty(0))
-
-
 def _direct(args) -> bool:
     """Whether a native kernel may be called below the dispatcher's autograd and
     mode layers: nothing to differentiate, no Python mode (fake tensors,
     opcheck), no jit trace, no profiler, no tensor but plain dense ones (or
     parameters), not traced by torch.compile. Such a call skips the Python
-    autograd wrapper of the registered op (about 15-30 us a call)."""
-    if torch.compiler.is_compiling() or torch.jit.is_tracing() or torch._C._len_torch_dispatch_stack() \
-            or torch._C._is_torch_function_mode_enabled() or torch._C._autograd._profiler_enabled():
-        return False
+    autograd wrapper of the registered op (about 15-30 us a call).
+
+    Public torch APIs first; what none reports is read by ``_plain_dispatch``."""
+    if torch.compiler.is_compiling() or torch.jit.is_tracing() or has_torch_function(args):
+        return False  # (has_torch_function: a __torch_function__ subclass or mode, torch.device(...) included)
     grad = torch.is_grad_enabled()
+    tensors = []
     for a in args:
-        if isinstance(a, torch.Tensor) and (type(a) not in (torch.Tensor, torch.nn.Parameter)
-                                            or (grad and a.requires_grad)
-                                            or torch._C._dispatch_keys(a) != _PLAIN_CPU_KEYS):
+        if isinstance(a, torch.Tensor):
+            if type(a) not in _PLAIN_TYPES or (grad and a.requires_grad):
+                return False
+            tensors.append(a)
+    return _plain_dispatch(tensors)
+
+
+_PLAIN_TYPES = (torch.Tensor, torch.nn.Parameter)
+
+# ----------------------------------------------------- torch's private state
+# The fast path's only reads of torch internals, all here: no public API (torch
+# 2.13) says whether a __torch_dispatch__ mode is active, whether the profiler
+# records, or which dispatch keys a tensor carries, nor calls an op's CPU kernel
+# below autograd. tests/test_registration.py
+# (test_the_private_torch_state_the_fast_path_reads) checks that each still
+# exists and means what is assumed here, so a torch upgrade that changes one
+# fails that test at once.
+
+_CPU_KEYS = torch._C.DispatchKeySet(torch._C.DispatchKey.CPU)
+# The dispatch keys of a plain dense CPU tensor: a tensor with any other key (a
+# negative or conjugate view, a zero tensor, sparse, a functorch wrapper, a
+# __torch_dispatch__ subclass, an inference tensor) needs the dispatcher's handling.
+_PLAIN_CPU_KEYS = torch._C._dispatch_keys(torch.empty(0))
+
+
+def _plain_dispatch(tensors) -> bool:
+    """No __torch_dispatch__ mode on the stack (FakeTensorMode, opcheck's modes,
+    make_fx, a logging mode), the profiler off (it records the dispatcher's
+    calls, not a redispatch), and only plain dense CPU ``tensors``."""
+    if torch._C._len_torch_dispatch_stack() or torch._C._autograd._profiler_enabled():
+        return False
+    for t in tensors:
+        if torch._C._dispatch_keys(t) != _PLAIN_CPU_KEYS:
             return False
     return True
 
 
+def _call_cpu_kernel(op: str, args):
+    """The registered op's C++ CPU kernel, with its C++ checks, below the autograd
+    and mode layers (only where ``_direct``)."""
+    return getattr(registry.ops, op).default.redispatch(_CPU_KEYS, *args)
+
+
+# ---------------------------------------------------------------- the call
+
+
 def run(op: str, tensor: torch.Tensor, backend: str | None, *args):
-    """Run ``op`` (normalized arguments ``args``) on the chosen backend. The
-    native CPU kernels are called straight through the dispatcher's CPU entry
-    when nothing needs autograd (``_direct``): the same kernel, with its C++
-    checks, as ``torch.ops.zfcore.<op>``."""
+    """Run ``op`` on the chosen backend with ``args``: its schema's arguments,
+    normalized and already checked by zfcore/ops/checks.py. No Python check
+    runs again: the native CPU kernels are called straight through the
+    dispatcher's CPU entry when nothing needs autograd (``_direct``; the same
+    kernel, with its C++ checks, as ``torch.ops.zfcore.<op>``); a registered op
+    whose Python code checks its arguments (a fake kernel, a Triton op) is told
+    that these were (``checks.passing_on``)."""
     name = resolve(op, tensor, backend)
     if name == "cpu" and _direct(args):
-        return getattr(registry.ops, op).default.redispatch(_CPU_KEYS, *args)
+        return _call_cpu_kernel(op, args)
     if name == "reference":
         return getattr(reference, op)(*args)
     if name == "torch":
         return torch_path(op, tensor, *args)
-    if name == "triton":
-        return getattr(triton_ops.ops, op)(*args)
-    return getattr(registry.ops, op)(*args)
+    entry = getattr(triton_ops.ops if name == "triton" else registry.ops, op)
+    if torch.compiler.is_compiling():  # traced: the op's checks run once, at trace time
+        return entry(*args)
+    checks.passing_on(op, args)
+    try:
+        return entry(*args)
+    finally:
+        checks.passing_on(None)
 
 
 def torch_path(op: str, tensor: torch.Tensor, *args):
     """``relu_conv_transpose2d`` or ``deconv_step`` with PyTorch's transposed
     convolution (cuDNN on a GPU); ``deconv_step``'s unpooling runs on the fastest
-    backend for ``tensor`` (normalized arguments ``args``, as ``run``)."""
+    backend for ``tensor`` (checked, normalized arguments ``args``, as ``run``)."""
     if op == "relu_conv_transpose2d":
         return reference.relu_conv_transpose2d(*args)
     if op != "deconv_step":

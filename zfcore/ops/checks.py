@@ -3,10 +3,17 @@
 Every message names the op and the argument and says what was expected, e.g.
 ``unpool2d: switches must be uint8 with the shape of y [2, 3, 4, 4] (got int64 [2, 3, 4, 4])``.
 Checks raise ``ValueError``/``TypeError``; they run before any backend is chosen,
-so every backend sees the same valid arguments. The registered ops
-(``torch.ops.zfcore.*``) check their arguments again in C++ (csrc/checks.h),
-and where an op runs Python code instead (the reference fallback, the Triton
-launchers) ``registered`` runs these checks on the op's raw arguments.
+so every backend sees the same valid arguments.
+
+Each call validates its arguments once in Python. The registered ops
+(``torch.ops.zfcore.*``, ``torch.ops.zfcore_triton.*``) guard themselves, as
+they must when a library calls them directly: the C++ kernels with
+csrc/checks.h, and the Python code behind an op (a fake kernel, a Triton
+launcher, the reference fallback) with ``registered``, these same checkers on
+the op's raw arguments. The Python API, having just checked a call, hands its
+arguments to the op it calls with ``passing_on``, and ``registered`` skips the
+check for exactly those arguments (the same tensor objects, equal other
+values), once; any other call of any op is checked in full.
 
 Switch values are data: the CPU backends raise on a switch outside its window
 or into the padding (``switch_values`` for the reference); GPU kernels cannot
@@ -15,6 +22,7 @@ raise, and there such a switch contributes nothing.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 
 import torch
@@ -240,7 +248,43 @@ CHECKERS = {
 }
 
 
+# The call whose arguments the Python API has checked: (op, arguments), per thread.
+_passed = threading.local()
+
+
+def passing_on(name: str | None, args: tuple = ()) -> None:
+    """Record that the registered op ``name`` is about to be called with
+    ``args``, which the Python API has checked (``None``: clear the record).
+    ``backend_choice.run`` sets it around the op's call and clears it after."""
+    _passed.call = None if name is None else (name, args)
+
+
+def _same_arguments(checked: tuple, args: tuple) -> bool:
+    """The arguments the op was handed: the same tensors (objects), the same
+    other values (a list where the API passed a tuple)."""
+    if len(checked) != len(args):
+        return False
+    for a, b in zip(checked, args):
+        if a is b:
+            continue
+        if isinstance(a, Tensor) or isinstance(b, Tensor):
+            return False
+        if isinstance(a, tuple | list) and isinstance(b, tuple | list):
+            a, b = list(a), list(b)
+        elif type(a) is not type(b):
+            return False
+        if a != b:
+            return False
+    return True
+
+
 def registered(name: str, *args) -> None:
     """Checks the raw arguments of the registered op ``name`` (its schema's
-    order), for the backends that run Python code."""
+    order), for the backends that run Python code; skipped, once, for the
+    arguments the Python API checked and handed to this op (``passing_on``)."""
+    passed = getattr(_passed, "call", None)
+    if passed is not None:
+        _passed.call = None  # one call only: whatever the op calls next is checked
+        if passed[0] == name and _same_arguments(passed[1], args):
+            return
     CHECKERS[name](*args)

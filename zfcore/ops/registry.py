@@ -24,6 +24,7 @@ Triton.
 from __future__ import annotations
 
 import functools
+import importlib
 import warnings
 from dataclasses import dataclass
 
@@ -86,8 +87,8 @@ def register() -> Registration:
 
 def _load_native() -> str | None:
     """Load zfcore._C (it registers its ops on import); None, or why not."""
-    try:
-        from .. import _C  # noqa: F401
+    try:  # the extension module sits at the bottom of the house, beside the kernels
+        importlib.import_module("zfcore._C")
     except ImportError as error:
         return f"{type(error).__name__}: {error}"
     return None

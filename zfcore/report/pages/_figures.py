@@ -50,3 +50,22 @@ def display_images(images: Tensor, image_index: Tensor | None, n: int) -> Tensor
     full = torch.zeros((n, *images.shape[1:]), dtype=images.dtype)
     full[image_index.long()] = images
     return full
+
+
+def display_stretched(x: Tensor) -> Tensor:
+    """Model-space images ``[..., C, H, W]`` for display when no uint8 version
+    (``Subject.deprocess``) is given: uint8, each image linearly rescaled from
+    its own min..max to 0..255."""
+    x = x.detach()
+    low = x.amin(dim=(-3, -2, -1), keepdim=True)
+    high = x.amax(dim=(-3, -2, -1), keepdim=True)
+    return ((x - low) / (high - low).clamp_min(1e-12) * 255).round().clamp(0, 255).to(torch.uint8)
+
+
+def hide_ticks(*axes) -> None:
+    """No ticks on any of ``axes`` (each an axes or an array of them, as
+    ``plt.subplots`` gives): the frames of an image grid."""
+    for group in axes:
+        for ax in getattr(group, "flat", [group]):
+            ax.set_xticks([])
+            ax.set_yticks([])

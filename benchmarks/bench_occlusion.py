@@ -131,8 +131,8 @@ def bench_occlusion(args, rows, notes) -> None:
 def bench_drivers(args, notes) -> list[str]:
     import zfcore
     from zfcore.analysis.invariance import EMBEDDED_ROTATION_SYMMETRIC, invariance
-    from zfcore.analysis.probes import depth_layers, embedded_splits, linear_probes
-    from zfcore.load import Loaded
+    from zfcore.analysis.probes import depth_layers, linear_probes, probe_splits
+    from zfcore.load import Loaded, embedded_dataset
 
     if args.checkpoint:
         loaded = zfcore.load(args.checkpoint)
@@ -154,7 +154,7 @@ def bench_drivers(args, notes) -> list[str]:
     lines.append(f"invariance: {args.invariance_images} images x {sweeps} transforms, layers "
                  f"{', '.join(result.layers)}: {seconds:.1f} s")
     start = time.perf_counter()
-    train, test = embedded_splits(loaded)
+    train, test = probe_splits(loaded, embedded_dataset(loaded, train_per_class=100))
     probes = linear_probes(loaded.model, train, test, depth_layers(loaded.model), progress=False)
     seconds = time.perf_counter() - start
     lines.append(f"linear probes: {len(probes.layers)} layers, {probes.train_images} training + {probes.test_images} "

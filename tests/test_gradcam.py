@@ -208,7 +208,7 @@ def test_bad_arguments_are_named():
             grad_cam(model, x, **args)
     with pytest.raises(ValueError, match=r"grad_cam: images must be a float Tensor\[N, C, H, W\]"):
         grad_cam(model, x[0], "feat")
-    with pytest.raises(ValueError, match="grad_cam: model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match="grad_cam: model must be a torch.nn.Module"):
         grad_cam(lambda t: t, x, "feat")
     with pytest.raises(ValueError, match="guided_grad_cam: backend must be"):
         guided_grad_cam(model, x, "feat", backend="hooks")

@@ -160,3 +160,52 @@ def test_requests_are_checked_before_any_work():
         with pytest.raises(ValueError, match=message):
             net.project_many(images, [good, bad])
     assert not calls
+
+
+def _stage_classes(cls=P.Stage):
+    for sub in cls.__subclasses__():
+        yield sub
+        yield from _stage_classes(sub)
+
+
+def test_every_stage_goes_down_with_the_one_signature():
+    import inspect
+    base = inspect.signature(P.Stage.down)
+    classes = list(_stage_classes())
+    assert {c.__name__ for c in classes} >= {"OpStage", "ConvTranspose", "ReluConvTranspose", "DeconvStep"}
+    for cls in classes:
+        assert inspect.signature(cls.down) == base, cls.__name__
+
+
+@pytest.mark.parametrize("mode", ["deconvnet", "guided", "gradient"])
+def test_one_rule_per_op_kind_for_the_walk_the_windows_and_the_plan(mode):
+    _, _, net = _setup()
+    nodes = [n for n in net.graph.nodes if n.op != "input"]
+    for node in nodes:  # the table's own rule object, kept once per node by the engine
+        rule = net._rule(node.index)
+        assert rule is R.RULES[node.op] and R.rule_of(node) is rule, node.where()
+    for stage in net.plan("fc2", mode):
+        if isinstance(stage, P.OpStage):
+            assert stage.rule is net._rule(stage.node.index)
+
+
+def test_an_unknown_op_is_an_error_naming_its_node_everywhere_never_an_identity():
+    from dataclasses import replace
+
+    from zfcore.deconv import CaptureError
+    _, images, net = _setup()
+    i = net.graph.layers["lrn"]
+    node = net.graph.nodes[i]
+    unknown = replace(node, op=torch.ops.aten.sort.default)
+    message = rf"node '{node.name}' \(aten\.sort\.default\) in module 'lrn'"
+    with pytest.raises(CaptureError, match=message):
+        R.rule_of(unknown)
+    net.graph.nodes[i] = unknown  # as if the capture held an op outside the table
+    net._rules.clear()
+    net._plans.clear()
+    for mode in ("deconvnet", "guided", "gradient"):
+        with pytest.raises(CaptureError, match=message):
+            net.plan("conv2", mode)
+    with pytest.raises(CaptureError, match=message):
+        net.project(images, "conv2", 0, "map")
+    net.plan("pool1")  # below it: fine

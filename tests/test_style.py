@@ -223,7 +223,7 @@ def test_bad_arguments_are_named():
         args = dict(textures=x, layers=["relu1"], steps=1, progress=False) | kwargs
         with pytest.raises(ValueError, match=text):
             synthesize_texture(model, args.pop("textures"), args.pop("layers"), **args)
-    with pytest.raises(ValueError, match="synthesize_texture: model must be a torch.nn.Module"):
+    with pytest.raises(TypeError, match="synthesize_texture: model must be a torch.nn.Module"):
         synthesize_texture(lambda t: t, x, ["relu1"], progress=False)
     for kwargs, text in [(dict(style=torch.randn(3, 3, 8, 8)), "style must be a Tensor\\[2 or 1, 3, h, w\\]"),
                          (dict(style=torch.randn(1, 4, 8, 8)), "style must be a Tensor\\[2 or 1, 3, h, w\\]"),

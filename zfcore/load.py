@@ -185,8 +185,8 @@ class Dataset:
         labels: int64 ``[N]``, indices into ``classes``.
         classes: class names (untrusted text).
         description: one line saying where the images come from.
-        boxes: int64 ``[N, 4]`` object boxes ``(top, left, bottom, right)``, or None.
-        landmarks: float ``[N, P, 2]`` landmark points ``(row, col)``, or None.
+        boxes: int64 ``[N, 4]`` object boxes ``(x0, y0, x1, y1)`` in pixels (end-exclusive), or None.
+        landmarks: float ``[N, P, 2]`` landmark points ``(x, y)`` in pixels (NaN where absent), or None.
         train: a disjoint split of the same source to fit on (the linear probes),
             or None.
     """

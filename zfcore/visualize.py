@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import nn
 
 from .analysis import (activations, dead_units, display_signed, filters, rank_and_world, top_k,
                        top_k_projections)

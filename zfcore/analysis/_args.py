@@ -1,7 +1,9 @@
 """What the analyses share, written once: argument checks with one wording,
-``eval_mode``, and the forward-hook capture ``LayerTap`` (from ``_stream``).
+``eval_mode``, the forward-hook capture ``LayerTap`` (from ``_stream``) and
+the forwards built on it.
 
-Every check raises ``ValueError("{caller}: {name} must be ... (got ...)")``:
+Every check raises ``ValueError("{caller}: {name} must be ... (got ...)")``
+(``check_model``: a ``TypeError``, the wrong kind of object):
 the function the user called, the argument and what was expected.
 """
 
@@ -17,8 +19,10 @@ from tqdm import tqdm
 
 from ._stream import LayerTap, check_layers, model_device
 
-__all__ = ["LayerTap", "check_choice", "check_images", "check_labels", "check_layers", "check_model",
-           "check_positive_float", "check_positive_int", "check_seed", "describe", "eval_mode", "layer_features", "model_device"]
+__all__ = ["LayerTap", "check_choice", "check_class_range", "check_dataset", "check_images", "check_labels",
+           "check_layers", "check_logits", "check_model", "check_positive_float", "check_positive_int",
+           "check_seed", "describe", "eval_mode", "first_per_class", "forward_with_layers", "layer_features",
+           "model_device"]
 
 
 def describe(value) -> str:
@@ -61,8 +65,9 @@ def check_choice(value, choices, name: str, caller: str):
 
 
 def check_model(model, caller: str) -> nn.Module:
+    """``model`` itself, an ``nn.Module`` (else a ``TypeError``: the wrong kind of object)."""
     if not isinstance(model, nn.Module):
-        raise ValueError(f"{caller}: model must be a torch.nn.Module (got {type(model).__name__})")
+        raise TypeError(f"{caller}: model must be a torch.nn.Module (got {type(model).__name__})")
     return model
 
 

@@ -233,7 +233,13 @@ def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[In
                     "classes": list(dataset.classes), "labels": dataset.labels[index]}
 
 
+def _check(subject, dataset) -> str | None:
+    if not embedded_layers(subject.model, 1):
+        return "inversion needs a model with convolutional, ReLU or linear layers to invert; this one has none"
+    return None
+
+
 ANALYSIS = Analysis(
-    name="inversion", group="toolbox", order=50, demo=True, result=Inversion, run=run,
+    name="inversion", group="toolbox", order=50, demo=True, result=Inversion, run=run, check=_check,
     description="images reconstructed from a layer's features (Mahendran & Vedaldi)",
     claims=("deeper layers keep less pixel detail: the reconstruction's pixel error grows with depth",))

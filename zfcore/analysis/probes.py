@@ -41,7 +41,8 @@ from torch import Tensor, nn
 from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
-from ._args import LayerTap, check_choice, check_layers, check_positive_int, eval_mode, first_per_class, model_device
+from ._args import (LayerTap, check_choice, check_dataset, check_layers, check_positive_int, eval_mode, first_per_class,
+                    model_device)
 from ._stream import batches
 from .registry import Analysis
 from .result import Result
@@ -122,15 +123,14 @@ def layer_features(model: nn.Module, dataset, layers: Sequence[str] | str, *, po
     check_choice(pool, ("max", "avg"), "pool", "linear_probes")
     check_positive_int(grid, "grid", "linear_probes")
     check_positive_int(batch_size, "batch_size", "linear_probes")
-    n = len(dataset)
-    if n == 0:
-        raise ValueError("linear_probes: a dataset is empty")
+    n = check_dataset(dataset, "linear_probes")
     device = model_device(model)
     parts: dict[str, list[Tensor]] = {name: [] for name in layers}
     labels: list[Tensor] = []
     bar = tqdm(total=n, desc=desc, unit="img", disable=not progress, leave=False)
     try:
-        with eval_mode(model), LayerTap(model, layers, reduce=lambda out: _pooled(out, pool, grid).float().cpu()) as tap:
+        pooled = LayerTap(model, layers, reduce=lambda out: _pooled(out, pool, grid).float().cpu())
+        with eval_mode(model), pooled as tap:
             for images, batch_labels, _indices in batches(dataset, list(range(n)), batch_size):
                 if batch_labels is None:
                     raise ValueError("linear_probes: dataset items must be (image, label) pairs")

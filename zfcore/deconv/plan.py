@@ -24,7 +24,6 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-import torch
 from torch import Tensor
 
 from .. import geometry
@@ -44,6 +43,7 @@ class Stage:
     covers: tuple[int, ...] = field(default=(), init=False)  # the nodes it undoes, top first
 
     def down(self, signal: Tensor, run: R.Run) -> tuple[Tensor, ...]:
+        """The signals at ``inputs``; every subclass has this one signature."""
         raise NotImplementedError
 
 
@@ -54,7 +54,7 @@ class OpStage(Stage):
     node: object = None
     rule: R.LayerRule = None
 
-    def down(self, signal, run):
+    def down(self, signal: Tensor, run: R.Run) -> tuple[Tensor, ...]:
         return self.rule.down(self.node, signal, run)
 
 
@@ -84,7 +84,7 @@ class _ConvBelow(Stage):
 class ConvTranspose(_ConvBelow):
     """BatchNorm <- convolution (or a convolution alone, when fused above)."""
 
-    def down(self, signal, run):
+    def down(self, signal: Tensor, run: R.Run) -> tuple[Tensor, ...]:
         return (R.conv_transpose(self.conv, signal, run, self.weight(run)),)
 
 
@@ -92,7 +92,7 @@ class ConvTranspose(_ConvBelow):
 class ReluConvTranspose(_ConvBelow):
     """ReLU <- (BatchNorm <-) convolution, as one ``relu_conv_transpose2d`` (deconvnet mode)."""
 
-    def down(self, signal, run):
+    def down(self, signal: Tensor, run: R.Run) -> tuple[Tensor, ...]:
         c = R.conv_params(self.conv, run.consts)
         weight = self.weight(run)
         if run.windows is not None:
@@ -110,7 +110,7 @@ class DeconvStep(_ConvBelow):
     pool: object = None
     relu: object = None
 
-    def down(self, signal, run):
+    def down(self, signal: Tensor, run: R.Run) -> tuple[Tensor, ...]:
         k, s, p, _ = R.pool_params(self.pool)
         c = R.conv_params(self.conv, run.consts)
         weight = self.weight(run)
@@ -131,8 +131,9 @@ def _output_padding(below, above, weight, c) -> tuple[int, int]:
                                          c["padding"][i], c["dilation"][i]) for i in range(2))
 
 
-def _is_conv2d(graph: Graph, node, consts) -> bool:
-    if node.op != torch.ops.aten.convolution.default:
+def _is_conv2d(rule_of, node, consts) -> bool:
+    """A 2-D convolution (by its rule) with a constant weight: one a fused stage can end in."""
+    if rule_of(node.index).kind != "conv":
         return False
     try:
         R.conv_params(node, consts)
@@ -161,10 +162,10 @@ def compile_plan(graph: Graph, rule_of, top: int, mode: str, consts: dict) -> li
             return None
         if rule_of(j).kind == "batchnorm":
             k = nodes[j].inputs[0]
-            if only_reader(k, j) and _is_conv2d(graph, nodes[k], consts):
+            if only_reader(k, j) and _is_conv2d(rule_of, nodes[k], consts):
                 return nodes[k], nodes[j]
             return None
-        if _is_conv2d(graph, nodes[j], consts):
+        if _is_conv2d(rule_of, nodes[j], consts):
             return nodes[j], None
         return None
 
@@ -188,7 +189,7 @@ def compile_plan(graph: Graph, rule_of, top: int, mode: str, consts: dict) -> li
                 stage = ReluConvTranspose(i, found[0].index, found[0].inputs, conv=found[0], bn=found[1])
         if stage is None and rule.kind == "batchnorm" and len(node.shape) == 3:
             j = node.inputs[0]
-            if only_reader(j, i) and _is_conv2d(graph, nodes[j], consts):
+            if only_reader(j, i) and _is_conv2d(rule_of, nodes[j], consts):
                 stage = ConvTranspose(i, j, nodes[j].inputs, conv=nodes[j], bn=node)
         if stage is None:
             stage = OpStage(i, i, node.inputs, node=node, rule=rule)

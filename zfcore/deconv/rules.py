@@ -494,10 +494,11 @@ RULES: dict = {
     aten._softmax.default: LayerRule("gradient", gradient_down, None, "inputs"),
     aten._log_softmax.default: LayerRule("gradient", gradient_down, None, "inputs"),
 }
-try:
-    RULES[torch.ops.zfcore.max_pool2d_switches.default] = RULES[aten.max_pool2d_with_indices.default]
-except AttributeError:  # the ops are registered by zfcore.ops, imported above
-    pass
+# zfcore's own max pooling (MaxPool2dSwitches) is captured as its op: registered by zfcore.ops, imported above.
+RULES[torch.ops.zfcore.max_pool2d_switches.default] = RULES[aten.max_pool2d_with_indices.default]
+# A product of two activations (attention-like gates) goes down by its gradient;
+# a product with a constant is the "mul" rule of the table.
+PRODUCT_OF_ACTIVATIONS = LayerRule("gradient", gradient_down, _POINT, "inputs")
 
 
 def rule_of(node: GraphNode) -> LayerRule:
@@ -509,7 +510,7 @@ def rule_of(node: GraphNode) -> LayerRule:
                            f"add, cat/split/slice, average pooling, mean, linear, view/reshape/permute, padding, "
                            f"dropout and element-wise functions)")
     if rule.kind == "mul" and _is_two_activations(node):
-        return LayerRule("gradient", gradient_down, _POINT, "inputs")
+        return PRODUCT_OF_ACTIVATIONS
     return rule
 
 

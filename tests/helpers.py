@@ -82,3 +82,16 @@ def layouts_for(backend: str, dtype: torch.dtype) -> tuple[str, ...]:
     if interpreted(backend) and dtype != torch.float32:
         return tuple(layout for layout in LAYOUTS if layout != "noncontiguous")
     return LAYOUTS
+
+
+def untrained_subject(monkeypatch, tmp_path):
+    """A Subject of an untrained zfnet_small (seed 0) whose run's embedded
+    validation split has 3 images per class (generated into ``tmp_path``)."""
+    from zfcore.data.synthetic import CLASSES
+    from zfcore.load import Subject
+    from zfcore.models import zfnet_small
+
+    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
+    torch.manual_seed(0)
+    return Subject(zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64), torch.full((3, 64, 64), 120.0),
+                   1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})

@@ -13,8 +13,10 @@ import zfcore
 from zfcore.analysis.correspondence import (PAPER_TABLE1, Correspondence, correspondence, occlude, occlusion_boxes,
                                             sign_disagreement)
 from zfcore.data.synthetic import CLASSES
-from zfcore.load import Dataset, Subject, embedded_dataset
+from zfcore.load import Dataset, embedded_dataset
 from zfcore.report.pages.correspondence import render
+
+from .helpers import untrained_subject
 
 
 def tiny_model(seed: int = 0) -> nn.Sequential:
@@ -216,12 +218,8 @@ def test_run_scores_the_face_images_and_refuses_data_without_faces(monkeypatch, 
     their landmarks, the default settings; a dataset without landmarks or
     without a 'face' class is refused in one sentence."""
     from zfcore.analysis.correspondence import ANALYSIS, run
-    from zfcore.models import zfnet_small
 
-    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    subject = Subject(zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64), torch.full((3, 64, 64), 120.0),
-                      1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
+    subject = untrained_subject(monkeypatch, tmp_path)
     dataset = embedded_dataset(subject)
     assert ANALYSIS.refusal(subject, dataset) is None
     bare = Dataset(dataset.images, dataset.labels, dataset.classes)

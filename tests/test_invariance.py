@@ -17,6 +17,8 @@ from zfcore.analysis.invariance import (EMBEDDED_ROTATION_SYMMETRIC, Invariance,
 from zfcore.load import Dataset, Subject, embedded_dataset
 from zfcore.report.pages.invariance import render
 
+from .helpers import untrained_subject
+
 
 def tiny_model(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
@@ -260,12 +262,8 @@ def test_run_sweeps_the_first_correct_image_per_class(monkeypatch, tmp_path):
     per class, the default sweeps, the dataset's rotation-symmetric classes."""
     from zfcore.analysis.invariance import ANALYSIS, run
     from zfcore.data.synthetic import CLASSES
-    from zfcore.models import zfnet_small
 
-    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    subject = Subject(zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64), torch.full((3, 64, 64), 120.0),
-                      1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
+    subject = untrained_subject(monkeypatch, tmp_path)
     dataset = embedded_dataset(subject)
     assert ANALYSIS.refusal(subject, dataset) is None
     result, extra = run(subject, dataset, quick=True, progress=False, seed=0)

@@ -14,6 +14,8 @@ from zfcore.analysis.neighbours import features, last_hidden_layer, nearest_neig
 from zfcore.report.pages.neighbours import render
 from zfcore.models import zfnet_small
 
+from .helpers import untrained_subject
+
 
 def small_model() -> nn.Sequential:
     torch.manual_seed(3)
@@ -188,21 +190,10 @@ def test_render_writes_its_figures_and_the_result_survives_weights_only(tmp_path
     assert "relu7" in claim["claim"]
 
 
-def tiny_loaded(monkeypatch, tmp_path):
-    """A Loaded of an untrained zfnet_small whose run's embedded validation split has 3 images per class."""
-    from zfcore.data.synthetic import CLASSES
-    from zfcore.load import Loaded
-
-    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    return Loaded(zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64), torch.full((3, 64, 64), 120.0),
-                  1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
-
-
 def test_run_indexes_the_images_it_hands_to_render(monkeypatch, tmp_path):
     from zfcore.load import embedded_dataset
 
-    loaded = tiny_loaded(monkeypatch, tmp_path)
+    loaded = untrained_subject(monkeypatch, tmp_path)
     base = embedded_dataset(loaded)
     result, extra = run(loaded, base, quick=True, progress=False, seed=0)
     assert result.layer == "relu7" and result.metric == "cosine" and len(result.queries) == len(base.labels) == 30

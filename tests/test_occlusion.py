@@ -11,6 +11,8 @@ from zfcore.analysis.occlusion import grid_size, occlusion, occlusion_plain
 from zfcore.models import zfnet_small
 from zfcore.nn import MaxPool2dSwitches
 
+from .helpers import untrained_subject
+
 
 def awkward_model() -> nn.Sequential:
     """Padded and ceil-mode pools, a dilated conv, stride > kernel, LRN, an in-place ReLU."""
@@ -87,17 +89,6 @@ def test_occluding_the_object_lowers_the_true_class_probability_more_than_backgr
     assert float((on > off).double().mean()) > 0.6
 
 
-def tiny_subject(monkeypatch, tmp_path):
-    """A Subject of an untrained zfnet_small whose run's embedded validation split has 3 images per class."""
-    from zfcore.data.synthetic import CLASSES
-    from zfcore.load import Subject
-
-    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    return Subject(zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64), torch.full((3, 64, 64), 120.0),
-                   1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
-
-
 def test_run_occludes_the_first_images_at_the_last_conv_layer_and_renders(monkeypatch, tmp_path):
     """``run`` (zfcore analyze occlusion): the first 10 images (quick) at conv5,
     squares of a quarter of the side at half that stride; the page gets the
@@ -108,7 +99,7 @@ def test_run_occludes_the_first_images_at_the_last_conv_layer_and_renders(monkey
     from zfcore.load import Dataset, embedded_dataset
     from zfcore.report.pages.occlusion import render
 
-    subject = tiny_subject(monkeypatch, tmp_path)
+    subject = untrained_subject(monkeypatch, tmp_path)
     dataset = embedded_dataset(subject)
     assert ANALYSIS.refusal(subject, dataset) is None
     assert "object boxes" in ANALYSIS.refusal(subject, Dataset(dataset.images, dataset.labels, dataset.classes))

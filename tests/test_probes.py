@@ -15,6 +15,8 @@ from zfcore.analysis.probes import Probes, depth_layers, fit_softmax, layer_feat
 from zfcore.load import Dataset, Subject, embedded_dataset
 from zfcore.report.pages.probes import render
 
+from .helpers import untrained_subject
+
 
 def tiny_model(seed: int = 0) -> nn.Sequential:
     torch.manual_seed(seed)
@@ -201,12 +203,8 @@ def test_run_probes_every_relu_on_the_handed_splits(monkeypatch, tmp_path):
     """``run`` (zfcore analyze probes, quick): 20 per class of the training
     split against 20 per class of the dataset (fewer where it has fewer)."""
     from zfcore.analysis.probes import ANALYSIS, run
-    from zfcore.data.synthetic import CLASSES
 
-    monkeypatch.setenv("ZFCORE_CACHE", str(tmp_path / "cache"))
-    torch.manual_seed(0)
-    subject = Subject(zfcore.models.zfnet_small(init_std=None).eval(), list(CLASSES), (3, 64, 64),
-                      torch.full((3, 64, 64), 120.0), 1 / 64, None, {"seed": 0, "per_class": 15, "image_size": 64})
+    subject = untrained_subject(monkeypatch, tmp_path)
     dataset = embedded_dataset(subject, train_per_class=25)
     assert "training split" in ANALYSIS.refusal(subject, embedded_dataset(subject))
     assert ANALYSIS.refusal(subject, dataset) is None

@@ -230,11 +230,11 @@ def test_render_writes_its_figures_and_the_dict_survives_saving(tmp_path):
 
 
 def test_run_attacks_in_pixel_levels_within_the_valid_pixels(monkeypatch, tmp_path):
-    from tests.test_neighbours import tiny_loaded
+    from tests.helpers import untrained_subject
     from zfcore.analysis.adversarial import run
     from zfcore.load import embedded_dataset
 
-    loaded = tiny_loaded(monkeypatch, tmp_path)
+    loaded = untrained_subject(monkeypatch, tmp_path)
     data = embedded_dataset(loaded)
     result, extra = run(loaded, data, quick=True, progress=False, seed=0)
     assert result.methods == ["fgsm", "pgd"] and result.steps == 3 and len(result.labels) == len(data) == 30

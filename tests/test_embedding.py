@@ -155,10 +155,10 @@ def test_bad_arguments_are_named():
 
 
 def test_run_maps_the_images_it_hands_to_render(monkeypatch, tmp_path):
-    from tests.test_neighbours import tiny_loaded
+    from tests.helpers import untrained_subject
     from zfcore.load import embedded_dataset
 
-    loaded = tiny_loaded(monkeypatch, tmp_path)
+    loaded = untrained_subject(monkeypatch, tmp_path)
     base = embedded_dataset(loaded)
     result, extra = run(loaded, base, quick=True, progress=False, seed=0)
     assert result.layer == "relu7" and result.methods == ["pca", "tsne"] and len(result.labels) == 30

@@ -246,11 +246,11 @@ def test_default_layer_is_the_last_convs_relu():
 
 
 def test_run_explains_the_true_classes_and_hands_the_boxes_to_the_page(monkeypatch, tmp_path):
-    from tests.test_neighbours import tiny_loaded
+    from tests.helpers import untrained_subject
     from zfcore.analysis.gradcam import run
     from zfcore.load import Dataset, embedded_dataset
 
-    loaded = tiny_loaded(monkeypatch, tmp_path)
+    loaded = untrained_subject(monkeypatch, tmp_path)
     data = embedded_dataset(loaded)
     result, extra = run(loaded, data, quick=True, progress=False, seed=0)
     assert result.layer == "relu5" and torch.equal(result.index, torch.arange(16))

@@ -177,11 +177,11 @@ def test_bad_arguments_are_named():
 
 
 def test_run_plays_every_method_on_a_seeded_subset(monkeypatch, tmp_path):
-    from tests.test_neighbours import tiny_loaded
+    from tests.helpers import untrained_subject
     from zfcore.analysis.pointing import METHODS, run
     from zfcore.load import embedded_dataset
 
-    loaded = tiny_loaded(monkeypatch, tmp_path)
+    loaded = untrained_subject(monkeypatch, tmp_path)
     data = embedded_dataset(loaded).subset(slice(0, 30, 6))  # 5 images: every method is slow on zfnet_small
     result, extra = run(loaded, data, quick=True, progress=False, seed=3)
     index = torch.randperm(5, generator=torch.Generator().manual_seed(3))

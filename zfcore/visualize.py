@@ -19,30 +19,66 @@ import time
 from pathlib import Path
 
 import torch
-from torch import nn
+from torch import Tensor, nn
 
 from .analysis import (activations, dead_units, display_signed, filters, rank_and_world, top_k,
                        top_k_projections)
+from .analysis.topk import TopK
 from .deconv import MODES, Deconvnet
 from .load import Loaded, PreparedDataset, load, open_dataset
 from .report import render, save_results
 from .version import __version__
 
-__all__ = ["PreparedDataset", "open_dataset", "visualize"]
+__all__ = ["PreparedDataset", "default_layers", "open_dataset", "strongest_maps", "visualize"]
 
 
-def _default_layers(model: nn.Module) -> list[str]:
-    return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+def default_layers(net: Deconvnet) -> list[str]:
+    """The layers ``visualize`` projects when none are named: every convolution
+    when there are at most 8 (ZFNet, AlexNet, VGG-11's 8); else the deepest
+    layer at each map size (a ResNet's stem and ``layer1`` .. ``layer4``, a VGG's
+    rectified output before each pooling)."""
+    layers = net.layer_spec().layers
+    convs = [info.name for info in layers if info.kind == "conv"]
+    if len(convs) <= 8:
+        return convs
+    maps = [info for info in layers if len(info.shape) == 3 and info.kind not in ("linear", "dropout")
+            and "avgpool" not in info.kind]
+    chosen = []
+    for i, info in enumerate(maps):
+        if i + 1 == len(maps) or tuple(maps[i + 1].shape[1:]) != tuple(info.shape[1:]):
+            chosen.append(info.name)
+    first_conv = next(i for i, info in enumerate(maps) if info.kind == "conv")
+    return [name for name in chosen if [m.name for m in maps].index(name) >= first_conv]
 
 
-def _following_relu(model: nn.Module, layer: str) -> str | None:
-    names = [(name, module) for name, module in model.named_modules() if name]
-    for i, (name, _) in enumerate(names):
-        if name == layer:
-            for after, module in names[i + 1:i + 3]:
-                if isinstance(module, nn.ReLU):
-                    return after
-    return None
+def _rectified(net: Deconvnet, layer: str) -> str:
+    """The map ``layer`` passes on: the ReLU right after it (within two layers:
+    conv, BatchNorm, ReLU), else ``layer`` itself."""
+    layers = net.layer_spec().layers
+    names = [info.name for info in layers]
+    i = names.index(layer)
+    if layers[i].kind == "conv":
+        for info in layers[i + 1:i + 3]:
+            if info.kind == "relu":
+                return info.name
+    return layer
+
+
+def _convolutions(model: nn.Module, net: Deconvnet) -> list[str]:
+    """The convolution layers whose filters can be shown (a module with a 4-D weight)."""
+    modules = dict(model.named_modules())
+    return [info.name for info in net.layer_spec().layers if info.kind == "conv"
+            and isinstance(modules.get(info.name), nn.Conv2d)]
+
+
+def strongest_maps(found: TopK, maps: int | None) -> tuple[TopK, Tensor]:
+    """The ``maps`` maps of ``found`` with the largest mean of their top-k
+    activations (all of them, in order, when ``maps`` is None), and their channel
+    numbers."""
+    channels = torch.arange(found.channels)
+    if maps is not None and maps < found.channels:
+        channels = found.values.float().mean(1).topk(maps).indices.sort().values
+    return TopK(found.layer, found.values[channels], found.images[channels], found.positions[channels]), channels
 
 
 def _history(loaded: Loaded) -> list[dict]:
@@ -64,62 +100,68 @@ def _history(loaded: Loaded) -> list[dict]:
 def _for_display(loaded: Loaded, projected) -> dict:
     """What the report shows of one layer's ``Projections``: each projection as
     uint8 (``display_signed``: grey = 0, scaled by its own peak, kept in
-    ``peaks``), the patches as uint8 image pixels (the mean at each box added
-    back), the boxes."""
+    ``peaks``), the patches as uint8 image pixels (the normalization undone at
+    each box), the boxes."""
     p = projected.projections
     size = loaded.input_shape[-1]
-    mean = loaded.mean
-    top0, left0 = (mean.shape[-2] - size) // 2, (mean.shape[-1] - size) // 2
-    mean = mean[:, top0:top0 + size, left0:left0 + size]
+    gain, offset = loaded.preprocessing.affine(size)
     means = torch.zeros(projected.patches.shape)
     c, k = projected.boxes.shape[:2]
     for i in range(c):
         for j in range(k):
             top, left, bottom, right = (int(v) for v in projected.boxes[i, j])
             rows, cols = projected.inside(i, j)
-            means[i, j, :, rows, cols] = mean[:, top:bottom, left:right]
-    patches = (projected.patches / loaded.scale + means).round().clamp(0, 255).to(torch.uint8)
+            means[i, j, :, rows, cols] = offset[:, top:bottom, left:right]
+    patches = (projected.patches * gain + means).round().clamp(0, 255).to(torch.uint8)
     return {"layer": projected.layer, "projections": display_signed(p), "peaks": p.abs().amax(dim=(-3, -2, -1)),
             "boxes": projected.boxes, "windows": projected.windows, "patch_images": patches}
 
 
 def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", out: str | os.PathLike = "report",
               layers: list[str] | None = None, k: int = 9, mode: str = "deconvnet", batch_size: int = 64, *,
-              resume: bool = False, activation_image: int = 0, progress: bool = True) -> Path:
+              maps: int | None = None, resume: bool = False, activation_image: int = 0,
+              progress: bool = True) -> Path:
     """Analyses and report for one model: returns the path of ``out/index.html``.
 
     Args:
-        checkpoint: a ``model.pt``/checkpoint path (``zfcore.load``) or a ``Loaded``.
-        data: ``"synthetic"`` or an image folder (``open_dataset``).
+        checkpoint: a ``Subject`` (``zfcore.load``: a zfcore run, an
+            architecture with its weights, a ``.pt2``), or a zfcore run's path.
+        data: ``"synthetic"`` (a zfcore run's embedded images) or an image folder
+            (flat or with class subfolders; ``zfcore.load.folder_dataset``).
         out: the report folder (created; nothing is written outside it).
-        layers: layers to project (default: every conv layer).
+        layers: layers to project, ``named_modules`` paths (``features.10``,
+            ``layer3.1``); default ``default_layers``.
         k: images per feature map.
         mode: ``"deconvnet"``, ``"guided"`` or ``"gradient"``.
         batch_size: images per forward, projections per batch.
+        maps: project only the strongest ``maps`` maps of each layer (by the mean
+            of their top-k activations); None: all of them.
         resume: continue an interrupted top-k pass from ``out/results/topk-state.pt``.
         activation_image: the dataset index shown on the activations page.
     """
     if mode not in MODES:
         raise ValueError(f"visualize: mode must be one of {', '.join(MODES)} (got {mode!r})")
-    for name, value in (("k", k), ("batch_size", batch_size)):
+    for name, value in (("k", k), ("batch_size", batch_size), ("maps", 1 if maps is None else maps)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 1:
             raise ValueError(f"visualize: {name} must be a positive int (got {value!r})")
     timings: dict[str, float] = {}
     started = time.perf_counter()
     loaded = checkpoint if isinstance(checkpoint, Loaded) else load(checkpoint)
     model = loaded.model
-    dataset = open_dataset(loaded, data)
-    if not 0 <= activation_image < len(dataset):
-        raise ValueError(f"visualize: activation_image must be in 0..{len(dataset) - 1} (got {activation_image})")
     net = Deconvnet(model, loaded.input_shape)
-    layers = list(layers) if layers else [n for n in _default_layers(model) if n in net.layers]
+    layers = list(layers) if layers else default_layers(net)
     unknown = [n for n in layers if n not in net.layers]
     if unknown:
         raise ValueError(f"visualize: no layer named {', '.join(map(repr, unknown))}; layers are "
                          f"{', '.join(net.layers)}")
+    timings["load"] = time.perf_counter() - started
+    mark = time.perf_counter()
+    dataset = open_dataset(loaded, data, progress=progress)
+    if not 0 <= activation_image < len(dataset):
+        raise ValueError(f"visualize: activation_image must be in 0..{len(dataset) - 1} (got {activation_image})")
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    timings["load"] = time.perf_counter() - started
+    timings["data"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     found = top_k(model, dataset, layers, k=k, batch_size=batch_size, state_file=out / "results" / "topk-state.pt",
@@ -129,8 +171,9 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
         return out / "index.html"
 
     mark = time.perf_counter()
+    chosen = {name: strongest_maps(t, maps) for name, t in found.items()}
     projections_saved = {}
-    for name, t in found.items():  # one layer at a time: only its float windows are held at once
+    for name, (t, _) in chosen.items():  # one layer at a time: only its float windows are held at once
         projected = top_k_projections(model, dataset, t, mode=mode, batch_size=4 * batch_size, net=net,
                                       progress=progress)[name]
         projections_saved[name] = _for_display(loaded, projected)
@@ -138,23 +181,24 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     timings["projections"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
-    convs = _default_layers(model)
-    relus = [r for r in (_following_relu(model, n) for n in convs) if r is not None]
-    dead = dead_units(model, dataset, relus, batch_size=batch_size, progress=progress) if relus else {}
+    rectified = list(dict.fromkeys(_rectified(net, n) for n in layers))
+    dead = dead_units(model, dataset, rectified, batch_size=batch_size, progress=progress)
     image, label = dataset[activation_image]
-    acts = activations(model, image, relus or convs)  # the rectified maps each conv layer passes on
-    shown_filters = {n: filters(model, n).to_plain() for n in convs[:2]}
+    acts = activations(model, image, rectified)  # the rectified maps each projected layer passes on
+    shown_filters = {n: filters(model, n).to_plain() for n in _convolutions(model, net)[:2]}
     timings["activations, filters, dead units"] = time.perf_counter() - mark
 
     spec = net.layer_spec()
     topk_saved = {}
-    for name, t in found.items():
+    for name, (t, channels) in chosen.items():
         labels = torch.tensor([[dataset.label(int(i)) for i in row] for row in t.images], dtype=torch.int64)
-        topk_saved[name] = {**t.to_plain(), "labels": labels}
+        topk_saved[name] = {**t.to_plain(), "labels": labels, "channels": channels}
     meta = {
-        "zfcore": __version__, "model": str(loaded.config.get("model", "model")), "checkpoint": os.fspath(loaded.path),
+        "zfcore": __version__, "model": loaded.name,
+        "checkpoint": os.fspath(loaded.path) if loaded.path is not None else "",
+        "preprocess": loaded.preprocessing.describe(),
         "classes": dataset.classes, "model_classes": loaded.classes, "input_shape": list(loaded.input_shape),
-        "layers": layers, "k": k, "mode": mode, "data": dataset.description, "images": len(dataset),
+        "layers": layers, "k": k, "maps": maps, "mode": mode, "data": dataset.description, "images": len(dataset),
         "skipped": dataset.skipped, "history": _history(loaded),
         "spec": [{"name": info.name, "kind": info.kind, "shape": list(info.shape), "size": list(info.size),
                   "jump": list(info.jump)} for info in spec.layers],

@@ -42,6 +42,8 @@ __all__ = [
     "PaperTransform",
     "load_image",
     "mean_image",
+    "read_folder",
+    "scan_folder",
 ]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".webp")
@@ -403,3 +405,120 @@ class PaperTransform:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(size={self.size}, crop={self.crop}, train={self.train})"
+
+
+# ----------------------------------------------------------------- a user's photo folder, read once
+
+
+def scan_folder(root: str | os.PathLike, extensions: Iterable[str] = IMAGE_EXTENSIONS
+                ) -> tuple[list[str], list[int] | None, list[str]]:
+    """The image files of a folder: ``(paths, labels, classes)``.
+
+    With class subfolders (``root/<class>/**/<image>``, hidden entries skipped)
+    the classes are the subfolder names, sorted, and ``labels`` their indices;
+    a flat folder (images directly in ``root``, no class subfolder holding
+    images) has ``labels`` None and no classes. Extensions are compared
+    case-insensitively; paths are sorted.
+
+    Raises:
+        FileNotFoundError / NotADirectoryError: ``root`` is missing or a file.
+        ValueError: no image file at all (naming the extensions looked for).
+    """
+    root = os.fspath(root)
+    exts = tuple(e.lower() if e.startswith(".") else "." + e.lower() for e in extensions)
+    if not os.path.exists(root):
+        raise FileNotFoundError(f"data: the folder {root!r} does not exist")
+    if not os.path.isdir(root):
+        raise NotADirectoryError(f"data: {root!r} is not a folder")
+
+    def images_under(folder: str, recursive: bool) -> list[str]:
+        found = []
+        for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+            dirnames[:] = sorted(d for d in dirnames if not d.startswith(".")) if recursive else []
+            found.extend(os.path.join(dirpath, f) for f in filenames
+                         if not f.startswith(".") and f.lower().endswith(exts))
+        return sorted(found)
+
+    subfolders = sorted(e.name for e in os.scandir(root) if e.is_dir() and not e.name.startswith("."))
+    per_class = {name: images_under(os.path.join(root, name), True) for name in subfolders}
+    classes = [name for name in subfolders if per_class[name]]
+    if classes:
+        paths = [p for name in classes for p in per_class[name]]
+        labels = [i for i, name in enumerate(classes) for _ in per_class[name]]
+        return paths, labels, classes
+    paths = images_under(root, False)
+    if not paths:
+        raise ValueError(f"data: the folder {root!r} holds no image ({', '.join(exts)}), neither directly nor in "
+                         f"class subfolders")
+    return paths, None, []
+
+
+class _Decoded(Dataset):
+    """Files decoded to RGB uint8 ``[3, H, W]`` through ``prepare``; an unreadable
+    file gives None (counted by the caller, never fatal)."""
+
+    def __init__(self, paths: list[str], prepare):
+        self.paths, self.prepare = paths, prepare
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def __getitem__(self, index: int):
+        try:
+            with Image.open(self.paths[index]) as img:
+                if img.mode in ("RGBA", "LA", "PA") or (img.mode == "P" and "transparency" in img.info):
+                    img = img.convert("RGBA")
+                    background = Image.new("RGBA", img.size, (255, 255, 255, 255))
+                    img = Image.alpha_composite(background, img)
+                img = img.convert("RGB")
+            data = torch.frombuffer(bytearray(img.tobytes()), dtype=torch.uint8)
+            image = data.view(img.size[1], img.size[0], 3).permute(2, 0, 1).contiguous()
+            return index, self.prepare(image)
+        except Exception:  # noqa: BLE001 - any decoding failure: skip the file, count it
+            return index, None
+
+
+def read_folder(root: str | os.PathLike, prepare, *, workers: int | None = None, progress: bool = True,
+                extensions: Iterable[str] = IMAGE_EXTENSIONS):
+    """Decode every image of a folder (``scan_folder``) once, in a ``DataLoader``
+    with worker processes and a progress bar: ``(images, labels, classes,
+    skipped)``.
+
+    Args:
+        root: a flat folder or one with class subfolders.
+        prepare: ``prepare(uint8 [3, H, W]) -> uint8 [3, S, S]`` (a
+            ``Preprocess.geometry``); greyscale, palette and RGBA files are
+            converted to RGB first (transparency over white).
+        workers: decoding processes (default: up to 4, by the CPUs).
+
+    Returns:
+        ``images`` uint8 ``[N, 3, S, S]``, ``labels`` int64 ``[N]`` or None,
+        ``classes``, ``skipped`` (the paths that could not be decoded).
+
+    Raises:
+        ValueError: no image, or none could be decoded.
+    """
+    _require_pillow()
+    from torch.utils.data import DataLoader
+    from tqdm import tqdm
+
+    paths, labels, classes = scan_folder(root, extensions)
+    if workers is None:
+        workers = min(4, os.cpu_count() or 1, max(1, len(paths) // 16))
+    loader = DataLoader(_Decoded(paths, prepare), batch_size=16, num_workers=workers, collate_fn=list)
+    images: list[Tensor | None] = [None] * len(paths)
+    with tqdm(total=len(paths), desc="decoding", unit="image", disable=not progress, leave=False) as bar:
+        for batch in loader:
+            for index, image in batch:
+                images[index] = image
+            bar.update(len(batch))
+    kept = [i for i, image in enumerate(images) if image is not None]
+    skipped = [paths[i] for i, image in enumerate(images) if image is None]
+    if not kept:
+        raise ValueError(f"data: none of the {len(paths)} image files under {os.fspath(root)!r} could be decoded")
+    shapes = {tuple(images[i].shape) for i in kept}
+    if len(shapes) != 1:
+        raise ValueError(f"data: prepare gave images of several shapes {sorted(shapes)}; it must give one size")
+    stacked = torch.stack([images[i] for i in kept])
+    kept_labels = torch.tensor([labels[i] for i in kept], dtype=torch.int64) if labels is not None else None
+    return stacked, kept_labels, classes, skipped

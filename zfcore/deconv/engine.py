@@ -33,7 +33,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from functools import cached_property
 
 import torch
@@ -79,6 +79,52 @@ def _captured(model, input_shape, example_inputs) -> Graph:
     if key not in cached or cached[key][0] != structure:
         cached[key] = (structure, Graph(*capture(model, input_shape)))
     return cached[key][1]
+
+
+@dataclass
+class Recording:
+    """What one forward recorded for the way down, one row per image: per node,
+    the records of ``Deconvnet``'s forward (switches; ReLU masks and the inputs
+    of ops that go down by their gradient in the guided and gradient modes), and
+    the requested layers' outputs. ``Deconvnet.record`` makes one,
+    ``Deconvnet.project_recorded`` sends units down with it; ``select`` and
+    ``cat`` keep rows of it apart (a store of images to project later) and put
+    them back together."""
+
+    mode: str
+    records: dict[int, tuple[Tensor, ...]]
+    outputs: dict[str, Tensor]
+    rows: int
+
+    def select(self, rows, outputs: bool = True) -> "Recording":
+        """A copy of ``rows`` (a sequence or ``LongTensor`` of row indices); with
+        ``outputs=False`` only the records (what the way down reads)."""
+        rows = torch.as_tensor(rows, dtype=torch.long)
+        pick = lambda t: t.index_select(0, rows.to(t.device)) if isinstance(t, Tensor) else t  # noqa: E731
+        return Recording(self.mode, {i: tuple(pick(t) for t in ts) for i, ts in self.records.items()},
+                         {name: pick(t) for name, t in self.outputs.items()} if outputs else {}, len(rows))
+
+    @staticmethod
+    def cat(parts: Sequence["Recording"]) -> "Recording":
+        """The rows of ``parts``, in order: the records every part holds, the
+        outputs every part holds."""
+        if not parts or len({p.mode for p in parts}) != 1:
+            raise ValueError("Recording.cat: parts must be recordings of one mode (got "
+                             f"{sorted({p.mode for p in parts})})")
+        if len(parts) == 1:
+            return parts[0]
+        nodes = set.intersection(*(set(p.records) for p in parts))
+        names = set.intersection(*(set(p.outputs) for p in parts))
+        join = lambda ts: torch.cat(ts) if isinstance(ts[0], Tensor) else ts[0]  # noqa: E731
+        return Recording(parts[0].mode,
+                         {i: tuple(join(ts) for ts in zip(*(p.records[i] for p in parts))) for i in sorted(nodes)},
+                         {n: torch.cat([p.outputs[n] for p in parts]) for n in names}, sum(p.rows for p in parts))
+
+    @property
+    def nbytes(self) -> int:
+        """Bytes held by the records and outputs."""
+        tensors = [t for ts in self.records.values() for t in ts] + list(self.outputs.values())
+        return sum(t.untyped_storage().nbytes() for t in tensors if isinstance(t, Tensor))
 
 
 @dataclass(frozen=True)
@@ -443,24 +489,107 @@ class Deconvnet:
         if not requests:
             return result
         # one forward over every requested image, to the deepest requested layer
-        tops = {layer: self._layer_index(layer) for layer in dict.fromkeys(r.layer for r in requests)}
+        layers = list(dict.fromkeys(r.layer for r in requests))
         distinct, inverse = torch.unique(torch.tensor([r.image for r in requests]), return_inverse=True)
-        records, outputs = self._forward(images[distinct.to(images.device)], list(tops.values()), mode,
-                                         set(tops.values()))
-        for layer, top in tops.items():
+        recording = self.record(images[distinct.to(images.device)], layers, mode)
+        for layer in layers:
             chosen = [i for i, r in enumerate(requests) if r.layer == layer]
-            group, index = [requests[i] for i in chosen], inverse[chosen]
-            activations = outputs[top] if top != self.graph.input else images[distinct.to(images.device)]
-            if top == self.graph.input:
-                result[chosen] = self._seed(activations[index.to(activations.device)], group)
-                continue
-            if crop and all(r.position != "map" for r in group) and activations.dim() == 4 \
-                    and self.crop_work_ratio(layer) > 1:
-                self._paste(result, chosen, *self._down_cropped(activations, group, index, records, top, mode))
+            group = [replace(requests[i], image=int(inverse[i])) for i in chosen]
+            windows, corners = self._project_recorded(recording, layer, group, None, crop)
+            if windows.shape[-2:] == result.shape[-2:] and not corners.any():
+                result[chosen] = windows
             else:
-                signal = self._seed(activations[index.to(activations.device)], group)
-                result[chosen] = self._down(signal, records, top, mode, index=index.to(images.device))
+                self._paste(result, chosen, windows, corners)
         return result
+
+    @torch.no_grad()
+    def record(self, images: Tensor, layers: Sequence[str], mode: str = "deconvnet") -> Recording:
+        """One forward over ``images`` to the deepest of ``layers``: what the way
+        down from units of ``layers`` reads in ``mode``, and the layers' outputs.
+
+        Args:
+            images: ``Tensor[N, *input_shape]``.
+            layers: layer names (``self.layers``).
+            mode: as ``project``.
+
+        Returns:
+            A ``Recording`` of ``N`` rows.
+        """
+        self._check_mode(mode)
+        self._check_images(images)
+        tops = {layer: self._layer_index(layer) for layer in dict.fromkeys(layers)}
+        records, outputs = self._forward(images, list(tops.values()), mode, set(tops.values()))
+        return Recording(mode, records, {layer: images if top == self.graph.input else outputs[top]
+                                         for layer, top in tops.items()}, images.shape[0])
+
+    @torch.no_grad()
+    def project_recorded(self, recording: Recording, requests: Sequence[Request], values: Tensor | None = None,
+                         crop: bool = True) -> tuple[Tensor, Tensor]:
+        """Send units (or maps) of one layer down with the records of an earlier
+        forward (``record``), in the recording's mode: no forward pass here.
+
+        Args:
+            recording: a ``Recording`` holding the records below the requests' layer.
+            requests: ``Request`` items of one layer; ``image`` is a row of ``recording``.
+            values: ``Tensor[len(requests)]``, each unit's activation (its seed);
+                read from ``recording.outputs`` where None. Units with a given
+                value need a position (``(h, w)``; a Linear layer's unit: None).
+            crop: go down on receptive-field windows where that is exact.
+
+        Returns:
+            ``windows[R, C, h, w]`` and their top-left corners ``[R, 2]`` in input
+            pixels: each unit's receptive-field window (zero outside the input)
+            where it went down cropped, else the whole input at corner ``(0, 0)``.
+        """
+        requests = [r if isinstance(r, Request) else Request(*r) for r in requests]
+        if not requests:
+            raise ValueError("Deconvnet: project_recorded needs at least one request")
+        layers = {r.layer for r in requests}
+        if len(layers) != 1:
+            raise ValueError(f"Deconvnet: project_recorded takes requests of one layer (got {sorted(layers)})")
+        layer = requests[0].layer
+        top = self._layer_index(layer)
+        shape = self.graph.nodes[top].shape
+        for r in requests:
+            if not 0 <= r.image < recording.rows:
+                raise ValueError(f"Deconvnet: a request's image index is outside the recording's {recording.rows} rows")
+            if not 0 <= r.channel < shape[0]:
+                raise ValueError(f"Deconvnet: channel {r.channel} is outside {layer!r}'s {shape[0]} channels")
+        if values is None and layer not in recording.outputs:
+            raise ValueError(f"Deconvnet: the recording has no output of {layer!r}; pass the units' values")
+        if values is not None and (len(values) != len(requests) or any(
+                r.position == "map" or (r.position is None and len(shape) == 3) for r in requests)):
+            raise ValueError("Deconvnet: values need one unit per request, each with its position")
+        return self._project_recorded(recording, layer, requests, values, crop)
+
+    def _project_recorded(self, recording: Recording, layer: str, requests: list[Request], values: Tensor | None,
+                          crop: bool) -> tuple[Tensor, Tensor]:
+        """``project_recorded`` without the checks."""
+        top = self._layer_index(layer)
+        records, mode = recording.records, recording.mode
+        index = torch.tensor([r.image for r in requests])
+        activations = recording.outputs.get(layer)
+        corners = torch.zeros((len(requests), 2), dtype=torch.long)
+        if top == self.graph.input:
+            return self._seed(activations[index.to(activations.device)], requests), corners
+        if crop and all(r.position != "map" for r in requests) and len(self.graph.nodes[top].shape) == 3 \
+                and self.crop_work_ratio(layer) > 1:
+            if values is None:
+                values, positions = self._units(activations, index, requests)
+            else:
+                positions = torch.tensor([r.position for r in requests], dtype=torch.long).reshape(-1, 2)
+            channels = torch.tensor([r.channel for r in requests])
+            return self._down_windows(values, positions, channels, index, records, top, mode)
+        device = (activations if values is None else values).device
+        if values is None:
+            signal = self._seed(activations[index.to(activations.device)], requests)
+        else:
+            signal = values.new_zeros((len(requests), *self.graph.nodes[top].shape))
+            at = [torch.arange(len(requests)), torch.tensor([r.channel for r in requests])]
+            if signal.dim() == 4:
+                at += list(torch.tensor([r.position for r in requests], dtype=torch.long).reshape(-1, 2).t())
+            signal[tuple(t.to(signal.device) for t in at)] = values
+        return self._down(signal, records, top, mode, index=index.to(device)), corners
 
     def _check(self, images: Tensor, requests: Sequence, mode: str) -> list[Request]:
         """Requests as ``Request`` items, each checked against the layer it names."""
@@ -530,15 +659,15 @@ class Deconvnet:
             cropped += c * (g[0][2] - g[0][1]) * (g[1][2] - g[1][1])
         return full / cropped
 
-    def _down_cropped(self, activations: Tensor, requests: list[Request], index: Tensor, records: dict,
+    def _down_windows(self, values: Tensor, positions: Tensor, channels: Tensor, index: Tensor, records: dict,
                       top: int, mode: str) -> tuple[Tensor, Tensor]:
-        """The way down on receptive-field windows from each request's unit
-        (``index``: each request's image in ``records``). Returns the input-space
-        windows and their top-left corners."""
-        values, positions = self._units(activations, index, requests)
+        """The way down on receptive-field windows from units of node ``top``:
+        ``values[R]`` at ``positions[R, 2]`` of ``channels[R]`` (``index``: each
+        unit's image in ``records``). Returns the input-space windows and their
+        top-left corners."""
         windows = Windows(self._geometry(top), positions, index)
-        x = values.new_zeros(len(requests), activations.shape[1], 1, 1)
-        x[torch.arange(len(requests)), torch.tensor([r.channel for r in requests]), 0, 0] = values
+        x = values.new_zeros(len(values), self.graph.nodes[top].shape[0], 1, 1)
+        x[torch.arange(len(values), device=x.device), channels.to(x.device), 0, 0] = values
         x = self._down(x, records, top, mode, windows)
         start = self.graph.input
         return windows.inside(x, start, self.input_shape[-2:]), windows.corners[start]

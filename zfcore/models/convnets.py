@@ -19,6 +19,8 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import math
+
 import torch
 from torch import nn
 
@@ -91,7 +93,7 @@ def _build(convs, order: str, fc_width: int, num_classes: int, input_size: int, 
         first = convs[0]
         raise ValueError(f"input_size {input_size} is too small for this model (conv1 {first[1]}x{first[1]} "
                          f"stride {first[2]}): {error}") from None
-    features = int(torch.tensor(spec.layers[-1].shape).prod())
+    features = math.prod(spec.layers[-1].shape)
     layers.append(("flatten", nn.Flatten()))
     for i in (6, 7):
         if f"fc{i}" not in remove:

@@ -218,7 +218,7 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
     classes = [str(c) for c in meta.get("classes", [])]
 
     def class_name(label: int) -> str:
-        return classes[label] if 0 <= label < len(classes) else str(label)
+        return "" if label < 0 else classes[label] if label < len(classes) else str(label)
 
     topk, projections = tensors.get("topk", {}), tensors.get("projections", {})
     layer_names = [name for name in meta.get("layers", []) if name in projections and name in topk]
@@ -250,7 +250,8 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
                 labels = found.get("labels")
                 items = [(v, class_name(int(labels[c, j])) if labels is not None else "", int(found["images"][c, j]))
                          for j, v in enumerate(values)]
-                maps.append({"channel": c, "image": file, "width": width, "height": height, "top": values, "units": items,
+                channel = int(found["channels"][c]) if "channels" in found else c
+                maps.append({"channel": channel, "image": file, "width": width, "height": height, "top": values, "units": items,
                              })
                 bar.update(1)
             spec = {row["name"]: row for row in meta.get("spec", [])}

@@ -17,7 +17,7 @@ import time
 from pathlib import Path
 
 from .analysis.registry import analyses, get
-from .load import Dataset, Subject, embedded_dataset, load
+from .load import Dataset, Subject, embedded_dataset, folder_dataset, load
 from .report import rerender
 from .train.checkpoint import atomic_torch_save
 
@@ -61,23 +61,36 @@ def run_analysis(name: str, subject: Subject | None, dataset: Dataset | None, *,
     return spec.run(subject, dataset, quick=quick, progress=progress, seed=seed, **chosen)
 
 
-def analyze(name: str, checkpoint: str | os.PathLike | None, out: str | os.PathLike, *, quick: bool = False,
-            progress: bool = True, render: bool = True, runs: str | os.PathLike | None = None, seed: int = 0,
-            variants: tuple[str, ...] | None = None) -> Path:
+def analyze(name: str, checkpoint: str | os.PathLike | Subject | None, out: str | os.PathLike, *,
+            quick: bool = False, progress: bool = True, render: bool = True, runs: str | os.PathLike | None = None,
+            seed: int = 0, variants: tuple[str, ...] | None = None, data: str | os.PathLike | None = None) -> Path:
     """Run analysis ``name`` and save its result in ``out/results/``; with
     ``render`` write the report's pages; returns the page's path.
 
-    Most analyses need ``checkpoint`` (``zfcore.load``); they get its run's
-    embedded validation images. Those in ``TRAINING`` train their own models
-    into ``runs`` (default ``out/runs/NAME``): ``seed`` seeds them, ``variants``
+    Most analyses need a model: ``checkpoint`` is a ``Subject`` (``zfcore.load``:
+    any model) or a zfcore run's path. They run on the image folder ``data``
+    (``zfcore.load.folder_dataset``) or, by default, on a zfcore run's embedded
+    validation images. Those in ``TRAINING`` train their own models into
+    ``runs`` (default ``out/runs/NAME``): ``seed`` seeds them, ``variants``
     chooses ablation's, and generalization takes ``checkpoint`` as its
     pretrained run when given (else it trains one). The toolbox's ``seed``
     seeds whatever they draw at random."""
     spec = get(name)
     if checkpoint is None and "subject" in spec.needs:
-        raise ValueError(f"analyze: {name} needs --checkpoint, a model.pt written by zfcore train")
-    subject = load(checkpoint) if checkpoint is not None else None
-    dataset = embedded_data(subject, name) if subject is not None and not spec.trains else None
+        raise ValueError(f"analyze: {name} needs a model: --model SPEC [--weights FILE] or --checkpoint model.pt")
+    subject = checkpoint if isinstance(checkpoint, Subject) or checkpoint is None else load(checkpoint)
+    dataset = None
+    if subject is not None and not spec.trains:
+        if data is not None:
+            dataset = folder_dataset(subject, data, progress=progress)
+        elif subject.kind == "run":
+            dataset = embedded_data(subject, name)
+        else:
+            raise ValueError(f"analyze: {name} needs images: give an image folder (--data FOLDER); the embedded "
+                             f"images belong to zfcore runs")
+    elif spec.trains and subject is not None and subject.kind != "run":
+        raise ValueError(f"analyze: {name} trains zfcore models of its own; --model is for the analyses of a given "
+                         f"model (it takes a zfcore run as --checkpoint)")
     return analyze_subject(name, subject, dataset, out, quick=quick, progress=progress, render=render, runs=runs,
                            seed=seed, variants=variants)
 

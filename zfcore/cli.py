@@ -2,7 +2,8 @@
 
     zfcore demo [--out DIR]          train the small ZFNet on the embedded data, then visualize it
     zfcore train [--help]            train a model with the paper's recipe (zfcore.train.train)
-    zfcore visualize --checkpoint P  top-9 projections, activations, filters, dead units: a report
+    zfcore visualize --model M       top-9 projections, activations, filters, dead units: a report
+                                     (--model resnet18 --weights W.pth --data photos/, or --checkpoint model.pt)
     zfcore report --from DIR         re-render a report from its saved results
     zfcore info                      what is built: backends, versions
 """
@@ -45,12 +46,71 @@ def _positive(name: str):
     return parse
 
 
+def _floats(name: str):
+    def parse(text: str) -> tuple[float, ...]:
+        try:
+            values = tuple(float(v) for v in text.split(","))
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"--{name} must be one or three comma-separated numbers "
+                                             f"(got {text!r})") from None
+        if len(values) not in (1, 3):
+            raise argparse.ArgumentTypeError(f"--{name} must be one or three comma-separated numbers (got {text!r})")
+        return values
+    return parse
+
+
+def _add_model_arguments(parser: argparse.ArgumentParser, required: bool) -> None:
+    group = parser.add_argument_group("the model (zfcore.load)")
+    group.add_argument("--model", default=None,
+                       help="a built-in architecture (alexnet, vgg11..vgg19_bn, resnet18..resnet152, zfnet, "
+                            "zfnet_small, alexnet_paper), torchvision:NAME, a .pt2 file from torch.export.save, or "
+                            "a zfcore run")
+    group.add_argument("--checkpoint", default=None, help="a model.pt or checkpoint written by zfcore train"
+                       + ("" if required else " (needed by all but architecture, ablation and generalization; "
+                                              "generalization takes it as its run pretrained on classes 0-4, else "
+                                              "trains one)"))
+    group.add_argument("--weights", default=None, help="the architecture's state_dict: .pth/.pt (torch.save) or "
+                                                       ".safetensors; loaded strictly")
+    group.add_argument("--preprocess", default=None, choices=("imagenet", "run"),
+                       help="imagenet (short side 256, centre 224, ImageNet mean and std; the default for "
+                            "architectures) or run (a zfcore run's own; its default)")
+    group.add_argument("--size", type=_positive("size"), default=None, help="the model's input side (centre crop)")
+    group.add_argument("--resize", type=_positive("resize"), default=None, help="short side before the crop")
+    group.add_argument("--mean", type=_floats("mean"), default=None, help="per-channel mean of the 0..1 pixels: R,G,B")
+    group.add_argument("--std", type=_floats("std"), default=None, help="per-channel std of the 0..1 pixels: R,G,B")
+    group.add_argument("--classes", default=None, help="a text file with one class name per line")
+
+
+def _subject(args, required: bool):
+    """The ``Subject`` the model arguments name, or None (an analysis that trains its own)."""
+    from .data import Preprocess
+    from .load import load
+
+    if args.model is not None and args.checkpoint is not None:
+        raise ValueError("give --model or --checkpoint, not both")
+    source = args.model if args.model is not None else args.checkpoint
+    if source is None:
+        if required:
+            raise ValueError("name the model: --model SPEC [--weights FILE] or --checkpoint model.pt")
+        return None
+    preprocess = args.preprocess
+    if any(v is not None for v in (args.size, args.resize, args.mean, args.std)):
+        if preprocess == "run":
+            raise ValueError("--size, --resize, --mean and --std describe an explicit preprocessing; not with "
+                             "--preprocess run")
+        base = Preprocess.imagenet()
+        size = args.size or base.size
+        resize = args.resize or (round(size * 256 / 224) if args.size else base.resize)
+        preprocess = Preprocess(size, resize, args.mean or base.mean, args.std or base.std, base.scale)
+    return load(source, weights=args.weights, preprocess=preprocess, classes=args.classes)
+
+
 def _visualize(args) -> int:
     from .visualize import visualize
 
     layers = [n for part in args.layers or [] for n in part.split(",") if n] or None
-    index = visualize(args.checkpoint, args.data, args.out, layers=layers, k=args.k, mode=args.mode,
-                      batch_size=args.batch_size, resume=args.resume, progress=args.progress)
+    index = visualize(_subject(args, True), args.data, args.out, layers=layers, k=args.k, mode=args.mode,
+                      batch_size=args.batch_size, maps=args.maps, resume=args.resume, progress=args.progress)
     print(f"report: {index}")
     return 0
 
@@ -67,8 +127,8 @@ def _analyze(args) -> int:
     from .analyze import analyze
 
     variants = tuple(v.strip() for v in args.variants.split(",") if v.strip()) if args.variants else None
-    page = analyze(args.name, args.checkpoint, args.out, quick=args.quick, progress=args.progress, runs=args.runs,
-                   seed=args.seed, variants=variants)
+    page = analyze(args.name, _subject(args, False), args.out, quick=args.quick, progress=args.progress,
+                   runs=args.runs, seed=args.seed, variants=variants, data=args.data)
     print(f"page: {page}")
     return 0
 
@@ -124,12 +184,17 @@ def main(argv: list[str] | None = None) -> int:
 
     vis = commands.add_parser("visualize", help="top-k projections (Fig. 2), activations, filters, dead units",
                               formatter_class=defaults)
-    vis.add_argument("--checkpoint", required=True, help="a model.pt or checkpoint written by zfcore train")
+    _add_model_arguments(vis, True)
     vis.add_argument("--data", default="synthetic",
-                     help="'synthetic' (the run's embedded validation images) or an image folder, one subfolder "
-                          "per class")
+                     help="'synthetic' (a zfcore run's embedded validation images) or an image folder: flat, or one "
+                          "subfolder per class (jpg, png, webp, bmp)")
     vis.add_argument("--out", default="report", help="the report folder (nothing is written outside it)")
-    vis.add_argument("--layers", nargs="*", default=None, help="layers to project (default: every conv layer)")
+    vis.add_argument("--layers", nargs="*", default=None,
+                     help="layers to project, named_modules paths (features.10, layer3.1; default: every conv "
+                          "layer, or the deepest layer at each map size when there are more than 8)")
+    vis.add_argument("--maps", type=_positive("maps"), default=None,
+                     help="project only the strongest N maps of each layer (by their mean top-k activation); "
+                          "default all")
     vis.add_argument("--k", type=_positive("k"), default=9, help="images per feature map")
     vis.add_argument("--mode", default="deconvnet", choices=("deconvnet", "guided", "gradient"),
                      help="how units are projected down")
@@ -151,10 +216,10 @@ def main(argv: list[str] | None = None) -> int:
                               formatter_class=defaults,
                               epilog="analyses: " + "; ".join(f"{k}: {v}" for k, v in ANALYSES.items()))
     ana.add_argument("name", choices=list(ANALYSES), help="the analysis")
-    ana.add_argument("--checkpoint", default=None,
-                     help="a model.pt written by zfcore train on the embedded data (needed by all but "
-                          "architecture, ablation and generalization; generalization takes it as its run "
-                          "pretrained on classes 0-4, else trains one)")
+    _add_model_arguments(ana, False)
+    ana.add_argument("--data", default=None,
+                     help="an image folder (flat, or one subfolder per class) to run on; default: a zfcore run's "
+                          "embedded validation images")
     ana.add_argument("--out", default="report", help="the report folder its page is added to")
     ana.add_argument("--quick", action="store_true",
                      help="fewer images (and, for the analyses that train, smaller budgets): minutes, not hours")

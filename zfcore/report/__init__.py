@@ -311,7 +311,8 @@ def render(source: str | os.PathLike, out: str | os.PathLike | None = None, *, p
     page("index.html", "index.html", title=f"{common['model_name']}: what its units see", spec=spec_rows,
          classes=classes, input_shape=meta.get("input_shape", []), checkpoint=meta.get("checkpoint", ""),
          accuracy=accuracy, data=meta.get("data", ""), images=meta.get("images", 0), skipped=meta.get("skipped", 0),
-         curve=curve, epochs=len(history), timings=meta.get("timings", {}))
+         curve=curve, epochs=len(history), timings=meta.get("timings", {}), preprocess=meta.get("preprocess", ""),
+         maps=meta.get("maps"))
     render_analyses(source, out)
     return out / "index.html"
 

@@ -152,3 +152,25 @@ def test_an_exported_resnet_goes_through_visualize(workspace, tmp_path):
     assert "resnet18" in html and "10 images, 1 unreadable file(s) skipped" in html
     assert len(list((out / "assets").rglob("map-*.png"))) == 4
     _check_in_browser(out, tmp_path / "pt2.png")
+
+
+def test_two_processes_under_torchrun_equal_one(workspace, tmp_path):
+    args = ["--model", "resnet18", "--weights", str(workspace / "finetuned.pth"), "--classes",
+            str(workspace / "classes.txt"), "--data", str(workspace / "photos"), "--layers", "layer3", "layer4",
+            "--k", "3", "--maps", "5", "--batch-size", "4", "--no-progress"]
+    one = _run([sys.executable, "-m", "zfcore", "visualize", *args, "--out", str(tmp_path / "one")], tmp_path)
+    assert one.returncode == 0, one.stderr[-3000:]
+    env_run = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "-m", "zfcore"]
+    two = _run([*env_run, "visualize", *args, "--out", str(tmp_path / "two")], tmp_path)
+    assert two.returncode == 0, two.stderr[-3000:]
+    for name in ("topk", "projections", "dead_units"):
+        a = torch.load(tmp_path / "one" / "results" / f"{name}.pt", weights_only=True)
+        b = torch.load(tmp_path / "two" / "results" / f"{name}.pt", weights_only=True)
+        assert a.keys() == b.keys()
+        for layer in a:
+            for key, value in a[layer].items():
+                if isinstance(value, torch.Tensor):
+                    assert torch.equal(value, b[layer][key]), (name, layer, key)
+                else:
+                    assert value == b[layer][key], (name, layer, key)
+    assert (tmp_path / "two" / "index.html").is_file()

@@ -117,6 +117,28 @@ def _for_display(loaded: Loaded, projected) -> dict:
             "boxes": projected.boxes, "windows": projected.windows, "patch_images": patches}
 
 
+def _gather_rows(shown: dict, rows: Tensor, channels: int) -> dict | None:
+    """Rank 0 gets every rank's rows of one layer's display dict (``rows``: the
+    channels this rank projected), in channel order; the other ranks get None."""
+    import torch.distributed as dist
+
+    rank, world = rank_and_world()
+    parts = [None] * world if rank == 0 else None
+    dist.gather_object((rows, shown), parts, dst=0)
+    if rank != 0:
+        return None
+    full = {}
+    for key, value in shown.items():
+        if isinstance(value, Tensor):
+            merged = value.new_zeros((channels, *value.shape[1:]))
+            for part_rows, part in parts:
+                merged[part_rows] = part[key]
+            full[key] = merged
+        else:
+            full[key] = value
+    return full
+
+
 def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", out: str | os.PathLike = "report",
               layers: list[str] | None = None, k: int = 9, mode: str = "deconvnet", batch_size: int = 64, *,
               maps: int | None = None, resume: bool = False, activation_image: int = 0,
@@ -167,22 +189,28 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     found = top_k(model, dataset, layers, k=k, batch_size=batch_size, state_file=out / "results" / "topk-state.pt",
                   resume=resume, progress=progress)
     timings["top-k"] = time.perf_counter() - mark
-    if rank_and_world()[0] != 0:  # under torchrun the ranks share the top-k pass; rank 0 does the rest
-        return out / "index.html"
 
+    # under torchrun every rank holds the merged top-k; each projects a strided share of every layer's
+    # maps and rank 0 gathers them (the same result as one process), then renders
+    rank, world = rank_and_world()
     mark = time.perf_counter()
     chosen = {name: strongest_maps(t, maps) for name, t in found.items()}
     projections_saved = {}
     for name, (t, _) in chosen.items():  # one layer at a time: only its float windows are held at once
-        projected = top_k_projections(model, dataset, t, mode=mode, batch_size=4 * batch_size, net=net,
-                                      progress=progress)[name]
-        projections_saved[name] = _for_display(loaded, projected)
+        mine = torch.arange(rank, t.channels, world)
+        share = TopK(name, t.values[mine], t.images[mine], t.positions[mine])
+        projected = top_k_projections(model, dataset, share, mode=mode, batch_size=4 * batch_size, net=net,
+                                      progress=progress and rank == 0)[name]
+        shown = _for_display(loaded, projected)
         del projected
+        projections_saved[name] = shown if world == 1 else _gather_rows(shown, mine, t.channels)
     timings["projections"] = time.perf_counter() - mark
 
     mark = time.perf_counter()
     rectified = list(dict.fromkeys(_rectified(net, n) for n in layers))
-    dead = dead_units(model, dataset, rectified, batch_size=batch_size, progress=progress)
+    dead = dead_units(model, dataset, rectified, batch_size=batch_size, progress=progress and rank == 0)
+    if rank != 0:
+        return out / "index.html"
     image, label = dataset[activation_image]
     acts = activations(model, image, rectified)  # the rectified maps each projected layer passes on
     shown_filters = {n: filters(model, n).to_plain() for n in _convolutions(model, net)[:2]}

@@ -12,7 +12,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ._args import LayerTap, check_dataset, check_layers, check_positive_int, eval_mode, model_device
-from ._stream import batches
+from ._stream import batches, ensure_process_group, rank_and_world
 from .result import Result
 
 __all__ = ["Activations", "DeadUnits", "activations", "dead_units"]
@@ -69,13 +69,16 @@ def dead_units(model: nn.Module, dataset, layers: Sequence[str] | str, batch_siz
     check_positive_int(batch_size, "batch_size", "dead_units")
     n = check_dataset(dataset, "dead_units")
     device = model_device(model)
+    ensure_process_group()
+    rank, world = rank_and_world()  # under torchrun each rank counts a strided shard; the counts are summed
     zeros: dict[str, Tensor] = {}
     sums: dict[str, Tensor] = {}
     positions: dict[str, int] = {}
-    bar = tqdm(total=n, desc="dead units", unit="img", disable=not progress, leave=False)
+    shard = list(range(rank, n, world))
+    bar = tqdm(total=len(shard), desc="dead units", unit="img", disable=not progress or rank != 0, leave=False)
     try:
         with eval_mode(model), LayerTap(model, layers) as tap:
-            for images, _labels, _indices in batches(dataset, list(range(n)), batch_size, num_workers):
+            for images, _labels, _indices in batches(dataset, shard, batch_size, num_workers):
                 outputs = tap(images.float().to(device))
                 for name in layers:
                     out = outputs[name]
@@ -88,5 +91,13 @@ def dead_units(model: nn.Module, dataset, layers: Sequence[str] | str, batch_siz
                 bar.update(len(images))
     finally:
         bar.close()
+    if world > 1:
+        import torch.distributed as dist
+
+        for name in layers:
+            if name not in zeros:
+                raise ValueError(f"dead_units: rank {rank} got no images ({n} images for {world} processes)")
+            dist.all_reduce(zeros[name])
+            dist.all_reduce(sums[name])
     return {name: DeadUnits(name, (zeros[name].double() / n).float().cpu(),
                             (sums[name] / (n * positions[name])).float().cpu(), n) for name in layers}

@@ -92,7 +92,8 @@ def test_occluding_the_object_lowers_the_true_class_probability_more_than_backgr
 def test_run_occludes_the_first_images_at_the_last_conv_layer_and_renders(monkeypatch, tmp_path):
     """``run`` (zfcore analyze occlusion): the first 10 images (quick) at conv5,
     squares of a quarter of the side at half that stride; the page gets the
-    images, boxes, class names and the deconvnet projection of each chosen map."""
+    images, boxes, class names and the deconvnet projection of each chosen map.
+    Without boxes it runs the same, and the page checks no claim."""
     from zfcore.analysis.occlusion import ANALYSIS, run
     from zfcore.analysis.result import display_signed
     from zfcore.deconv import Deconvnet
@@ -102,7 +103,8 @@ def test_run_occludes_the_first_images_at_the_last_conv_layer_and_renders(monkey
     subject = untrained_subject(monkeypatch, tmp_path)
     dataset = embedded_dataset(subject)
     assert ANALYSIS.refusal(subject, dataset) is None
-    assert "object boxes" in ANALYSIS.refusal(subject, Dataset(dataset.images, dataset.labels, dataset.classes))
+    boxless = Dataset(dataset.images[:10], dataset.labels[:10], dataset.classes)
+    assert ANALYSIS.refusal(subject, boxless) is None  # the boxes only serve the page's claim
     result, extra = run(subject, dataset, quick=True, progress=False, seed=0)
     assert (result.layer, result.patch_size, result.stride) == ("conv5", 16, 8) and len(result.labels) == 10
     images = subject.preprocess(dataset.images[:10])
@@ -120,3 +122,7 @@ def test_run_occludes_the_first_images_at_the_last_conv_layer_and_renders(monkey
     assert [f["file"] for f in page["figures"]] == ["occlusion_maps.png"]
     assert (tmp_path / "assets" / "occlusion_maps.png").stat().st_size > 1000
     assert len(page["tables"][0]["rows"]) == 10 and len(page["claims"]) <= 1
+    plain, plain_extra = run(subject, boxless, quick=True, progress=False, seed=0)
+    assert plain_extra["boxes"] is None and torch.equal(plain.true_prob, result.true_prob)
+    page = render(plain.to_plain(), tmp_path / "boxless", **plain_extra)
+    assert page["claims"] == [] and "no object boxes" in page["intro"]

@@ -85,7 +85,7 @@ def test_the_readme_own_model_section_as_written(workspace, tmp_path):
         assert result.returncode == 0, f"{line}\n{result.stderr[-3000:]}"
     index = work / "report" / "index.html"
     html = index.read_text()
-    assert "10 images, 1 unreadable file(s) skipped" in html  # every photo decoded, the broken file counted
+    assert "11 images, 1 unreadable file(s) skipped" in html  # every photo decoded, the broken file counted
     assert HOSTILE not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "short side 256, centre 224x224" in html
     assert (work / "analysis-gradcam.html").is_file()
@@ -113,7 +113,7 @@ def test_alexnet_safetensors_and_errors_on_the_command_line(workspace, tmp_path)
                    "--out", str(out), "--no-progress"], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
     html = (out / "index.html").read_text()
-    assert "10 images, 1 unreadable file(s) skipped" in html and "the strongest 8 maps" in html
+    assert "11 images, 1 unreadable file(s) skipped" in html and "the strongest 8 maps" in html
     layer = (out / "layer-features.10-1.html") if (out / "layer-features.10-1.html").exists() else \
         sorted(out.glob("layer-*.html"))[0]
     assert len(re.findall(r"map-\d{4}\.png", layer.read_text())) == 8
@@ -149,7 +149,7 @@ def test_an_exported_resnet_goes_through_visualize(workspace, tmp_path):
     saved = torch.load(out / "results" / "projections.pt", weights_only=True)["layer4"]
     assert saved["projections"].shape[:2] == (4, 3) and saved["patch_images"].float().std() > 5
     html = (out / "index.html").read_text()
-    assert "resnet18" in html and "10 images, 1 unreadable file(s) skipped" in html
+    assert "resnet18" in html and "11 images, 1 unreadable file(s) skipped" in html
     assert len(list((out / "assets").rglob("map-*.png"))) == 4
     _check_in_browser(out, tmp_path / "pt2.png")
 

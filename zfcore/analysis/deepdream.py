@@ -170,25 +170,44 @@ def deep_dream(model: nn.Module, images: Tensor, layer: str, *, octaves: int = 3
                      jitter, scale, seed)
 
 
+OCTAVES = 3
+OCTAVE_SCALE = 1.4
+
+
 def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[DeepDream, dict]:
-    """DeepDream at the third ReLU (relu3 for the paper's models), 3 octaves:
-    quick, 4 images (the first of 4 classes), 10 steps per octave; full, 20
-    images (the first 2 of each class), 20 steps per octave. Extra for the
-    page: the uint8 originals and dreams (``subject.deprocess``), the class
-    names and the images' labels."""
+    """DeepDream at the third of ``probes.depth_layers`` (relu3 for the paper's
+    models, ``layer1`` for a ResNet-18), 3 octaves (1 for a model that takes
+    only its own input size, a ``.pt2`` program exported for it): quick, 4
+    images (the first of 4 classes), 10 steps per octave; full, 20 images (the
+    first 2 of each class), 20 steps per octave. Extra for the page: the uint8
+    originals and dreams (``subject.deprocess``), the class names and the
+    images' labels."""
     index = first_of_each_class(dataset, 1 if quick else 2)
     index = index[:4] if quick else index
-    relus = depth_layers(subject.model)
+    relus = depth_layers(subject.model, subject.input_shape)
     layer = relus[min(2, len(relus) - 1)]
-    settings = dict(octaves=3, steps=10) if quick else dict(octaves=3, steps=20)
-    result = deep_dream(subject.model, subject.preprocess(dataset.images[index]), layer, seed=seed, progress=progress,
-                        **settings)
+    images = subject.preprocess(dataset.images[index])
+    octaves = OCTAVES if _takes_size(subject.model, images, layer, OCTAVES) else 1
+    result = deep_dream(subject.model, images, layer, octaves=octaves, octave_scale=OCTAVE_SCALE,
+                        steps=10 if quick else 20, seed=seed, progress=progress)
     return result, {"images": dataset.images[index], "dreams": subject.deprocess(result.dreams),
                     "classes": list(dataset.classes), "labels": dataset.labels[index]}
 
 
+def _takes_size(model: nn.Module, images: Tensor, layer: str, octaves: int) -> bool:
+    """Whether ``layer`` can be reached from the smallest of ``octaves`` sizes."""
+    size = octave_sizes(images.shape[2], images.shape[3], octaves, OCTAVE_SCALE)[-1]
+    small = F.interpolate(images[:1], size=size, mode="bilinear", antialias=True)
+    try:
+        with torch.no_grad(), eval_mode(model):
+            layer_output(model, small.to(model_device(model)), layer)
+    except RuntimeError:
+        return False
+    return True
+
+
 def _check(subject, dataset) -> str | None:
-    if not depth_layers(subject.model):
+    if not depth_layers(subject.model, subject.input_shape):
         return "deepdream needs a model with ReLU, convolutional or linear layers; this one has none"
     return None
 

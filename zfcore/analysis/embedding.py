@@ -221,7 +221,8 @@ def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Em
     if quick and n > 200:
         index = torch.randperm(n, generator=torch.Generator().manual_seed(seed))[:200].sort().values
     inputs = subject.preprocess(dataset.images[index])
-    result = embed(subject.model, inputs, dataset.labels[index], last_hidden_layer(subject.model),
+    layer = last_hidden_layer(subject.model, subject.input_shape)
+    result = embed(subject.model, inputs, dataset.labels[index], layer,
                    perplexity=min(30.0, (len(index) - 1) / 3), max_iter=500 if quick else 1000, seed=seed,
                    progress=progress)
     drawn = torch.tensor(spread(result.coords["tsne"], THUMBNAILS), dtype=torch.long)
@@ -242,9 +243,15 @@ def spread(z: Tensor, count: int) -> list[int]:
 
 
 def _too_few(subject, dataset) -> str | None:
-    """The maps need at least 3 images (``embed``)."""
+    """The maps need at least 3 images (``embed``) and a layer to map."""
     n = len(dataset)
-    return None if n >= 3 else f"embedding needs at least 3 images to map; this dataset has {n}"
+    if n < 3:
+        return f"embedding needs at least 3 images to map; this dataset has {n}"
+    try:
+        last_hidden_layer(subject.model, subject.input_shape)
+    except ValueError:
+        return "embedding needs a model with a hidden layer before its output; this one has none it can name"
+    return None
 
 
 ANALYSIS = Analysis(

@@ -53,7 +53,7 @@ from tqdm import tqdm
 
 from ..deconv import CaptureError, Deconvnet
 from ._args import (check_choice, check_class_range, check_images, check_layers, check_logits, check_model,
-                    check_positive_int, describe, eval_mode, model_device)
+                    check_positive_int, describe, eval_mode, in_sequence, last_maps, model_device)
 from ._stream import call_site
 from .registry import Analysis
 from .result import Result, display_signed
@@ -407,36 +407,70 @@ def peaks(maps: Tensor, size: Sequence[int]) -> tuple[Tensor, Tensor]:
 
 # ---------------------------------------------------------- embedded data
 
-def default_layer(model: nn.Module) -> str:
-    """The last ``nn.Conv2d``, or the ``nn.ReLU`` right after it (its rectified maps)."""
+def default_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
+    """The layer Grad-CAM explains: the last ``nn.Conv2d``, or the ``nn.ReLU``
+    right after it (after a BatchNorm too: its rectified maps), when it runs in
+    a chain of ``nn.Sequential`` layers (the paper's models, a VGG's or an
+    AlexNet's ``features``); else, for any other model (a ResNet, a ``.pt2``
+    program) of ``input_shape = (C, H, W)``, the last rectified layer with maps
+    on the model's main path (``_args.last_maps``: ``layer4`` of a ResNet), or
+    the last layer with maps there. The main path matters: Grad-CAM runs the
+    layers above the chosen one on copies of its maps, which a convolution
+    inside a residual block would not feed alone."""
     modules = list(model.named_modules())
     convs = [i for i, (_, m) in enumerate(modules) if isinstance(m, nn.Conv2d)]
-    if not convs:
-        raise ValueError("grad_cam: the model has no nn.Conv2d layer to explain")
-    last = convs[-1]
-    if last + 1 < len(modules) and isinstance(modules[last + 1][1], nn.ReLU):
-        return modules[last + 1][0]
-    return modules[last][0]
+    chosen = None
+    if convs:
+        last = convs[-1]
+        chosen = modules[last][0]
+        for name, module in modules[last + 1:last + 3]:
+            if isinstance(module, nn.ReLU):
+                chosen = name
+                break
+            if not isinstance(module, nn.BatchNorm2d):
+                break
+    if chosen is not None and in_sequence(model, chosen):
+        return chosen
+    if input_shape is None:
+        if chosen is None:
+            raise ValueError("grad_cam: the model has no nn.Conv2d layer to explain; give input_shape to find "
+                             "maps on its main path, or name a layer")
+        raise ValueError(f"grad_cam: the model's last convolution {chosen!r} sits inside a block, not on a chain "
+                         f"of nn.Sequential layers; give input_shape to find its main path, or name a layer")
+    layer = last_maps(model, input_shape)
+    if layer is None:
+        raise ValueError("grad_cam: the model has no layer with maps (more than one position) on its main path "
+                         "to explain; name a layer")
+    return layer
 
 
 def run(subject, dataset, *, quick: bool, progress: bool, seed: int = 0) -> tuple[GradCam, dict]:
-    """Grad-CAM of the true class at the last convolutional layer (its ReLU) of
-    ``subject.model`` on ``dataset`` (its first 16 images with ``quick``, else
-    all), the top 3 classes' maps, guided Grad-CAM of the first 8; ``seed`` is
-    unused (nothing is drawn at random). Extra for the page: the uint8 images,
+    """Grad-CAM of the true class at ``default_layer`` (the last convolution's
+    ReLU; a ResNet's ``layer4``) of ``subject.model`` on ``dataset`` (its first
+    16 images with ``quick``, else all), the top 3 classes' maps, guided
+    Grad-CAM of the first 8; ``seed`` is unused (nothing is drawn at random). Extra for the page: the uint8 images,
     their object boxes (None where the dataset has none: the page then skips
     the pointing game) and the class names."""
     index = torch.arange(len(dataset))[:16 if quick else None]
     images = subject.preprocess(dataset.images[index])
     labels = dataset.labels[index]
-    result = grad_cam_analysis(subject.model, images, default_layer(subject.model), labels, labels=labels,
-                               index=index, top=3, guided=8, progress=progress)
+    layer = default_layer(subject.model, subject.input_shape)
+    result = grad_cam_analysis(subject.model, images, layer, labels, labels=labels, index=index, top=3, guided=8,
+                               progress=progress)
     boxes = dataset.boxes[index] if dataset.boxes is not None else None
     return result, {"images": dataset.images[index], "boxes": boxes, "classes": list(dataset.classes)}
 
 
+def _check(subject, dataset) -> str | None:
+    try:
+        default_layer(subject.model, subject.input_shape)
+    except ValueError:
+        return "gradcam needs a model with convolutional maps on its main path; this one has none"
+    return None
+
+
 ANALYSIS = Analysis(
-    name="gradcam", group="toolbox", order=30, demo=True, result=GradCam, run=run,
+    name="gradcam", group="toolbox", order=30, demo=True, result=GradCam, run=run, check=_check,
     description="Grad-CAM and guided Grad-CAM (Selvaraju et al.)",
     claims=("Grad-CAM's maximum falls inside the object's box more often than a random point (the pointing game; "
             "with boxes)",

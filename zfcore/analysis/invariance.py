@@ -51,11 +51,13 @@ from tqdm import tqdm
 
 from ._args import (check_class_range, check_labels, check_layers, check_logits, check_positive_int, eval_mode,
                     first_per_class, forward_with_layers, model_device)
+from .neighbours import last_hidden_layer
+from .probes import depth_layers
 from .registry import Analysis
 from .result import Result
 
-__all__ = ["ANALYSIS", "EMBEDDED_ROTATION_SYMMETRIC", "IDENTITY", "TRANSFORMS", "Invariance", "default_sweeps",
-           "example_images", "invariance", "run", "transform_images"]
+__all__ = ["ANALYSIS", "EMBEDDED_ROTATION_SYMMETRIC", "IDENTITY", "TRANSFORMS", "Invariance", "compared_layers",
+           "default_sweeps", "example_images", "invariance", "run", "transform_images"]
 
 TRANSFORMS = ("translation", "scale", "rotation")
 IDENTITY = {"translation": 0.0, "scale": 1.0, "rotation": 0.0}
@@ -291,19 +293,47 @@ def invariance(model: nn.Module, images: Tensor, labels, *, preprocess: Callable
                       seconds=time.perf_counter() - start)
 
 
+def compared_layers(model: nn.Module, input_shape: Sequence[int]) -> tuple[str, str]:
+    """The paper's layers 1 and 7 (``relu1``, ``relu7``) where the model has
+    them; else their counterparts on any model of ``input_shape``: the first
+    of ``probes.depth_layers`` (a ResNet's stem ``relu``) and
+    ``neighbours.last_hidden_layer`` (its ``avgpool``). ``ValueError`` when the
+    model has neither."""
+    names = {name for name, _ in model.named_modules()}
+    if {"relu1", "relu7"} <= names:
+        return "relu1", "relu7"
+    first = depth_layers(model, input_shape)
+    if not first:
+        raise ValueError("invariance: the model has no rectified layer to compare; name the layers")
+    return first[0], last_hidden_layer(model, input_shape)
+
+
 def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Invariance, dict]:
-    """Fig. 5 on ``dataset``: ``invariance`` of the first image per class the
-    model classifies correctly (4 per class; ``quick``: 1), with the default
-    sweeps; the rotation-symmetric classes are those of
-    ``EMBEDDED_ROTATION_SYMMETRIC`` the dataset has. ``seed`` is unused."""
+    """Fig. 5 on ``dataset``: ``invariance`` at ``compared_layers`` of the
+    first image per class the model classifies correctly (4 per class;
+    ``quick``: 1), with the default sweeps; the rotation-symmetric classes are
+    those of ``EMBEDDED_ROTATION_SYMMETRIC`` the dataset has. ``seed`` is
+    unused."""
+    layers = compared_layers(subject.model, subject.input_shape)
     images, labels = example_images(subject, dataset, per_class=1 if quick else 4)
+    if len(images) == 0:
+        raise ValueError("invariance: the model classifies none of the dataset's images correctly; Fig. 5 follows "
+                         "correctly classified images")
     symmetric = [c for c in EMBEDDED_ROTATION_SYMMETRIC if c in dataset.classes]
-    return invariance(subject.model, images, labels, preprocess=subject.preprocess, classes=dataset.classes,
-                      rotation_symmetric=symmetric, progress=progress), {}
+    return invariance(subject.model, images, labels, preprocess=subject.preprocess, layers=layers,
+                      classes=dataset.classes, rotation_symmetric=symmetric, progress=progress), {}
+
+
+def _check(subject, dataset) -> str | None:
+    try:
+        compared_layers(subject.model, subject.input_shape)
+    except ValueError:
+        return "invariance needs a model with a rectified layer and a hidden layer before its output; this one has none"
+    return None
 
 
 ANALYSIS = Analysis(
-    name="invariance", group="paper", order=20, demo=True, result=Invariance, run=run,
+    name="invariance", group="paper", order=20, demo=True, result=Invariance, run=run, check=_check,
     description="translation, scale and rotation invariance (Fig. 5)",
     claims=("small translations and scalings change layer 1's features more than the top layer's",
             "the output is more sensitive to rotation than to small translations",

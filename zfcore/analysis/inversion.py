@@ -55,7 +55,7 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from ._args import (check_images, check_layers, check_positive_float, check_positive_int, check_seed, eval_mode,
-                    model_device)
+                    in_sequence, main_path, model_device)
 from ._priors import (adam, alpha_norm, check_number, first_of_each_class, gradient_steps, input_scale, layer_output,
                       total_variation)
 from .probes import depth_layers
@@ -205,12 +205,17 @@ def depth_claim(layers: Sequence[str], pixel_error: Tensor) -> dict:
                         f"where errors saturate near 1, and the last exceeds the first)"}
 
 
-def embedded_layers(model: nn.Module, count: int) -> list[str]:
+def embedded_layers(model: nn.Module, count: int, input_shape: Sequence[int] | None = None) -> list[str]:
     """``count`` layers spread evenly over depth, from the first convolution
     to the last ReLU (relu7 for the paper's models): picked from the first
-    Conv2d followed by every ReLU (``probes.depth_layers``)."""
+    Conv2d followed by every ReLU (``probes.depth_layers``). A model whose
+    first Conv2d is not in a chain of ``nn.Sequential`` layers (a ``.pt2``
+    program has none) starts at the first layer of its main path instead
+    (``_args.main_path``; given ``input_shape``)."""
     first = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)][:1]
-    candidates = list(dict.fromkeys(first + depth_layers(model)))
+    if input_shape is not None and not (first and in_sequence(model, first[0])):
+        first = [layer.name for layer in main_path(model, input_shape) if not layer.output][:1]
+    candidates = list(dict.fromkeys(first + depth_layers(model, input_shape)))
     if count >= len(candidates):
         return candidates
     if count == 1:
@@ -226,7 +231,7 @@ def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[In
     names and the images' labels."""
     index = first_of_each_class(dataset)
     index = index[:2] if quick else index
-    layers = embedded_layers(subject.model, 4 if quick else 8)
+    layers = embedded_layers(subject.model, 4 if quick else 8, subject.input_shape)
     result = invert(subject.model, subject.preprocess(dataset.images[index]), layers, steps=80 if quick else 400,
                     seed=seed, progress=progress)
     return result, {"images": dataset.images[index], "reconstructions": subject.deprocess(result.reconstructions),
@@ -234,7 +239,7 @@ def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[In
 
 
 def _check(subject, dataset) -> str | None:
-    if not embedded_layers(subject.model, 1):
+    if not embedded_layers(subject.model, 1, subject.input_shape):
         return "inversion needs a model with convolutional, ReLU or linear layers to invert; this one has none"
     return None
 

@@ -41,7 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ._args import check_choice, check_images, check_labels, check_layers, check_positive_int, layer_features
+from ._args import (check_choice, check_images, check_labels, check_layers, check_positive_int, layer_features,
+                    main_path)
 from .registry import Analysis
 from .result import Result
 
@@ -87,10 +88,13 @@ class Neighbours(Result):
         return float(((counts[self.labels[self.queries]] - 1).double() / (n - 1)).mean())
 
 
-def last_hidden_layer(model: nn.Module) -> str:
+def last_hidden_layer(model: nn.Module, input_shape: Sequence[int] | None = None) -> str:
     """The model's last hidden representation: the ReLU right after the
     penultimate ``nn.Linear`` (``relu7`` in ZFNet), else that ``Linear``; with a
-    single ``Linear``, the module run just before it (e.g. ``flatten``)."""
+    single ``Linear``, the module run just before it (e.g. ``flatten``, a
+    ResNet's ``avgpool``). A model without ``nn.Linear`` modules (a ``.pt2``
+    program) of ``input_shape = (C, H, W)``: the last layer on its main path
+    before the output (``_args.main_path``; a ResNet's ``avgpool``)."""
     names = [name for name, _ in model.named_modules() if name]
     modules = dict(model.named_modules())
     linears = [i for i, name in enumerate(names) if isinstance(modules[name], nn.Linear)]
@@ -100,6 +104,10 @@ def last_hidden_layer(model: nn.Module) -> str:
         return after if after is not None and isinstance(modules[after], nn.ReLU) else names[i]
     if len(linears) == 1 and linears[0] > 0:
         return names[linears[0] - 1]
+    if input_shape is not None:
+        path = main_path(model, input_shape)
+        if len(path) >= 2 and path[-1].output:
+            return path[-2].name
     raise ValueError("last_hidden_layer: the model has no nn.Linear with a layer before it; name a layer")
 
 
@@ -236,8 +244,9 @@ def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Ne
         generator = torch.Generator().manual_seed(seed)
         index = torch.randperm(n, generator=generator)[:200].sort().values
     images = subject.preprocess(dataset.images[index])
-    result = nearest_neighbours(subject.model, images, dataset.labels[index], last_hidden_layer(subject.model),
-                                k=5, metric="cosine", progress=progress)
+    layer = last_hidden_layer(subject.model, subject.input_shape)
+    result = nearest_neighbours(subject.model, images, dataset.labels[index], layer, k=5, metric="cosine",
+                                progress=progress)
     rows = shown_queries(result)
     drawn = torch.cat([result.queries[rows], result.feature_index[rows].flatten(),
                        result.pixel_index[rows].flatten()]).unique()
@@ -257,8 +266,16 @@ def shown_queries(result: Neighbours, count: int = 8) -> list[int]:
     return rows
 
 
+def _check(subject, dataset) -> str | None:
+    try:
+        last_hidden_layer(subject.model, subject.input_shape)
+    except ValueError:
+        return "neighbours needs a model with a hidden layer before its output; this one has none it can name"
+    return None
+
+
 ANALYSIS = Analysis(
-    name="neighbours", group="toolbox", order=10, demo=True, result=Neighbours, run=run,
+    name="neighbours", group="toolbox", order=10, demo=True, result=Neighbours, run=run, check=_check,
     description="nearest neighbours in feature space against pixel space (the lecture's semantic check)",
     claims=("neighbours in the last hidden layer's features share the query's class more often than in pixels, "
             "and more often than chance",))

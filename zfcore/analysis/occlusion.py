@@ -46,17 +46,18 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ..deconv import Deconvnet, Request
+from ..deconv import CaptureError, Deconvnet, Request
 from ..geometry import pair as _pair
 from ..models.layer_table import POINTWISE, kind_of
 from ..nn import MaxPool2dSwitches
 from ..nn.normalization import local_response_norm
 from ._args import (check_choice, check_images, check_labels, check_layers, check_positive_int, eval_mode,
-                    forward_with_layers, model_device)
+                    forward_with_layers, in_sequence, last_maps, model_device)
 from .registry import Analysis
 from .result import Result, display_signed
 
-__all__ = ["ANALYSIS", "Occlusion", "grid_size", "object_share", "occlusion", "occlusion_plain", "run"]
+__all__ = ["ANALYSIS", "Occlusion", "grid_size", "map_layer", "object_share", "occlusion", "occlusion_plain",
+           "run"]
 
 METHODS = ("auto", "incremental", "plain")
 
@@ -400,33 +401,61 @@ def object_share(result: Occlusion, boxes: Tensor) -> tuple[Tensor, Tensor]:
 
 def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Occlusion, dict]:
     """Fig. 7 on ``dataset``: ``occlusion`` of its first 40 images (``quick``:
-    10) at the model's last ``Conv2d`` layer, squares of a quarter of the input
-    side at half that stride. ``seed`` is unused (nothing is drawn). Extra for
-    the page: the uint8 images, their boxes, the class names and the deconvnet
-    projection of each image's chosen map (``projections``, as
+    10) at ``map_layer`` (the last ``Conv2d`` of the paper's models), squares
+    of a quarter of the input side at half that stride. ``seed`` is unused
+    (nothing is drawn). Extra for the page: the uint8 images, their boxes
+    (None where the dataset has none: the page then has no claim to check), the
+    class names and the deconvnet projection of each image's chosen map (``projections``, as
     ``display_signed`` keeps them)."""
     size = subject.input_shape[-1]
     index = torch.arange(len(dataset))[:10 if quick else 40]
     images = subject.preprocess(dataset.images[index])
     patch = max(1, round(size / 4))
-    layer = [name for name, module in subject.model.named_modules() if isinstance(module, nn.Conv2d)][-1]
+    layer = map_layer(subject.model, subject.input_shape)
     result = occlusion(subject.model, images, dataset.labels[index], layer=layer, patch_size=patch,
                        stride=max(1, patch // 2), progress=progress)
-    return result, {"images": dataset.images[index], "boxes": dataset.boxes[index], "classes": list(dataset.classes),
+    boxes = dataset.boxes[index] if dataset.boxes is not None else None
+    return result, {"images": dataset.images[index], "boxes": boxes, "classes": list(dataset.classes),
                     "projections": _map_projections(subject, images, result)}
 
 
-def _map_projections(subject, images: Tensor, result: Occlusion) -> Tensor:
+def map_layer(model: nn.Module, input_shape) -> str:
+    """The layer whose strongest map ``run`` follows: the last ``nn.Conv2d``
+    (conv5 for the paper's models) when it runs in a chain of
+    ``nn.Sequential`` layers, else the deepest maps on the model's main path
+    (``_args.last_maps``: a ResNet's ``layer4``, whose convolutions sit inside
+    residual blocks). ``ValueError`` when the model has no maps."""
+    convs = [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d)]
+    if convs and in_sequence(model, convs[-1]):
+        return convs[-1]
+    layer = last_maps(model, input_shape)
+    if layer is None:
+        raise ValueError("occlusion: the model has no layer with maps on its main path; name a layer")
+    return layer
+
+
+def _map_projections(subject, images: Tensor, result: Occlusion) -> Tensor | None:
     """Fig. 7 (c): the deconvnet projection of each image's chosen map (the
     whole map, all its activations kept), for display (``display_signed``:
-    uint8 ``[N, 3, H, W]``, grey is 0)."""
-    net = Deconvnet(subject.model, subject.input_shape)
+    uint8 ``[N, 3, H, W]``, grey is 0); None for a model the engine cannot capture."""
+    try:
+        net = Deconvnet(subject.model, subject.input_shape)
+    except CaptureError:
+        return None  # a model the engine cannot capture: the page goes without the projections
     requests = [Request(i, result.layer, int(c), "map") for i, c in enumerate(result.channel.tolist())]
     return display_signed(net.project_many(images, requests))
+
+
+def _check_run(subject, dataset) -> str | None:
+    try:
+        map_layer(subject.model, subject.input_shape)
+    except ValueError:
+        return "occlusion needs a model with convolutional maps on its main path; this one has none"
+    return None
 
 
 ANALYSIS = Analysis(
     name="occlusion", group="paper", order=10, demo=True, result=Occlusion, run=run,
     description="occlusion sensitivity (Fig. 7)",
-    needs=frozenset({"subject", "labels", "boxes"}),
-    claims=("occluding the object lowers the true-class probability more than occluding background",))
+    needs=frozenset({"subject", "labels"}), check=_check_run,
+    claims=("occluding the object lowers the true-class probability more than occluding background (with boxes)",))

@@ -162,7 +162,7 @@ def saliency(model: nn.Module, images: Tensor, target: Tensor, method: str, *, l
                              f"(got [N, {', '.join(map(str, shape))}])")
         seed = F.one_hot(target, shape[0]).to(images.dtype)
         return net.project_signal(images, top, seed, mode=method).abs().amax(1)
-    layer = layer if layer is not None else default_layer(model)
+    layer = layer if layer is not None else default_layer(model, images.shape[1:])
     if method == "gradcam":
         return upsample(grad_cam(model, images, layer, target=target, progress=False).float(), (h, w))
     patch_size = patch_size if patch_size is not None else max(1, round(min(h, w) / 4))
@@ -231,7 +231,7 @@ def pointing_game(model: nn.Module, images: Tensor, labels: Tensor, boxes: Tenso
     """
     methods = list(methods) if not isinstance(methods, str) else methods
     _check(model, images, labels, boxes, methods, tolerance, batch_size, examples)
-    layer = layer if layer is not None else default_layer(model)
+    layer = layer if layer is not None else default_layer(model, images.shape[1:])
     check_layers(model, [layer], "pointing_game")
     n, _, h, w = images.shape
     tolerance = default_tolerance(h, w) if tolerance is None else tolerance

@@ -42,7 +42,7 @@ from torch.utils.data import TensorDataset
 from tqdm import tqdm
 
 from ._args import (LayerTap, check_choice, check_dataset, check_layers, check_positive_int, eval_mode, first_per_class,
-                    model_device)
+                    in_sequence, main_path, model_device)
 from ._stream import batches
 from .registry import Analysis
 from .result import Result
@@ -76,11 +76,22 @@ class Probes(Result):
     seconds: float = 0.0
 
 
-def depth_layers(model: nn.Module) -> list[str]:
-    """The layers to probe, in forward order: every ``nn.ReLU`` (relu1 ... relu7
-    for the paper's models: each layer's rectified output), or every Conv2d and
-    Linear but the last if the model has no ReLU module."""
+def depth_layers(model: nn.Module, input_shape: Sequence[int] | None = None) -> list[str]:
+    """The layers to probe, in forward order: every ``nn.ReLU`` when they run
+    in a chain of ``nn.Sequential`` layers (relu1 ... relu7 for the paper's
+    models: each layer's rectified output; a VGG's or AlexNet's ReLUs). For any
+    other model (a ResNet, whose blocks run their ReLU twice; a ``.pt2``
+    program) of ``input_shape = (C, H, W)``: the rectified outputs on its main
+    path (``_args.main_path``: a ResNet's stem ReLU and each block's output),
+    or, where none is rectified, every layer of the main path but the output.
+    Without ``input_shape``: every ``nn.ReLU`` (right when each runs once),
+    else every Conv2d and Linear but the last."""
     relus = [name for name, module in model.named_modules() if isinstance(module, nn.ReLU)]
+    if relus and all(in_sequence(model, name) for name in relus):
+        return relus
+    if input_shape is not None:
+        path = [layer for layer in main_path(model, input_shape) if not layer.output]
+        return [layer.name for layer in path if layer.relu] or [layer.name for layer in path]
     if relus:
         return relus
     return [name for name, module in model.named_modules() if isinstance(module, nn.Conv2d | nn.Linear)][:-1]
@@ -262,7 +273,8 @@ def run(subject, dataset, *, quick: bool, progress: bool, seed: int) -> tuple[Pr
     ``dataset`` (``quick``: 20). ``seed`` is unused (the fit is deterministic)."""
     per_class = 20 if quick else 100
     train, test = probe_splits(subject, dataset, per_class, per_class)
-    return linear_probes(subject.model, train, test, depth_layers(subject.model), progress=progress), {}
+    return linear_probes(subject.model, train, test, depth_layers(subject.model, subject.input_shape),
+                         progress=progress), {}
 
 
 ANALYSIS = Analysis(

@@ -86,8 +86,10 @@ def render(result: "Occlusion | dict", assets: Path, *, images: Tensor | None = 
                                      f"{int(both.sum())} images"})
     return {"title": "Occlusion sensitivity (Fig. 7)",
             "intro": "Each image is covered by a grey square at every grid position; the model's response is "
-                     "recorded per position. Exact incremental inference: each layer recomputes only the window "
-                     "the square reaches.",
+                     "recorded per position. For a plain chain of layers, exact incremental inference: each layer "
+                     "recomputes only the window the square reaches; any other model sees each occluded image "
+                     "whole." + ("" if boxes is not None else " The images have no object boxes, so the claim "
+                                 "about occluding the object is not checked."),
             "figures": figures,
             "tables": [{"caption": "per image", "header": ["image", "true class", "map", "p(true), unoccluded",
                                                          "p(true), lowest", "top class, unoccluded"],

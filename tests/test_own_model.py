@@ -88,8 +88,8 @@ def test_the_readme_own_model_section_as_written(workspace, tmp_path):
     assert "11 images, 1 unreadable file(s) skipped" in html  # every photo decoded, the broken file counted
     assert HOSTILE not in html and "&lt;img src=x onerror=alert(1)&gt;" in html
     assert "short side 256, centre 224x224" in html
-    assert (work / "analysis-gradcam.html").is_file()
-    layer_pages = sorted(work.glob("layer-*.html"))
+    assert (work / "report" / "analysis-gradcam.html").is_file()
+    layer_pages = sorted((work / "report").glob("layer-*.html"))
     assert len(layer_pages) == 2  # --layers layer3 layer4
     _check_in_browser(work / "report", tmp_path / "own-model.png")
 
@@ -119,13 +119,15 @@ def test_alexnet_safetensors_and_errors_on_the_command_line(workspace, tmp_path)
     assert len(re.findall(r"map-\d{4}\.png", layer.read_text())) == 8
     _check_in_browser(out, tmp_path / "alexnet.png")
 
+    empty = tmp_path / "empty"
+    empty.mkdir()
     for args, message in (
             (["--model", "resnet19"], "unknown architecture 'resnet19'; built in: alexnet"),
             (["--model", "resnet18", "--weights", str(tmp_path / "alexnet.safetensors")],
              "do not fit resnet18 (1000 classes): missing keys: conv1.weight"),
             (["--model", "alexnet", "--weights", str(tmp_path / "alexnet.safetensors"), "--preprocess", "run"],
              "preprocess 'run' is a zfcore run's own"),
-            (["--model", "alexnet", "--data", str(tmp_path)], "holds no image"),
+            (["--model", "alexnet", "--data", str(empty)], "holds no image"),
             (["--model", "alexnet", "--std", "0,1,1"], "std must be one or three positive finite numbers"),
             (["--model", "alexnet", "--checkpoint", "x.pt"], "give --model or --checkpoint, not both")):
         result = _run([sys.executable, "-m", "zfcore", "visualize", *args, "--out", str(tmp_path / "never"),
@@ -155,6 +157,8 @@ def test_an_exported_resnet_goes_through_visualize(workspace, tmp_path):
 
 
 def test_two_processes_under_torchrun_equal_one(workspace, tmp_path):
+    """The top-k, the units and the boxes are identical; the projections' pixels
+    agree to one display level (the ranks batch their units differently)."""
     args = ["--model", "resnet18", "--weights", str(workspace / "finetuned.pth"), "--classes",
             str(workspace / "classes.txt"), "--data", str(workspace / "photos"), "--layers", "layer3", "layer4",
             "--k", "3", "--maps", "5", "--batch-size", "4", "--no-progress"]
@@ -169,8 +173,17 @@ def test_two_processes_under_torchrun_equal_one(workspace, tmp_path):
         assert a.keys() == b.keys()
         for layer in a:
             for key, value in a[layer].items():
-                if isinstance(value, torch.Tensor):
-                    assert torch.equal(value, b[layer][key]), (name, layer, key)
+                if isinstance(value, torch.Tensor) and (name == "topk" or not value.is_floating_point() and
+                                                        value.dtype != torch.uint8):
+                    assert torch.equal(value, b[layer][key]), (name, layer, key)  # the same units, boxes, counts
+                elif isinstance(value, torch.Tensor):  # float sums batched differently: the last bits may differ
+                    other = b[layer][key]
+                    if value.dtype == torch.uint8:  # shown scaled by their own peak: compare where it is not noise
+                        peaks = a[layer]["peaks"]
+                        real = peaks > 1e-3 * peaks.max() if key == "projections" else torch.ones_like(peaks, dtype=bool)
+                        assert (value[real].int() - other[real].int()).abs().max() <= 1, (name, layer, key)
+                    else:
+                        torch.testing.assert_close(value, other, rtol=1e-4, atol=1e-6)
                 else:
                     assert value == b[layer][key], (name, layer, key)
     assert (tmp_path / "two" / "index.html").is_file()

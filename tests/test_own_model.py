@@ -180,7 +180,11 @@ def test_two_processes_under_torchrun_equal_one(workspace, tmp_path):
                     other = b[layer][key]
                     # A switch on a near-tie (two maxima 1e-7 apart) may flip when the units are batched
                     # differently, and route that unit's signal elsewhere: most units agree to a display level.
-                    flat_a, flat_b = value.flatten(2).float(), other.flatten(2).float()
+                    if name == "dead_units":  # counts summed over shards: equal up to the sums' rounding
+                        torch.testing.assert_close(value, other, rtol=1e-4, atol=1e-6)
+                        continue
+                    flat_a = value.flatten(2).float() if value.dim() > 2 else value.float()[..., None]
+                    flat_b = other.flatten(2).float() if other.dim() > 2 else other.float()[..., None]
                     close = ((flat_a - flat_b).abs() <= (1 if value.dtype == torch.uint8 else
                                                          1e-4 * flat_a.abs().amax().clamp_min(1e-12))).all(2)
                     assert close.float().mean() >= 0.8, (name, layer, key, close.float().mean())

@@ -196,11 +196,11 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     mark = time.perf_counter()
     chosen = {name: strongest_maps(t, maps) for name, t in found.items()}
     projections_saved = {}
-    for name, (t, _) in chosen.items():  # one layer at a time: only its float windows are held at once
+    for name, (t, numbers) in chosen.items():  # one layer at a time: only its float windows are held at once
         mine = torch.arange(rank, t.channels, world)
         share = TopK(name, t.values[mine], t.images[mine], t.positions[mine])
         projected = top_k_projections(model, dataset, share, mode=mode, batch_size=4 * batch_size, net=net,
-                                      progress=progress and rank == 0)[name]
+                                      progress=progress and rank == 0, channels={name: numbers[mine]})[name]
         shown = _for_display(loaded, projected)
         del projected
         projections_saved[name] = shown if world == 1 else _gather_rows(shown, mine, t.channels)

@@ -58,8 +58,8 @@ def _window(spec, layer: str, h: int, w: int, input_shape) -> tuple[int, int, in
 
 
 def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, mode: str = "deconvnet",
-                      batch_size: int = 256, *, net: Deconvnet | None = None, progress: bool = True
-                      ) -> dict[str, Projections]:
+                      batch_size: int = 256, *, net: Deconvnet | None = None, progress: bool = True,
+                      channels: dict[str, Tensor] | None = None) -> dict[str, Projections]:
     """Project every unit of ``topk`` (``top_k``'s result) with the deconvnet.
 
     Args:
@@ -70,6 +70,8 @@ def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, m
         batch_size: requests per ``project_many`` call.
         net: a ``Deconvnet`` of ``model`` to reuse (built from the dataset's
             first image's shape otherwise).
+        channels: per layer, the map number of each row of its ``TopK`` when
+            the rows are a selection of the maps (default: row ``c`` is map ``c``).
 
     Returns:
         ``{layer: Projections}``.
@@ -92,6 +94,9 @@ def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, m
                 raise ValueError(f"top_k_projections: the deconvnet cannot project {layer!r}; "
                                  f"its layers are {', '.join(net.layers)}")
             c, k = found.values.shape
+            maps = channels[layer].tolist() if channels is not None and layer in channels else list(range(c))
+            if len(maps) != c:
+                raise ValueError(f"top_k_projections: channels[{layer!r}] must name one map per row ({c})")
             flat = len(spec[layer].shape) != 3  # a Linear layer's unit: the channel itself
             s = _window(spec, layer, 0, 0, net.input_shape)[2:]
             projections = torch.zeros((c, k, net.input_shape[0], *s))
@@ -108,7 +113,8 @@ def top_k_projections(model: nn.Module, dataset, topk: dict[str, TopK] | TopK, m
                 requests = []
                 for ci, j in chunk:
                     h, w = (int(v) for v in found.positions[ci, j])
-                    requests.append(Request(local[int(found.images[ci, j])], layer, ci, None if flat else (h, w)))
+                    requests.append(Request(local[int(found.images[ci, j])], layer, int(maps[ci]),
+                                            None if flat else (h, w)))
                 projected = net.project_many(images, requests, mode=mode).cpu()
                 for (ci, j), request, image in zip(chunk, requests, projected):
                     h, w = request.position or (0, 0)

@@ -179,6 +179,6 @@ def test_training_analysis_arguments_are_checked(tmp_path, capsys):
     assert main(["analyze", "architecture", "--out", str(tmp_path), "--variants", "full"]) == 2
     assert "variants are ablation's" in capsys.readouterr().err
     assert main(["analyze", "occlusion", "--out", str(tmp_path)]) == 2
-    assert "occlusion needs --checkpoint" in capsys.readouterr().err
+    assert "occlusion needs a model: --model SPEC [--weights FILE] or --checkpoint model.pt" in capsys.readouterr().err
     assert main(["analyze", "architecture", "--out", str(tmp_path), "--seed", "-1"]) == 2
     assert "seed must be a non-negative int" in capsys.readouterr().err

@@ -16,7 +16,7 @@ CHROMIUM := /usr/bin/chromium
 export PLAYWRIGHT_SKIP_BROWSER_DOWNLOAD := 1
 
 # import name:pip name of what zfcore, its tests and its build need besides torch
-PY_DEPS := numpy:numpy tqdm:tqdm PIL:pillow jinja2:jinja2 matplotlib:matplotlib sklearn:scikit-learn setuptools:setuptools \
+PY_DEPS := numpy:numpy tqdm:tqdm PIL:pillow jinja2:jinja2 matplotlib:matplotlib sklearn:scikit-learn safetensors:safetensors setuptools:setuptools \
 	pytest:pytest pytest_benchmark:pytest-benchmark xdist:pytest-xdist hypothesis:hypothesis playwright:playwright \
 	importlinter:import-linter
 

@@ -246,3 +246,34 @@ def test_crop_work_ratio():
     assert net.crop_work_ratio("conv1") == 30 * 30  # one unit of a 30x30 map
     assert net.crop_work_ratio("conv2") > 5
     assert net.crop_work_ratio("conv5") < 1  # at 64 px a conv5 window is wider than the maps: no crop
+
+
+def test_project_recorded_equals_project_many():
+    """Units sent down with the records of an earlier forward (kept apart per
+    image and put back together in another order) equal ``project_many``."""
+    from zfcore.deconv.engine import Recording
+
+    model, images, net = _setup("zfnet_small")
+    recording = net.record(images, ["conv2", "conv5", "fc6"])
+    apart = Recording.cat([recording.select([2], outputs=False), recording.select([0, 1], outputs=False)])
+    assert apart.rows == 3 and not apart.outputs
+    for layer, position in (("conv2", (3, 4)), ("conv5", (1, 2)), ("fc6", None)):
+        picked = [Request(2, layer, 5, position), Request(0, layer, 1, position)]
+        values = torch.stack([recording.outputs[layer][r.image, r.channel][position or ()] for r in picked])
+        moved = [Request(0, layer, 5, position), Request(1, layer, 1, position)]  # rows of `apart`
+        windows, corners = net.project_recorded(apart, moved, values)
+        expected = net.project_many(images, picked)
+        height, width = images.shape[-2:]
+        for window, (r, c), full in zip(windows, corners.tolist(), expected):
+            r0, c0 = max(r, 0), max(c, 0)
+            r1, c1 = min(r + window.shape[-2], height), min(c + window.shape[-1], width)
+            assert torch.equal(window[:, r0 - r:r1 - r, c0 - c:c1 - c], full[:, r0:r1, c0:c1]), layer
+            rest = full.clone()
+            rest[:, r0:r1, c0:c1] = 0
+            assert not rest.any(), layer
+        # cropped windows for conv2; whole inputs where units see the whole map (conv5 at 64 px) or for fc6
+        assert (windows.shape[-2:] == images.shape[-2:]) == (net.crop_work_ratio(layer) <= 1 or position is None)
+    with pytest.raises(ValueError, match="one layer"):
+        net.project_recorded(recording, [Request(0, "conv2", 0, (0, 0)), Request(0, "conv5", 0, (0, 0))])
+    with pytest.raises(ValueError, match="each with its position"):
+        net.project_recorded(recording, [Request(0, "conv2", 0)], torch.ones(1))

@@ -185,3 +185,126 @@ def test_nan_maps_rank_first_whatever_the_batch_size():
             torch.testing.assert_close(got[layer].values, whole[layer].values, equal_nan=True, rtol=0, atol=0)
             assert torch.equal(got[layer].images, whole[layer].images), (layer, batch_size)
             assert torch.equal(got[layer].positions, whole[layer].positions), (layer, batch_size)
+
+
+# ------------------------------------------------------------ the whole job: top-k, then projections
+
+
+def _forwards(monkeypatch) -> list[int]:
+    """The batch size of every forward the deconvnet runs from here on."""
+    from zfcore.deconv import Deconvnet
+
+    sizes, forward = [], Deconvnet._forward
+
+    def counted(self, images, *args, **kwargs):
+        sizes.append(images.shape[0])
+        return forward(self, images, *args, **kwargs)
+
+    monkeypatch.setattr(Deconvnet, "_forward", counted)
+    return sizes
+
+
+def _check_against_project(net, data, found, projected):
+    """Every window equals its unit's projection by ``Deconvnet.project`` (one
+    image, one unit), bit for bit; every patch is the image's box."""
+    spec = net.layer_spec()
+    for layer, t in found.items():
+        flat = len(spec[layer].shape) != 3
+        p = projected[layer]
+        for c in range(t.channels):
+            for j in range(t.values.shape[1]):
+                i, (h, w) = int(t.images[c, j]), t.positions[c, j].tolist()
+                image = data[i][0][None]
+                one = net.project(image, layer, c, None if flat else (h, w))[0]
+                top, left, bottom, right = spec.box(layer, h, w)
+                assert p.boxes[c, j].tolist() == [top, left, bottom, right]
+                rows, cols = p.inside(c, j)
+                assert torch.equal(p.projections[c, j, :, rows, cols], one[:, top:bottom, left:right]), (layer, c, j)
+                assert torch.equal(p.patches[c, j, :, rows, cols], image[0, :, top:bottom, left:right])
+                rest = p.projections[c, j].clone()
+                rest[:, rows, cols] = 0
+                assert not rest.any()
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_projections_forward_each_image_once_for_every_layer(monkeypatch, kept):
+    """Units of several layers are grouped by image: one forward per distinct
+    image for all its units (none with the top-k pass's records), and each
+    projection equals ``Deconvnet.project`` of that one unit."""
+    from zfcore.analysis.projections import ForwardRecords, top_k_projections
+    from zfcore.deconv import Deconvnet
+
+    model, data = tiny_model(), Images()
+    layers = ["conv1", "relu2", "fc"]  # cropped windows, whole maps, a Linear layer
+    ratio = Deconvnet.crop_work_ratio  # relu2's units go down on whole maps (as a ResNet's layer4 do)
+    monkeypatch.setattr(Deconvnet, "crop_work_ratio",
+                        lambda self, layer: 1.0 if layer == "relu2" else ratio(self, layer))
+    net = Deconvnet(model, (3, 8, 8))
+    assert net.crop_work_ratio("conv1") > 1
+    records = ForwardRecords(net) if kept else None
+    sizes = _forwards(monkeypatch)
+    found = top_k(model, data, layers, k=4, batch_size=5, progress=False, records=records)
+    assert sum(sizes) == (len(data) if kept else 0)  # the top-k pass: on the graph with records, else the module
+    holders = [{int(i) for i in found[layer].images.flatten()} for layer in layers]
+    distinct = set.union(*holders)
+    assert holders[0] & holders[1] & holders[2]  # an image holding units of every layer
+    assert len(distinct) < len(data)
+    sizes.clear()
+    projected = top_k_projections(model, data, found, batch_size=7, net=net, progress=False, records=records)
+    assert sum(sizes) == (0 if kept else len(distinct))
+    assert kept or max(sizes) <= 7
+    _check_against_project(net, data, found, projected)
+    if kept:
+        assert len(records) == 0  # emptied as the images were done
+        # the same units from a store too small for all: the rest go forward again, equal results
+        small = ForwardRecords(net, max_bytes=2000)
+        sizes.clear()
+        again = top_k(model, data, layers, k=4, batch_size=5, progress=False, records=small)
+        assert small.refused > 0
+        sizes.clear()
+        again = top_k_projections(model, data, again, batch_size=7, net=net, progress=False, records=small)
+        assert 0 < sum(sizes)
+        for layer in layers:
+            for field in ("projections", "patches", "boxes", "windows"):
+                assert torch.equal(getattr(again[layer], field), getattr(projected[layer], field)), (layer, field)
+
+
+def test_records_are_checked():
+    from zfcore.analysis.projections import ForwardRecords, top_k_projections
+    from zfcore.deconv import Deconvnet
+
+    model, data = tiny_model(), Images()
+    net = Deconvnet(model, (3, 8, 8))
+    records = ForwardRecords(net, "guided")
+    found = top_k(model, data, ["conv1"], k=2, progress=False, records=records)
+    with pytest.raises(ValueError, match="kept for mode 'guided', not 'deconvnet'"):
+        top_k_projections(model, data, found, records=records, progress=False)
+    with pytest.raises(ValueError, match="another Deconvnet"):
+        top_k_projections(model, data, found, "guided", net=Deconvnet(model, (3, 8, 8)), records=records,
+                          progress=False)
+    with pytest.raises(ValueError, match="max_bytes"):
+        ForwardRecords(net, max_bytes=-1)
+
+
+@pytest.mark.parametrize("kept", [False, True])
+def test_a_selection_of_maps_projects_each_rows_own_map(kept):
+    """``channels=`` (``visualize --maps``, a torchrun rank's share): row ``r``
+    of a selected ``TopK`` is map ``channels[r]``, and its projections equal
+    that map's row of the projection of all maps."""
+    from zfcore.analysis.projections import ForwardRecords, top_k_projections
+    from zfcore.deconv import Deconvnet
+
+    model, data = tiny_model(), Images()
+    net = Deconvnet(model, (3, 8, 8))
+    records = ForwardRecords(net) if kept else None
+    found = top_k(model, data, ["conv1", "fc"], k=3, batch_size=5, progress=False, records=records)
+    full = top_k_projections(model, data, found, batch_size=4, net=net, progress=False)
+    chosen = {"conv1": torch.tensor([4, 1]), "fc": torch.tensor([5, 0, 3])}
+    part = top_k_projections(model, data, {name: t.select(chosen[name]) for name, t in found.items()},
+                             batch_size=4, net=net, progress=False, records=records, channels=chosen)
+    for name, maps in chosen.items():
+        for field in ("projections", "patches", "boxes", "windows"):
+            assert torch.equal(getattr(part[name], field), getattr(full[name], field)[maps]), (name, field)
+        assert part[name].projections.abs().amax() > 0
+    with pytest.raises(ValueError, match="one map per row"):
+        top_k_projections(model, data, found, net=net, progress=False, channels={"conv1": torch.tensor([0])})

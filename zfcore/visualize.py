@@ -21,8 +21,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from .analysis import (activations, dead_units, display_signed, filters, rank_and_world, top_k,
-                       top_k_projections)
+from .analysis import (ForwardRecords, activations, dead_units, display_signed, filters, project_top_k,
+                       rank_and_world, top_k)
 from .analysis.topk import TopK
 from .deconv import MODES, Deconvnet
 from .load import Loaded, PreparedDataset, load, open_dataset
@@ -78,7 +78,7 @@ def strongest_maps(found: TopK, maps: int | None) -> tuple[TopK, Tensor]:
     channels = torch.arange(found.channels)
     if maps is not None and maps < found.channels:
         channels = found.values.float().mean(1).topk(maps).indices.sort().values
-    return TopK(found.layer, found.values[channels], found.images[channels], found.positions[channels]), channels
+    return found.select(channels), channels
 
 
 def _history(loaded: Loaded) -> list[dict]:
@@ -185,9 +185,12 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     out.mkdir(parents=True, exist_ok=True)
     timings["data"] = time.perf_counter() - mark
 
+    # the top-k pass runs on the deconvnet's forward and keeps, for the images its running top-k holds,
+    # what the way down needs (switches): the projections then run no second forward over them
     mark = time.perf_counter()
+    records = ForwardRecords(net, mode)
     found = top_k(model, dataset, layers, k=k, batch_size=batch_size, state_file=out / "results" / "topk-state.pt",
-                  resume=resume, progress=progress)
+                  resume=resume, progress=progress, records=records)
     timings["top-k"] = time.perf_counter() - mark
 
     # under torchrun every rank holds the merged top-k; each projects a strided share of every layer's
@@ -195,15 +198,18 @@ def visualize(checkpoint: str | os.PathLike | Loaded, data: str = "synthetic", o
     rank, world = rank_and_world()
     mark = time.perf_counter()
     chosen = {name: strongest_maps(t, maps) for name, t in found.items()}
+    shares = {name: torch.arange(rank, t.channels, world) for name, (t, _) in chosen.items()}
     projections_saved = {}
-    for name, (t, numbers) in chosen.items():  # one layer at a time: only its float windows are held at once
-        mine = torch.arange(rank, t.channels, world)
-        share = TopK(name, t.values[mine], t.images[mine], t.positions[mine])
-        projected = top_k_projections(model, dataset, share, mode=mode, batch_size=4 * batch_size, net=net,
-                                      progress=progress and rank == 0, channels={name: numbers[mine]})[name]
+    # one layer at a time (only its float windows are held at once), each distinct image forwarded at most once
+    for projected in project_top_k(model, dataset, {name: t.select(shares[name]) for name, (t, _) in chosen.items()},
+                                   mode=mode, batch_size=4 * batch_size, net=net, progress=progress and rank == 0,
+                                   records=records,
+                                   channels={name: numbers[shares[name]] for name, (_, numbers) in chosen.items()}):
+        name = projected.layer
         shown = _for_display(loaded, projected)
         del projected
-        projections_saved[name] = shown if world == 1 else _gather_rows(shown, mine, t.channels)
+        projections_saved[name] = shown if world == 1 else _gather_rows(shown, shares[name], chosen[name][0].channels)
+    del records
     timings["projections"] = time.perf_counter() - mark
 
     mark = time.perf_counter()

@@ -2,7 +2,8 @@
 dataclass of tensors, rendered by ``zfcore.report``.
 
 * ``top_k`` / ``TopK``: the strongest images per feature map over a dataset (streamed, resumable, sharded).
-* ``top_k_projections`` / ``Projections``: those units projected by the deconvnet, beside their patches (Fig. 2).
+* ``top_k_projections`` / ``Projections``: those units projected by the deconvnet, beside their patches (Fig. 2);
+  ``ForwardRecords`` lets the top-k pass keep the switches so that no image is run forward twice.
 * ``activations``: every layer's maps for one image; ``dead_units``: maps that never fire.
 * ``filters``: filter images with a smoothness score.
 
@@ -20,10 +21,10 @@ argument checks, ``eval_mode`` and ``LayerTap`` are in ``_args.py``.
 
 from .activations import Activations, DeadUnits, activations, dead_units
 from .filters import Filters, filters, high_frequency_fraction
-from .projections import Projections, top_k_projections
+from .projections import ForwardRecords, Projections, project_top_k, top_k_projections
 from .result import Result, display_signed
 from .topk import TopK, map_maxima, merge_top_k, rank_and_world, top_k
 
-__all__ = ["Activations", "DeadUnits", "Filters", "Projections", "Result", "TopK", "activations", "dead_units",
-           "display_signed", "filters", "high_frequency_fraction", "map_maxima", "merge_top_k", "rank_and_world",
-           "top_k", "top_k_projections"]
+__all__ = ["Activations", "DeadUnits", "Filters", "ForwardRecords", "Projections", "Result", "TopK", "activations",
+           "dead_units", "display_signed", "filters", "high_frequency_fraction", "map_maxima", "merge_top_k",
+           "project_top_k", "rank_and_world", "top_k", "top_k_projections"]

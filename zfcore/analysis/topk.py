@@ -51,6 +51,10 @@ class TopK(Result):
     def to(self, device) -> "TopK":
         return TopK(self.layer, self.values.to(device), self.images.to(device), self.positions.to(device))
 
+    def select(self, rows: Tensor) -> "TopK":
+        """The rows ``rows`` (map numbers, or a rank's share of them) only."""
+        return TopK(self.layer, self.values[rows], self.images[rows], self.positions[rows])
+
 
 def map_maxima(activations: Tensor) -> tuple[Tensor, Tensor]:
     """Per image and channel, the map's maximum and its first row-major position.
@@ -163,7 +167,7 @@ def _gather_merge(running: _Running) -> None:
 
 def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, batch_size: int = 64, *,
           state_file: str | os.PathLike | None = None, save_every: int = 20, resume: bool = False,
-          num_workers: int = 0, progress: bool = True) -> dict[str, TopK]:
+          num_workers: int = 0, progress: bool = True, records=None) -> dict[str, TopK]:
     """The ``k`` images of ``dataset`` whose feature map has the largest maximum,
     per feature map of every layer in ``layers``.
 
@@ -180,6 +184,14 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
             uninterrupted run); without it an existing state file is replaced.
         num_workers: DataLoader workers.
         progress: a tqdm bar.
+        records: a ``ForwardRecords`` (``zfcore.analysis.projections``): the pass
+            then runs on its deconvnet's forward (the captured graph) and keeps
+            the records the way down needs for the images the top-k holds, so
+            that ``top_k_projections(records=records)`` runs no second forward.
+            The maps are then the engine's: those of the model's forward up to
+            the rounding of ops the engine computes its own way
+            (LocalResponseNorm), and the very activations the projections start
+            from.
 
     Returns:
         ``{layer: TopK}``.
@@ -206,6 +218,8 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
             path = path.with_name(f"{path.name}.rank{rank}")
     fingerprint = None if path is None else {"version": _STATE_VERSION, "layers": layers, "k": k, "dataset": n,
                                              "rank": rank, "world": world, "model": model_fingerprint(model)}
+    if fingerprint is not None and records is not None:  # the engine's maps: not to be mixed with the module's
+        fingerprint["forward"] = "deconvnet"
     running = {name: _Running(k) for name in layers}
     done = 0
     if path is not None and resume:
@@ -225,12 +239,15 @@ def top_k(model: nn.Module, dataset, layers: Sequence[str] | str, k: int = 9, ba
     try:
         # Maxima taken in the hooks, positions only for maps that can still enter the top-k.
         reducers = {name: (lambda out, r=running[name]: candidate_maxima(out, r.floor())) for name in layers}
-        with eval_mode(model), LayerTap(model, layers, reduce=reducers) as tap:
+        tapped = LayerTap(model, layers, reduce=reducers) if records is None else records.tap(layers, reducers)
+        with eval_mode(model), tapped as tap:
             for i, (images, _labels, indices) in enumerate(batches(dataset, shard[done:], batch_size, num_workers)):
                 outputs = tap(images.to(device))
                 for name in layers:
                     values, positions = outputs[name]
                     running[name].add(values, positions, indices)
+                if records is not None:
+                    records.keep(indices, {name: running[name].images for name in layers})
                 done += len(indices)
                 bar.update(len(indices))
                 if (i + 1) % save_every == 0:

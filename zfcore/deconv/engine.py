@@ -552,7 +552,8 @@ class Deconvnet:
         shape = self.graph.nodes[top].shape
         for r in requests:
             if not 0 <= r.image < recording.rows:
-                raise ValueError(f"Deconvnet: a request's image index is outside the recording's {recording.rows} rows")
+                raise ValueError(f"Deconvnet: a request's image index is outside the recording's {recording.rows} "
+                                 "rows")
             if not 0 <= r.channel < shape[0]:
                 raise ValueError(f"Deconvnet: channel {r.channel} is outside {layer!r}'s {shape[0]} channels")
         if values is None and layer not in recording.outputs:
@@ -570,7 +571,7 @@ class Deconvnet:
         index = torch.tensor([r.image for r in requests])
         activations = recording.outputs.get(layer)
         corners = torch.zeros((len(requests), 2), dtype=torch.long)
-        if top == self.graph.input:
+        if top == self.graph.input and values is None:
             return self._seed(activations[index.to(activations.device)], requests), corners
         if crop and all(r.position != "map" for r in requests) and len(self.graph.nodes[top].shape) == 3 \
                 and self.crop_work_ratio(layer) > 1:
@@ -589,6 +590,8 @@ class Deconvnet:
             if signal.dim() == 4:
                 at += list(torch.tensor([r.position for r in requests], dtype=torch.long).reshape(-1, 2).t())
             signal[tuple(t.to(signal.device) for t in at)] = values
+        if top == self.graph.input:  # the seed is its own projection
+            return signal, corners
         return self._down(signal, records, top, mode, index=index.to(device)), corners
 
     def _check(self, images: Tensor, requests: Sequence, mode: str) -> list[Request]:

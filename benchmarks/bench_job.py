@@ -48,6 +48,7 @@ from zfcore.analysis.projections import ForwardRecords, top_k_projections
 from zfcore.data import IMAGENET_MEAN, IMAGENET_STD, Preprocess
 from zfcore.deconv import Deconvnet
 from zfcore.load import load, open_dataset
+from zfcore.visualize import strongest_maps
 from zfcore.models import zfnet, zfnet_small
 
 
@@ -136,18 +137,21 @@ def plain_forward(model, dataset, batch_size: int):
     return run
 
 
-def whole_job(model, net, dataset, layers, k: int, batch_size: int, kept: bool, facts: dict):
-    """``top_k`` then ``top_k_projections`` as ``visualize`` calls them; returns the parts' times (ms)."""
+def whole_job(model, net, dataset, layers, k: int, batch_size: int, kept: bool, facts: dict, maps: int | None = None):
+    """``top_k`` then ``top_k_projections`` as ``visualize`` calls them (``maps``:
+    its ``--maps``, the strongest maps only); returns the parts' times (ms)."""
     def run():
         records = ForwardRecords(net) if kept else None
         start = time.perf_counter()
         found = top_k(model, dataset, layers, k=k, batch_size=batch_size, progress=False, records=records)
         middle = time.perf_counter()
-        projected = top_k_projections(model, dataset, found, batch_size=4 * batch_size, net=net, progress=False,
-                                      records=records)
+        chosen = {name: strongest_maps(t, maps) for name, t in found.items()}
+        projected = top_k_projections(model, dataset, {name: t for name, (t, _) in chosen.items()},
+                                      batch_size=4 * batch_size, net=net, progress=False, records=records,
+                                      channels={name: numbers for name, (_, numbers) in chosen.items()})
         end = time.perf_counter()
         facts["units"] = sum(p.boxes.shape[0] * p.boxes.shape[1] for p in projected.values())
-        facts["distinct"] = len({int(i) for t in found.values() for i in t.images.flatten()})
+        facts["distinct"] = len({int(i) for t, _ in chosen.values() for i in t.images.flatten()})
         return {"top-k": (middle - start) * 1e3, "projections": (end - middle) * 1e3}
     return run
 
@@ -192,6 +196,9 @@ def main() -> int:
     parser.add_argument("--repeats", type=int, default=3, help="timed runs per side")
     parser.add_argument("--resnet-repeats", type=int, default=None,
                         help="timed runs per side of the ResNet-18 case (default: --repeats)")
+    parser.add_argument("--resnet-maps", type=int, default=None,
+                        help="ResNet-18: project the strongest N of layer4's 512 maps (visualize --maps; default all; "
+                             "--quick: 32)")
     parser.add_argument("--skip", choices=["zfnet", "resnet"], action="append", default=[],
                         help="leave a case out")
     parser.add_argument("--quick", action="store_true", help="zfnet_small and ResNet-18 at 64 px, few images")
@@ -201,6 +208,7 @@ def main() -> int:
     torch.manual_seed(0)
     if args.quick:
         args.images, args.folder_images = min(args.images, 64), min(args.folder_images, 32)
+        args.resnet_maps = args.resnet_maps or 32
     rows, notes, extra = [], [], {}
     notes.append(f"initial weights, {args.threads} threads; the sides run interleaved after a warm-up; median "
                  "[p20, p80] of the runs; ratio column = forward / job (the job's cost in forwards is its inverse)")
@@ -252,12 +260,13 @@ def main() -> int:
 
             sides = {"forward": Side(decoded(lambda d: plain_forward(model, d, args.batch_size)())),
                      "job": Side(decoded(lambda d: whole_job(model, net, d, ["layer4"], 9, args.batch_size, True,
-                                                             facts)()))}
+                                                             facts, args.resnet_maps)()))}
             n = len(open_dataset(subject, root, progress=False))
             samples = repeated(sides, args.resnet_repeats or args.repeats, {})
         t = {side: Timing.of(v) for side, v in samples.items()}
         runs = len(samples["job"])
-        case = (f"ResNet-18 {size} px: layer4 top-9, {facts['units']} projections, folder of {n} JPEGs "
+        which = "all 512 maps" if args.resnet_maps is None else f"the strongest {args.resnet_maps} maps"
+        case = (f"ResNet-18 {size} px: layer4 top-9 of {which}, {facts['units']} projections, folder of {n} JPEGs "
                 f"({subject.preprocessing.describe()})")
         rows.append(Row("top-9 job", case, f"[{n},3,{size},{size}]", "float32", "nchw",
                         f"one plain forward over the same folder (batch {args.batch_size}, decoding included)",
